@@ -1,0 +1,19 @@
+//! stripe_core: everything stripe_sync needs from Stripe, with no Postgres in it.
+//!
+//! - [`resources`]: the registry of the 15 synced resources (table-driven).
+//! - [`client`]: the HTTP client (auth, version pin, retries, rate limit).
+//! - [`paginate`]: list paging, `created` ranges, concurrent slices.
+//! - [`signature`]: `Stripe-Signature` webhook verification.
+//! - [`error`]: typed API errors that never carry a secret.
+
+pub mod client;
+pub mod error;
+pub mod paginate;
+pub mod ratelimit;
+pub mod resources;
+pub mod signature;
+
+pub use client::{API_VERSION, ApiKey, Client, ClientConfig};
+pub use error::StripeError;
+pub use paginate::{CreatedRange, ListQuery, Page, Pager};
+pub use resources::{EventEffect, Resource, lookup};
