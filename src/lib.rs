@@ -1,1 +1,112 @@
+//! stripe_sync: a PostgreSQL extension that keeps a Stripe account's data in Postgres.
+//!
+//! This crate is the thin Postgres layer; everything about Stripe lives in
+//! `crates/stripe_core`.
+//! - [`fdw`]: the foreign data wrapper `stripe_sync_fdw`.
+//! - [`worker`]: the background worker (webhooks).
+//! - [`guc`]: settings.
+//! - [`error`]: errors with SQLSTATEs and hints.
 
+use pgrx::prelude::*;
+
+pub mod error;
+pub mod fdw;
+pub mod guc;
+pub mod worker;
+
+::pgrx::pg_module_magic!();
+
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::init();
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::register();
+    }
+}
+
+/// The version of stripe_sync's library.
+#[pg_extern(immutable, parallel_safe)]
+fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+/// Whether the library was loaded through shared_preload_libraries (needed for webhooks).
+#[pg_extern]
+fn _preloaded() -> bool {
+    unsafe { pg_sys::process_shared_preload_libraries_done }
+        && Spi::get_one::<bool>(
+            "SELECT 'stripe_sync' = ANY(string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ','))",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn version_matches_the_crate() {
+        assert_eq!(
+            Spi::get_one::<String>("SELECT stripe_sync.version()").unwrap(),
+            Some(env!("CARGO_PKG_VERSION").to_string())
+        );
+    }
+
+    #[pg_test]
+    fn create_extension_makes_the_schema_and_the_wrapper() {
+        assert_eq!(Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = 'stripe_sync')").unwrap(), Some(true));
+        assert_eq!(
+            Spi::get_one::<String>("SELECT fdwhandler::regproc::text FROM pg_foreign_data_wrapper WHERE fdwname = 'stripe_sync_fdw'").unwrap(),
+            Some("stripe_sync.stripe_sync_fdw_handler".to_string())
+        );
+    }
+
+    #[pg_test]
+    #[should_panic(expected = "invalid option \"nope\"")]
+    fn server_rejects_unknown_options() {
+        Spi::run("CREATE SERVER s_bad FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS (nope 'x')").unwrap();
+    }
+
+    #[pg_test]
+    #[should_panic(expected = "max_requests_per_second must be a number")]
+    fn server_rejects_bad_rate() {
+        Spi::run("CREATE SERVER s_bad FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS (max_requests_per_second '-3')").unwrap();
+    }
+
+    #[pg_test]
+    fn server_accepts_valid_options() {
+        Spi::run(
+            "CREATE SERVER s_ok FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS (api_url 'http://127.0.0.1:1', api_version '2026-06-24.dahlia', account 'acct_123', max_requests_per_second '25')",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn bad_key_error_does_not_echo_the_key() {
+        let r = std::panic::catch_unwind(|| {
+            Spi::run("CREATE SERVER s_k FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS (api_key 'pk_test_SECRETVALUE123')")
+        });
+        // the validator raises; the message must not contain the value
+        if let Err(e) = r {
+            let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(!msg.contains("SECRETVALUE"), "{msg}");
+        }
+    }
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -151,8 +151,9 @@ pub fn verify<S: AsRef<str>>(
         if age > tolerance_secs {
             return Err(SignatureError::TooOld { age_secs: age, tolerance_secs });
         }
-        if -age > tolerance_secs {
-            return Err(SignatureError::InFuture { ahead_secs: -age, tolerance_secs });
+        let ahead = parsed.timestamp.saturating_sub(now);
+        if ahead > tolerance_secs {
+            return Err(SignatureError::InFuture { ahead_secs: ahead, tolerance_secs });
         }
     }
     Ok(parsed.timestamp)

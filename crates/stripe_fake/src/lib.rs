@@ -162,7 +162,7 @@ impl Fake {
             stats: Mutex::new(Stats::default()),
             rng: Mutex::new(Rng::new(seed.map(|s| s.seed).unwrap_or(7) ^ 0xfeed)),
             fault_seq: AtomicU64::new(1),
-            limiter: Mutex::new((0.0, Instant::now())),
+            limiter: Mutex::new((f64::INFINITY, Instant::now())),
             idempotency: Mutex::new(HashMap::new()),
             deleted: Mutex::new(HashMap::new()),
             deliveries: Mutex::new(DeliveryLog::default()),

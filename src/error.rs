@@ -1,0 +1,85 @@
+//! Errors raised to SQL: each carries an SQLSTATE and a hint a DBA can act on.
+//! Messages never contain an API key or webhook secret.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+use stripe_core::StripeError;
+use stripe_core::error::redact;
+
+/// An error stripe_sync reports to the client.
+#[derive(Debug)]
+pub struct SyncError {
+    pub code: PgSqlErrorCode,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl SyncError {
+    pub fn new(code: PgSqlErrorCode, message: impl Into<String>) -> SyncError {
+        SyncError { code, message: redact(&message.into()), hint: None }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> SyncError {
+        self.hint = Some(redact(&hint.into()));
+        self
+    }
+
+    /// Invalid argument to a stripe_sync function.
+    pub fn invalid(message: impl Into<String>) -> SyncError {
+        SyncError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message)
+    }
+
+    /// Raises the error (does not return).
+    pub fn raise(self) -> ! {
+        let report: ErrorReport = self.into();
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
+    }
+}
+
+impl std::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<SyncError> for ErrorReport {
+    fn from(e: SyncError) -> ErrorReport {
+        let mut r = ErrorReport::new(e.code, e.message, "stripe_sync");
+        if let Some(h) = e.hint {
+            r = r.set_hint(h);
+        }
+        r
+    }
+}
+
+impl From<StripeError> for SyncError {
+    fn from(e: StripeError) -> SyncError {
+        use PgSqlErrorCode::*;
+        let (code, hint) = match &e {
+            StripeError::Authentication { .. } => (
+                ERRCODE_FDW_UNABLE_TO_ESTABLISH_CONNECTION,
+                "Check the source's API key; a rolled or revoked key must be replaced (stripe_sync.drop_source then stripe_sync.add_source, or ALTER USER MAPPING).",
+            ),
+            StripeError::Permission { .. } => (
+                ERRCODE_FDW_UNABLE_TO_ESTABLISH_CONNECTION,
+                "In the Stripe Dashboard, give the restricted key Read access to this resource.",
+            ),
+            StripeError::NotFound { .. } => (ERRCODE_FDW_TABLE_NOT_FOUND, "The object does not exist in this Stripe account."),
+            StripeError::InvalidRequest { .. } => (ERRCODE_FDW_ERROR, "Stripe refused the request; check the options of the source."),
+            StripeError::RateLimited { .. } => (
+                ERRCODE_FDW_ERROR,
+                "Lower the source's max_requests_per_second, or run fewer scans and refreshes at the same time.",
+            ),
+            StripeError::Server { .. } => (ERRCODE_FDW_ERROR, "Stripe had trouble answering; try again later."),
+            StripeError::Network { .. } => (
+                ERRCODE_FDW_UNABLE_TO_ESTABLISH_CONNECTION,
+                "Check that this server can reach the source's api_url (DNS, firewall, proxy).",
+            ),
+            StripeError::Decode { .. } => (ERRCODE_FDW_INVALID_DATA_TYPE, "Check the source's api_url: it should be Stripe's API root."),
+            StripeError::Config { .. } => (ERRCODE_FDW_INVALID_OPTION_NAME, "Fix the option named in the message."),
+            StripeError::Cancelled => (ERRCODE_QUERY_CANCELED, "The query was cancelled."),
+        };
+        SyncError::new(code, e.to_string()).hint(hint)
+    }
+}
