@@ -4,17 +4,20 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
 /// `host:port` the webhook worker listens on; empty = off.
-pub static WEBHOOK_LISTEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"127.0.0.1:8787"));
+pub static WEBHOOK_LISTEN: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"127.0.0.1:8787"));
 /// Database the webhook worker connects to.
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
 /// Largest webhook body accepted, in bytes.
 pub static WEBHOOK_MAX_BODY: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 /// Most concurrent API requests one refresh or scan makes.
 pub static MAX_PARALLEL_REQUESTS: GucSetting<i32> = GucSetting::<i32>::new(32);
 
-/// Registers every setting. `postmaster` is true while loading from
-/// shared_preload_libraries, when postmaster-level settings can be defined.
-pub fn init() {
+/// Registers every setting. `preloading` is true while loading from
+/// shared_preload_libraries: only then can postmaster-level settings (the
+/// worker's database) be defined.
+pub fn init(preloading: bool) {
     GucRegistry::define_string_guc(
         c"stripe_sync.webhook_listen",
         c"host:port the stripe_sync webhook worker listens on (empty = off).",
@@ -23,14 +26,16 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
-        c"stripe_sync.database",
-        c"Database the stripe_sync webhook worker connects to.",
-        c"The database where CREATE EXTENSION stripe_sync was run.",
-        &DATABASE,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+    if preloading {
+        GucRegistry::define_string_guc(
+            c"stripe_sync.database",
+            c"Database the stripe_sync webhook worker connects to.",
+            c"The database where CREATE EXTENSION stripe_sync was run.",
+            &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
     GucRegistry::define_int_guc(
         c"stripe_sync.webhook_max_body",
         c"Largest webhook request body accepted, in bytes (413 beyond).",
@@ -55,5 +60,8 @@ pub fn init() {
 
 /// A string setting's current value.
 pub fn string(setting: &GucSetting<Option<CString>>) -> String {
-    setting.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
+    setting
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }

@@ -8,6 +8,7 @@
 //! - [`error`]: errors with SQLSTATEs and hints.
 
 use pgrx::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod error;
 pub mod fdw;
@@ -19,10 +20,16 @@ pub mod worker;
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
+/// Set in the postmaster when loaded from shared_preload_libraries; backends
+/// inherit it through fork.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    guc::init();
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    guc::init(preloading);
+    if preloading {
+        PRELOADED.store(true, Ordering::Relaxed);
         worker::register();
     }
 }
@@ -36,13 +43,7 @@ fn version() -> &'static str {
 /// Whether the library was loaded through shared_preload_libraries (needed for webhooks).
 #[pg_extern]
 fn _preloaded() -> bool {
-    unsafe { pg_sys::process_shared_preload_libraries_done }
-        && Spi::get_one::<bool>(
-            "SELECT 'stripe_sync' = ANY(string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ','))",
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    PRELOADED.load(Ordering::Relaxed)
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -60,7 +61,13 @@ mod tests {
 
     #[pg_test]
     fn create_extension_makes_the_schema_and_the_wrapper() {
-        assert_eq!(Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = 'stripe_sync')").unwrap(), Some(true));
+        assert_eq!(
+            Spi::get_one::<bool>(
+                "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = 'stripe_sync')"
+            )
+            .unwrap(),
+            Some(true)
+        );
         assert_eq!(
             Spi::get_one::<String>("SELECT fdwhandler::regproc::text FROM pg_foreign_data_wrapper WHERE fdwname = 'stripe_sync_fdw'").unwrap(),
             Some("stripe_sync.stripe_sync_fdw_handler".to_string())
@@ -70,7 +77,8 @@ mod tests {
     #[pg_test]
     #[should_panic(expected = "invalid option \"nope\"")]
     fn server_rejects_unknown_options() {
-        Spi::run("CREATE SERVER s_bad FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS (nope 'x')").unwrap();
+        Spi::run("CREATE SERVER s_bad FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS (nope 'x')")
+            .unwrap();
     }
 
     #[pg_test]
@@ -85,18 +93,6 @@ mod tests {
             "CREATE SERVER s_ok FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS (api_url 'http://127.0.0.1:1', api_version '2026-06-24.dahlia', account 'acct_123', max_requests_per_second '25')",
         )
         .unwrap();
-    }
-
-    #[pg_test]
-    fn bad_key_error_does_not_echo_the_key() {
-        let r = std::panic::catch_unwind(|| {
-            Spi::run("CREATE SERVER s_k FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS (api_key 'pk_test_SECRETVALUE123')")
-        });
-        // the validator raises; the message must not contain the value
-        if let Err(e) = r {
-            let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
-            assert!(!msg.contains("SECRETVALUE"), "{msg}");
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The background worker, started when stripe_sync is in shared_preload_libraries.
 //! It will receive Stripe's webhooks; today it connects to its database, reloads
-//! settings on SIGHUP, and exits promptly on SIGTERM.
+//! settings on SIGHUP, exits promptly on SIGTERM and is restarted after a crash or
+//! pg_terminate_backend.
 
 use crate::guc;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
@@ -34,4 +35,7 @@ pub extern "C-unwind" fn stripe_sync_worker_main(_arg: pg_sys::Datum) {
         }
     }
     log!("{WORKER_NAME} stopping");
+    // Exit code 1: the postmaster starts the worker again after its restart time
+    // (pg_terminate_backend restarts it); during shutdown it is not restarted.
+    unsafe { pg_sys::proc_exit(1) };
 }

@@ -38,7 +38,9 @@ impl From<FdwError> for ErrorReport {
 
 impl ForeignDataWrapper<FdwError> for StripeSyncFdw {
     fn new(server: ForeignServer) -> Result<Self, FdwError> {
-        Ok(StripeSyncFdw { server_options: server.options })
+        Ok(StripeSyncFdw {
+            server_options: server.options,
+        })
     }
 
     fn begin_scan(
@@ -65,7 +67,10 @@ impl ForeignDataWrapper<FdwError> for StripeSyncFdw {
         Ok(())
     }
 
-    fn validator(options: Vec<Option<String>>, catalog: Option<pg_sys::Oid>) -> Result<(), FdwError> {
+    fn validator(
+        options: Vec<Option<String>>,
+        catalog: Option<pg_sys::Oid>,
+    ) -> Result<(), FdwError> {
         let target = match catalog {
             Some(pg_sys::ForeignServerRelationId) => Target::Server,
             Some(pg_sys::UserMappingRelationId) => Target::UserMapping,

@@ -1,1 +1,281 @@
+//! End-to-end harness: a throwaway PostgreSQL 15 cluster, run as user `postgres`
+//! on a free port with stripe_sync (and pg_cron) preloaded, plus the fake Stripe
+//! on loopback. Everything is torn down when the handles drop, also when a test
+//! fails (panics unwind through Drop).
+//!
+//! The extension must be installed into Debian's PostgreSQL 15 first
+//! (`cargo pgrx install`; the README's test command does it).
 
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub use stripe_fake::objects::SeedSpec;
+pub use stripe_fake::{Fake, Faults};
+
+/// Debian's PostgreSQL 15 binaries.
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The key tests give to stripe_sync (any sk_test_ key works against the fake).
+pub const TEST_KEY: &str = "sk_test_51E2eTestKey0000000000000000";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command as user `postgres` (Postgres refuses to run as root).
+fn as_postgres(program: &str, args: &[&str]) -> Output {
+    let path = format!("{PG_BIN}/{program}");
+    let out = if is_root() {
+        Command::new("runuser")
+            .arg("-u")
+            .arg("postgres")
+            .arg("--")
+            .arg(&path)
+            .args(args)
+            .output()
+    } else {
+        Command::new(&path).args(args).output()
+    };
+    out.unwrap_or_else(|e| panic!("cannot run {path}: {e}"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn check(out: Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Cluster settings.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// shared_preload_libraries; empty = nothing preloaded.
+    pub preload: Vec<&'static str>,
+    /// Extra `name = value` lines for postgresql.conf.
+    pub settings: Vec<(String, String)>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            preload: vec!["stripe_sync", "pg_cron"],
+            settings: Vec::new(),
+        }
+    }
+}
+
+/// A running throwaway cluster; stopped and deleted on drop.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Cluster {
+    pub fn start(cfg: ClusterConfig) -> Cluster {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("stripe_sync_e2e_{}_{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        if is_root() {
+            check(
+                Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&dir)
+                    .output()
+                    .expect("chown"),
+                "chown",
+            );
+        }
+        let data = dir.join("data");
+        check(
+            as_postgres(
+                "initdb",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                    "--locale",
+                    "C",
+                ],
+            ),
+            "initdb",
+        );
+        let port = free_port();
+        let mut conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nlogging_collector = off\nmax_worker_processes = 16\n",
+            dir.display()
+        );
+        if !cfg.preload.is_empty() {
+            conf.push_str(&format!(
+                "shared_preload_libraries = '{}'\n",
+                cfg.preload.join(",")
+            ));
+        }
+        if cfg.preload.contains(&"pg_cron") {
+            conf.push_str("cron.database_name = 'postgres'\n");
+        }
+        for (k, v) in &cfg.settings {
+            conf.push_str(&format!("{k} = {v}\n"));
+        }
+        let conf_path = data.join("postgresql.auto.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).unwrap_or_default();
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).expect("write conf");
+        let cluster = Cluster { dir, port };
+        cluster.pg_ctl_start();
+        cluster
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    fn pg_ctl_start(&self) {
+        let data = self.data_dir();
+        let log = self.log_path();
+        check(
+            as_postgres(
+                "pg_ctl",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-l",
+                    log.to_str().unwrap(),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+            ),
+            "pg_ctl start",
+        );
+    }
+
+    /// Stops with `-m immediate` (a crash, as far as Postgres knows) and starts again.
+    pub fn restart_immediate(&self) {
+        let data = self.data_dir();
+        check(
+            as_postgres(
+                "pg_ctl",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+            ),
+            "pg_ctl stop",
+        );
+        self.pg_ctl_start();
+    }
+
+    /// The server log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn connstr(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=10",
+            self.port
+        )
+    }
+
+    /// A new connection as the superuser.
+    pub fn connect(&self) -> postgres::Client {
+        self.connect_as("postgres")
+    }
+
+    pub fn connect_as(&self, user: &str) -> postgres::Client {
+        let s = format!(
+            "host=127.0.0.1 port={} user={user} dbname=postgres connect_timeout=10",
+            self.port
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match postgres::Client::connect(&s, postgres::NoTls) {
+                Ok(c) => return c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("cannot connect to the test cluster: {e}\n{}", self.log()),
+            }
+        }
+    }
+
+    /// A connection with `CREATE EXTENSION stripe_sync` done.
+    pub fn connect_with_extension(&self) -> postgres::Client {
+        let mut c = self.connect();
+        c.batch_execute("CREATE EXTENSION IF NOT EXISTS stripe_sync")
+            .expect("CREATE EXTENSION stripe_sync");
+        c
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.data_dir();
+        let _ = as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap_or_default(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        if std::env::var_os("STRIPE_SYNC_KEEP_CLUSTER").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Starts the fake Stripe on a free loopback port in the background.
+pub fn start_fake(seed: Option<SeedSpec>, faults: Faults) -> Fake {
+    Fake::start_background(0, seed, faults).expect("fake Stripe starts")
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

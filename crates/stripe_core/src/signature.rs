@@ -35,7 +35,10 @@ pub enum SignatureError {
     /// The timestamp is more than the tolerance in the past.
     TooOld { age_secs: i64, tolerance_secs: i64 },
     /// The timestamp is more than the tolerance in the future.
-    InFuture { ahead_secs: i64, tolerance_secs: i64 },
+    InFuture {
+        ahead_secs: i64,
+        tolerance_secs: i64,
+    },
 }
 
 impl fmt::Display for SignatureError {
@@ -43,7 +46,10 @@ impl fmt::Display for SignatureError {
         match self {
             SignatureError::Missing => write!(f, "missing Stripe-Signature header"),
             SignatureError::TooLong => {
-                write!(f, "Stripe-Signature header longer than {MAX_HEADER_LEN} bytes")
+                write!(
+                    f,
+                    "Stripe-Signature header longer than {MAX_HEADER_LEN} bytes"
+                )
             }
             SignatureError::NoTimestamp => {
                 write!(f, "Stripe-Signature header has no valid timestamp (t=)")
@@ -56,11 +62,17 @@ impl fmt::Display for SignatureError {
                 f,
                 "no v1 signature matches the payload for any configured secret (wrong secret, or the body was changed)"
             ),
-            SignatureError::TooOld { age_secs, tolerance_secs } => write!(
+            SignatureError::TooOld {
+                age_secs,
+                tolerance_secs,
+            } => write!(
                 f,
                 "signature timestamp is {age_secs} s old, outside the tolerance of {tolerance_secs} s (replayed or delayed delivery)"
             ),
-            SignatureError::InFuture { ahead_secs, tolerance_secs } => write!(
+            SignatureError::InFuture {
+                ahead_secs,
+                tolerance_secs,
+            } => write!(
                 f,
                 "signature timestamp is {ahead_secs} s in the future, outside the tolerance of {tolerance_secs} s (check the clock)"
             ),
@@ -90,7 +102,9 @@ pub fn parse_header(header: &str) -> Result<ParsedHeader, SignatureError> {
     let mut timestamp = None;
     let mut v1 = Vec::new();
     for item in header.split(',') {
-        let Some((key, value)) = item.split_once('=') else { continue };
+        let Some((key, value)) = item.split_once('=') else {
+            continue;
+        };
         match key.trim() {
             "t" if timestamp.is_none() => {
                 timestamp = value.trim().parse::<i64>().ok();
@@ -115,7 +129,8 @@ pub fn parse_header(header: &str) -> Result<ParsedHeader, SignatureError> {
 }
 
 fn mac(secret: &str, timestamp: i64, payload: &[u8]) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    let mut mac =
+        HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(payload);
@@ -137,10 +152,15 @@ pub fn verify<S: AsRef<str>>(
     }
     let mut matched = false;
     for secret in secrets {
-        let expected = mac(secret.as_ref(), parsed.timestamp, payload).finalize().into_bytes();
+        let expected = mac(secret.as_ref(), parsed.timestamp, payload)
+            .finalize()
+            .into_bytes();
         for sig in &parsed.v1 {
             // constant-time comparison (subtle) over the whole digest
-            matched |= bool::from(subtle::ConstantTimeEq::ct_eq(expected.as_slice(), sig.as_slice()));
+            matched |= bool::from(subtle::ConstantTimeEq::ct_eq(
+                expected.as_slice(),
+                sig.as_slice(),
+            ));
         }
     }
     if !matched {
@@ -149,11 +169,17 @@ pub fn verify<S: AsRef<str>>(
     if tolerance_secs > 0 {
         let age = now.saturating_sub(parsed.timestamp);
         if age > tolerance_secs {
-            return Err(SignatureError::TooOld { age_secs: age, tolerance_secs });
+            return Err(SignatureError::TooOld {
+                age_secs: age,
+                tolerance_secs,
+            });
         }
         let ahead = parsed.timestamp.saturating_sub(now);
         if ahead > tolerance_secs {
-            return Err(SignatureError::InFuture { ahead_secs: ahead, tolerance_secs });
+            return Err(SignatureError::InFuture {
+                ahead_secs: ahead,
+                tolerance_secs,
+            });
         }
     }
     Ok(parsed.timestamp)
@@ -191,7 +217,16 @@ mod tests {
     #[test]
     fn independent_vector_verifies() {
         let header = format!("t={T},v1={SIG_TEST}");
-        assert_eq!(verify(BODY.as_bytes(), &header, &["whsec_test_secret"], 300, T + 10), Ok(T));
+        assert_eq!(
+            verify(
+                BODY.as_bytes(),
+                &header,
+                &["whsec_test_secret"],
+                300,
+                T + 10
+            ),
+            Ok(T)
+        );
         assert_eq!(sign_v1(BODY.as_bytes(), "whsec_test_secret", T), SIG_TEST);
         assert_eq!(sign_v1(BODY.as_bytes(), "whsec_old_secret", T), SIG_OLD);
     }
@@ -215,8 +250,14 @@ mod tests {
     #[test]
     fn wrong_secret_is_a_mismatch() {
         let header = format!("t={T},v1={SIG_TEST}");
-        assert_eq!(verify(BODY.as_bytes(), &header, &["whsec_other"], 300, T), Err(SignatureError::Mismatch));
-        assert_eq!(verify::<&str>(BODY.as_bytes(), &header, &[], 300, T), Err(SignatureError::NoSecret));
+        assert_eq!(
+            verify(BODY.as_bytes(), &header, &["whsec_other"], 300, T),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify::<&str>(BODY.as_bytes(), &header, &[], 300, T),
+            Err(SignatureError::NoSecret)
+        );
     }
 
     #[test]
@@ -232,34 +273,97 @@ mod tests {
     fn stale_timestamp_is_refused_and_tolerance_zero_disables_the_check() {
         let header = format!("t={T},v1={SIG_TEST}");
         assert_eq!(
-            verify(BODY.as_bytes(), &header, &["whsec_test_secret"], 300, T + 301),
-            Err(SignatureError::TooOld { age_secs: 301, tolerance_secs: 300 })
+            verify(
+                BODY.as_bytes(),
+                &header,
+                &["whsec_test_secret"],
+                300,
+                T + 301
+            ),
+            Err(SignatureError::TooOld {
+                age_secs: 301,
+                tolerance_secs: 300
+            })
         );
-        assert_eq!(verify(BODY.as_bytes(), &header, &["whsec_test_secret"], 300, T + 300), Ok(T));
-        assert_eq!(verify(BODY.as_bytes(), &header, &["whsec_test_secret"], 0, T + 100_000), Ok(T));
+        assert_eq!(
+            verify(
+                BODY.as_bytes(),
+                &header,
+                &["whsec_test_secret"],
+                300,
+                T + 300
+            ),
+            Ok(T)
+        );
+        assert_eq!(
+            verify(
+                BODY.as_bytes(),
+                &header,
+                &["whsec_test_secret"],
+                0,
+                T + 100_000
+            ),
+            Ok(T)
+        );
     }
 
     #[test]
     fn future_timestamp_is_refused() {
         let header = format!("t={T},v1={SIG_TEST}");
         assert_eq!(
-            verify(BODY.as_bytes(), &header, &["whsec_test_secret"], 300, T - 301),
-            Err(SignatureError::InFuture { ahead_secs: 301, tolerance_secs: 300 })
+            verify(
+                BODY.as_bytes(),
+                &header,
+                &["whsec_test_secret"],
+                300,
+                T - 301
+            ),
+            Err(SignatureError::InFuture {
+                ahead_secs: 301,
+                tolerance_secs: 300
+            })
         );
-        assert_eq!(verify(BODY.as_bytes(), &header, &["whsec_test_secret"], 300, T - 300), Ok(T));
+        assert_eq!(
+            verify(
+                BODY.as_bytes(),
+                &header,
+                &["whsec_test_secret"],
+                300,
+                T - 300
+            ),
+            Ok(T)
+        );
     }
 
     #[test]
     fn any_of_several_v1_signatures_may_match() {
         let bogus = "00".repeat(32);
         let header = format!("t={T},v1={bogus},v1={SIG_OLD},v0=6ffbb5");
-        assert_eq!(verify(BODY.as_bytes(), &header, &["whsec_old_secret"], 300, T), Ok(T));
+        assert_eq!(
+            verify(BODY.as_bytes(), &header, &["whsec_old_secret"], 300, T),
+            Ok(T)
+        );
         // the header of a rolling secret carries both; each secret alone verifies it
         let rolling = format!("t={T},v1={SIG_TEST},v1={SIG_OLD}");
-        assert_eq!(verify(BODY.as_bytes(), &rolling, &["whsec_test_secret"], 300, T), Ok(T));
-        assert_eq!(verify(BODY.as_bytes(), &rolling, &["whsec_old_secret"], 300, T), Ok(T));
+        assert_eq!(
+            verify(BODY.as_bytes(), &rolling, &["whsec_test_secret"], 300, T),
+            Ok(T)
+        );
+        assert_eq!(
+            verify(BODY.as_bytes(), &rolling, &["whsec_old_secret"], 300, T),
+            Ok(T)
+        );
         // and several configured secrets: one matching is enough
-        assert_eq!(verify(BODY.as_bytes(), &format!("t={T},v1={SIG_OLD}"), &["whsec_x", "whsec_old_secret"], 300, T), Ok(T));
+        assert_eq!(
+            verify(
+                BODY.as_bytes(),
+                &format!("t={T},v1={SIG_OLD}"),
+                &["whsec_x", "whsec_old_secret"],
+                300,
+                T
+            ),
+            Ok(T)
+        );
     }
 
     #[test]
@@ -276,18 +380,45 @@ mod tests {
         let check = |h: &str| verify(BODY.as_bytes(), h, &["whsec_test_secret"], 300, T);
         assert_eq!(check(""), Err(SignatureError::Missing));
         assert_eq!(check("   "), Err(SignatureError::Missing));
-        assert_eq!(check(&format!("v1={SIG_TEST}")), Err(SignatureError::NoTimestamp));
-        assert_eq!(check(&format!("t=abc,v1={SIG_TEST}")), Err(SignatureError::NoTimestamp));
-        assert_eq!(check(&format!("t=,v1={SIG_TEST}")), Err(SignatureError::NoTimestamp));
+        assert_eq!(
+            check(&format!("v1={SIG_TEST}")),
+            Err(SignatureError::NoTimestamp)
+        );
+        assert_eq!(
+            check(&format!("t=abc,v1={SIG_TEST}")),
+            Err(SignatureError::NoTimestamp)
+        );
+        assert_eq!(
+            check(&format!("t=,v1={SIG_TEST}")),
+            Err(SignatureError::NoTimestamp)
+        );
         assert_eq!(check(&format!("t={T}")), Err(SignatureError::NoV1Signature));
-        assert_eq!(check(&format!("t={T},v1=zz{}", &SIG_TEST[2..])), Err(SignatureError::NoV1Signature));
-        assert_eq!(check(&format!("t={T},v1={}", &SIG_TEST[..63])), Err(SignatureError::NoV1Signature));
-        assert_eq!(check(&format!("t={T},v1")), Err(SignatureError::NoV1Signature));
-        assert_eq!(check(&format!("t={T},v1={SIG_TEST}{}", ",x".repeat(5000))), Err(SignatureError::TooLong));
-        assert_eq!(check(&format!("t=99999999999999999999999,v1={SIG_TEST}")), Err(SignatureError::NoTimestamp));
+        assert_eq!(
+            check(&format!("t={T},v1=zz{}", &SIG_TEST[2..])),
+            Err(SignatureError::NoV1Signature)
+        );
+        assert_eq!(
+            check(&format!("t={T},v1={}", &SIG_TEST[..63])),
+            Err(SignatureError::NoV1Signature)
+        );
+        assert_eq!(
+            check(&format!("t={T},v1")),
+            Err(SignatureError::NoV1Signature)
+        );
+        assert_eq!(
+            check(&format!("t={T},v1={SIG_TEST}{}", ",x".repeat(5000))),
+            Err(SignatureError::TooLong)
+        );
+        assert_eq!(
+            check(&format!("t=99999999999999999999999,v1={SIG_TEST}")),
+            Err(SignatureError::NoTimestamp)
+        );
         assert_eq!(check(",,,=,=="), Err(SignatureError::NoTimestamp));
         // upper-case hex still decodes (hex is case-insensitive)
-        assert_eq!(check(&format!("t={T},v1={}", SIG_TEST.to_uppercase())), Ok(T));
+        assert_eq!(
+            check(&format!("t={T},v1={}", SIG_TEST.to_uppercase())),
+            Ok(T)
+        );
         // spaces around pairs, as some proxies fold headers
         assert_eq!(check(&format!("t={T}, v1={SIG_TEST}")), Ok(T));
     }
@@ -303,7 +434,13 @@ mod tests {
         let sig = sign_v1(BODY.as_bytes(), "whsec_test_secret", i64::MAX);
         let h = format!("t={},v1={sig}", i64::MAX);
         assert!(matches!(
-            verify(BODY.as_bytes(), &h, &["whsec_test_secret"], 300, i64::MIN + 1),
+            verify(
+                BODY.as_bytes(),
+                &h,
+                &["whsec_test_secret"],
+                300,
+                i64::MIN + 1
+            ),
             Err(SignatureError::InFuture { .. })
         ));
     }
@@ -333,7 +470,9 @@ mod tests {
         for i in 0..20_000 {
             let len = (next() % 120) as usize;
             let mut s: String = if i % 2 == 0 {
-                (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect()
+                (0..len)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect()
             } else {
                 seed.clone()
             };

@@ -21,7 +21,10 @@ pub fn error_body(kind: &str, code: Option<&str>, message: &str, param: Option<&
     let mut e = json!({"type": kind, "message": message});
     if let Some(c) = code {
         e["code"] = json!(c);
-        e["doc_url"] = json!(format!("https://stripe.com/docs/error-codes/{}", c.replace('_', "-")));
+        e["doc_url"] = json!(format!(
+            "https://stripe.com/docs/error-codes/{}",
+            c.replace('_', "-")
+        ));
     }
     if let Some(p) = param {
         e["param"] = json!(p);
@@ -35,15 +38,29 @@ pub struct ApiErr(pub u16, pub String);
 type ApiResult = Result<Value, ApiErr>;
 
 fn invalid(message: &str, param: Option<&str>) -> ApiErr {
-    ApiErr(400, error_body("invalid_request_error", None, message, param))
+    ApiErr(
+        400,
+        error_body("invalid_request_error", None, message, param),
+    )
 }
 
 fn missing(object: &str, id: &str, param: &str) -> ApiErr {
-    ApiErr(404, error_body("invalid_request_error", Some("resource_missing"), &format!("No such {object}: '{id}'"), Some(param)))
+    ApiErr(
+        404,
+        error_body(
+            "invalid_request_error",
+            Some("resource_missing"),
+            &format!("No such {object}: '{id}'"),
+            Some(param),
+        ),
+    )
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Stripe embeds at most this many items of a nested list.
@@ -71,7 +88,13 @@ pub fn render(obj: &Value) -> Value {
 }
 
 /// Handles one API request; returns status and JSON text.
-pub fn handle(inner: &Inner, method: &str, path_q: &str, body: &str, caller: &Caller) -> (u16, String) {
+pub fn handle(
+    inner: &Inner,
+    method: &str,
+    path_q: &str,
+    body: &str,
+    caller: &Caller,
+) -> (u16, String) {
     let (path, query) = path_q.split_once('?').unwrap_or((path_q, ""));
     let mut params = form::decode(query);
     if method == "POST"
@@ -81,10 +104,19 @@ pub fn handle(inner: &Inner, method: &str, path_q: &str, body: &str, caller: &Ca
     }
     // Idempotency: same key + same request replays the saved answer; a different
     // request with the same key is an error.
-    let idem = if method == "POST" { caller.idempotency_key.clone() } else { None };
+    let idem = if method == "POST" {
+        caller.idempotency_key.clone()
+    } else {
+        None
+    };
     let fingerprint = format!("{method} {path} {body}");
     if let Some(k) = &idem {
-        let saved = inner.idempotency.lock().unwrap_or_else(|p| p.into_inner()).get(k).cloned();
+        let saved = inner
+            .idempotency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(k)
+            .cloned();
         if let Some((fp, status, text)) = saved {
             if fp == fingerprint {
                 return (status, text);
@@ -94,7 +126,9 @@ pub fn handle(inner: &Inner, method: &str, path_q: &str, body: &str, caller: &Ca
                 error_body(
                     "idempotency_error",
                     None,
-                    &format!("Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{k}' if you meant to execute a different request."),
+                    &format!(
+                        "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{k}' if you meant to execute a different request."
+                    ),
                     None,
                 ),
             );
@@ -103,7 +137,15 @@ pub fn handle(inner: &Inner, method: &str, path_q: &str, body: &str, caller: &Ca
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let result = match segs.first() {
         Some(&"v1") => route(inner, method, &segs[1..], &params, caller),
-        _ => Err(ApiErr(404, error_body("invalid_request_error", None, &format!("Unrecognized request URL ({method}: {path})."), None))),
+        _ => Err(ApiErr(
+            404,
+            error_body(
+                "invalid_request_error",
+                None,
+                &format!("Unrecognized request URL ({method}: {path})."),
+                None,
+            ),
+        )),
     };
     let (status, text) = match result {
         Ok(v) => (200, v.to_string()),
@@ -112,7 +154,11 @@ pub fn handle(inner: &Inner, method: &str, path_q: &str, body: &str, caller: &Ca
     if let Some(k) = idem
         && (status == 200 || status >= 500)
     {
-        inner.idempotency.lock().unwrap_or_else(|p| p.into_inner()).insert(k, (fingerprint, status, text.clone()));
+        inner
+            .idempotency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(k, (fingerprint, status, text.clone()));
     }
     (status, text)
 }
@@ -120,40 +166,122 @@ pub fn handle(inner: &Inner, method: &str, path_q: &str, body: &str, caller: &Ca
 fn route(inner: &Inner, method: &str, segs: &[&str], params: &Value, caller: &Caller) -> ApiResult {
     let mut store = inner.store.lock().unwrap_or_else(|p| p.into_inner());
     let store = &mut *store;
-    let mut m = Mutation { inner, caller, events: Vec::new() };
+    let mut m = Mutation {
+        inner,
+        caller,
+        events: Vec::new(),
+    };
     let r = match (method, segs) {
-        ("GET", ["account"]) => Ok(json!({"id": "acct_1FakePlatform0000", "object": "account", "country": "DE", "default_currency": "eur", "type": "standard", "charges_enabled": true, "payouts_enabled": true, "details_submitted": true})),
-        ("GET", ["customers", cid, sub @ ("balance_transactions" | "payment_methods")]) => {
+        ("GET", ["account"]) => Ok(
+            json!({"id": "acct_1FakePlatform0000", "object": "account", "country": "DE", "default_currency": "eur", "type": "standard", "charges_enabled": true, "payouts_enabled": true, "details_submitted": true}),
+        ),
+        (
+            "GET",
+            [
+                "customers",
+                cid,
+                sub @ ("balance_transactions" | "payment_methods"),
+            ],
+        ) => {
             if store.col("customers").get(cid).is_none() {
                 return Err(missing("customer", cid, "customer"));
             }
-            let col = if *sub == "balance_transactions" { "customer_balance_transactions" } else { "payment_methods" };
+            let col = if *sub == "balance_transactions" {
+                "customer_balance_transactions"
+            } else {
+                "payment_methods"
+            };
             let url = format!("/v1/customers/{cid}/{sub}");
-            list(store, kind(col).expect("kind"), params, Some(cid), &url, &[])
+            list(
+                store,
+                kind(col).expect("kind"),
+                params,
+                Some(cid),
+                &url,
+                &[],
+            )
         }
-        ("GET", ["customers", cid, sub @ ("balance_transactions" | "payment_methods"), id]) => {
-            let col = if *sub == "balance_transactions" { "customer_balance_transactions" } else { "payment_methods" };
+        (
+            "GET",
+            [
+                "customers",
+                cid,
+                sub @ ("balance_transactions" | "payment_methods"),
+                id,
+            ],
+        ) => {
+            let col = if *sub == "balance_transactions" {
+                "customer_balance_transactions"
+            } else {
+                "payment_methods"
+            };
             match store.col(col).get(id) {
                 Some(o) if o["customer"] == *cid => Ok(render(o)),
-                _ => Err(missing(if *sub == "balance_transactions" { "customer balance transaction" } else { "payment_method" }, id, "id")),
+                _ => Err(missing(
+                    if *sub == "balance_transactions" {
+                        "customer balance transaction"
+                    } else {
+                        "payment_method"
+                    },
+                    id,
+                    "id",
+                )),
             }
         }
-        ("GET", ["invoices", id, "lines"]) => sub_list(store, "invoices", id, "lines", params, &format!("/v1/invoices/{id}/lines")),
-        ("GET", ["credit_notes", id, "lines"]) => sub_list(store, "credit_notes", id, "lines", params, &format!("/v1/credit_notes/{id}/lines")),
+        ("GET", ["invoices", id, "lines"]) => sub_list(
+            store,
+            "invoices",
+            id,
+            "lines",
+            params,
+            &format!("/v1/invoices/{id}/lines"),
+        ),
+        ("GET", ["credit_notes", id, "lines"]) => sub_list(
+            store,
+            "credit_notes",
+            id,
+            "lines",
+            params,
+            &format!("/v1/credit_notes/{id}/lines"),
+        ),
         ("GET", ["subscription_items"]) => {
-            let Some(sub) = str_param(params, "subscription") else { return Err(invalid("Missing required param: subscription.", Some("subscription"))) };
+            let Some(sub) = str_param(params, "subscription") else {
+                return Err(invalid(
+                    "Missing required param: subscription.",
+                    Some("subscription"),
+                ));
+            };
             let sub = sub.to_string();
-            sub_list(store, "subscriptions", &sub, "items", params, &format!("/v1/subscription_items?subscription={sub}"))
+            sub_list(
+                store,
+                "subscriptions",
+                &sub,
+                "items",
+                params,
+                &format!("/v1/subscription_items?subscription={sub}"),
+            )
         }
         ("GET", ["payment_methods"]) => {
             let Some(c) = str_param(params, "customer").map(str::to_string) else {
-                return Err(invalid("You must provide a customer to list payment methods.", Some("customer")));
+                return Err(invalid(
+                    "You must provide a customer to list payment methods.",
+                    Some("customer"),
+                ));
             };
-            list(store, kind("payment_methods").expect("kind"), params, Some(&c), "/v1/payment_methods", &["customer"])
+            list(
+                store,
+                kind("payment_methods").expect("kind"),
+                params,
+                Some(&c),
+                "/v1/payment_methods",
+                &["customer"],
+            )
         }
         ("GET", ["events"]) => list_events(store, params),
         ("GET", ["events", id]) => match store.col("events").get(id) {
-            Some(e) if e["created"].as_i64().unwrap_or(0) >= now() - EVENT_RETENTION_SECS => Ok(e.clone()),
+            Some(e) if e["created"].as_i64().unwrap_or(0) >= now() - EVENT_RETENTION_SECS => {
+                Ok(e.clone())
+            }
             _ => Err(missing("event", id, "id")),
         },
         ("GET", [col]) if listable(col) => {
@@ -164,7 +292,12 @@ fn route(inner: &Inner, method: &str, segs: &[&str], params: &Value, caller: &Ca
             let k = kind(col).expect("checked");
             match store.col(col).get(id) {
                 Some(o) => Ok(render(o)),
-                None => match inner.deleted.lock().unwrap_or_else(|p| p.into_inner()).get(*id) {
+                None => match inner
+                    .deleted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(*id)
+                {
                     Some(stub) => Ok(stub.clone()),
                     None => Err(missing(k.object, id, "id")),
                 },
@@ -172,12 +305,25 @@ fn route(inner: &Inner, method: &str, segs: &[&str], params: &Value, caller: &Ca
         }
         ("POST", ["webhook_endpoints"]) => webhooks::create_endpoint(inner, store, params),
         ("POST", ["webhook_endpoints", id]) => webhooks::update_endpoint(store, id, params),
-        ("DELETE", ["webhook_endpoints", id]) => match store.col_mut("webhook_endpoints").remove(id) {
-            Some(_) => Ok(json!({"id": id, "object": "webhook_endpoint", "deleted": true})),
-            None => Err(missing("webhook_endpoint", id, "id")),
-        },
+        ("DELETE", ["webhook_endpoints", id]) => {
+            match store.col_mut("webhook_endpoints").remove(id) {
+                Some(_) => Ok(json!({"id": id, "object": "webhook_endpoint", "deleted": true})),
+                None => Err(missing("webhook_endpoint", id, "id")),
+            }
+        }
         ("POST", _) | ("DELETE", _) => m.mutate(store, method, segs, params),
-        _ => Err(ApiErr(404, error_body("invalid_request_error", None, &format!("Unrecognized request URL ({method}: /v1/{}).", segs.join("/")), None))),
+        _ => Err(ApiErr(
+            404,
+            error_body(
+                "invalid_request_error",
+                None,
+                &format!(
+                    "Unrecognized request URL ({method}: /v1/{}).",
+                    segs.join("/")
+                ),
+                None,
+            ),
+        )),
     };
     let events = std::mem::take(&mut m.events);
     for (t, obj, prev) in events {
@@ -187,8 +333,10 @@ fn route(inner: &Inner, method: &str, segs: &[&str], params: &Value, caller: &Ca
 }
 
 fn listable(col: &str) -> bool {
-    !matches!(col, "customer_balance_transactions" | "payment_methods" | "events")
-        && kind(col).is_some()
+    !matches!(
+        col,
+        "customer_balance_transactions" | "payment_methods" | "events"
+    ) && kind(col).is_some()
 }
 
 fn parse_limit(params: &Value) -> Result<usize, ApiErr> {
@@ -196,7 +344,10 @@ fn parse_limit(params: &Value) -> Result<usize, ApiErr> {
         None => Ok(10),
         Some(Value::String(s)) => match s.parse::<i64>() {
             Ok(n) if (1..=100).contains(&n) => Ok(n as usize),
-            Ok(_) => Err(invalid("Invalid integer: limit must be between 1 and 100.", Some("limit"))),
+            Ok(_) => Err(invalid(
+                "Invalid integer: limit must be between 1 and 100.",
+                Some("limit"),
+            )),
             Err(_) => Err(invalid(&format!("Invalid integer: {s}"), Some("limit"))),
         },
         _ => Err(invalid("Invalid integer", Some("limit"))),
@@ -205,7 +356,14 @@ fn parse_limit(params: &Value) -> Result<usize, ApiErr> {
 
 /// `created=<int>` or `created[gt|gte|lt|lte]=<int>`, as inclusive bounds.
 fn parse_range(params: &Value, name: &str) -> Result<(i64, i64), ApiErr> {
-    let bad = || invalid(&format!("Invalid {name}: must be an integer Unix timestamp or a hash of gt, gte, lt, lte."), Some(name));
+    let bad = || {
+        invalid(
+            &format!(
+                "Invalid {name}: must be an integer Unix timestamp or a hash of gt, gte, lt, lte."
+            ),
+            Some(name),
+        )
+    };
     let int = |v: &Value| v.as_str().and_then(|s| s.parse::<i64>().ok());
     match params.get(name) {
         None => Ok((i64::MIN, i64::MAX)),
@@ -222,7 +380,12 @@ fn parse_range(params: &Value, name: &str) -> Result<(i64, i64), ApiErr> {
                     "gte" => lo = lo.max(t),
                     "lt" => hi = hi.min(t.saturating_sub(1)),
                     "lte" => hi = hi.min(t),
-                    _ => return Err(invalid(&format!("Received unknown parameter: {name}[{op}]"), Some(name))),
+                    _ => {
+                        return Err(invalid(
+                            &format!("Received unknown parameter: {name}[{op}]"),
+                            Some(name),
+                        ));
+                    }
                 }
             }
             Ok((lo, hi))
@@ -234,22 +397,39 @@ fn parse_range(params: &Value, name: &str) -> Result<(i64, i64), ApiErr> {
 fn check_known(params: &Value, allowed: &[&str]) -> Result<(), ApiErr> {
     if let Value::Object(m) = params {
         for k in m.keys() {
-            if !allowed.contains(&k.as_str()) && !["limit", "starting_after", "ending_before", "expand"].contains(&k.as_str()) {
-                return Err(invalid(&format!("Received unknown parameter: {k}"), Some(k)));
+            if !allowed.contains(&k.as_str())
+                && !["limit", "starting_after", "ending_before", "expand"].contains(&k.as_str())
+            {
+                return Err(invalid(
+                    &format!("Received unknown parameter: {k}"),
+                    Some(k),
+                ));
             }
         }
     }
     Ok(())
 }
 
-fn cursor(store: &Store, col: &str, object: &str, params: &Value, name: &str) -> Result<Option<Key>, ApiErr> {
+fn cursor(
+    store: &Store,
+    col: &str,
+    object: &str,
+    params: &Value,
+    name: &str,
+) -> Result<Option<Key>, ApiErr> {
     match str_param(params, name) {
         None => Ok(None),
-        Some(id) => store
-            .col(col)
-            .key_of(id)
-            .map(Some)
-            .ok_or_else(|| ApiErr(400, error_body("invalid_request_error", Some("resource_missing"), &format!("No such {object}: '{id}'"), Some(name)))),
+        Some(id) => store.col(col).key_of(id).map(Some).ok_or_else(|| {
+            ApiErr(
+                400,
+                error_body(
+                    "invalid_request_error",
+                    Some("resource_missing"),
+                    &format!("No such {object}: '{id}'"),
+                    Some(name),
+                ),
+            )
+        }),
     }
 }
 
@@ -258,7 +438,14 @@ fn list_envelope(url: &str, data: Vec<Value>, has_more: bool) -> Value {
 }
 
 /// A list of one collection with Stripe's parameters and the kind's filters.
-fn list(store: &Store, k: &Kind, params: &Value, customer: Option<&str>, url: &str, extra: &[&str]) -> ApiResult {
+fn list(
+    store: &Store,
+    k: &Kind,
+    params: &Value,
+    customer: Option<&str>,
+    url: &str,
+    extra: &[&str],
+) -> ApiResult {
     let mut allowed: Vec<&str> = k.filters.iter().map(|f| f.0).collect();
     allowed.extend_from_slice(extra);
     if k.path != "payment_methods" && k.path != "webhook_endpoints" {
@@ -270,7 +457,10 @@ fn list(store: &Store, k: &Kind, params: &Value, customer: Option<&str>, url: &s
     check_known(params, &allowed)?;
     let limit = parse_limit(params)?;
     if params.get("starting_after").is_some() && params.get("ending_before").is_some() {
-        return Err(invalid("You may only specify one of these parameters: starting_after, ending_before.", Some("starting_after")));
+        return Err(invalid(
+            "You may only specify one of these parameters: starting_after, ending_before.",
+            Some("starting_after"),
+        ));
     }
     let lp = ListParams {
         limit,
@@ -285,7 +475,9 @@ fn list(store: &Store, k: &Kind, params: &Value, customer: Option<&str>, url: &s
             continue;
         }
         if let Some(v) = params.get(*param) {
-            let v = v.as_str().ok_or_else(|| invalid(&format!("Invalid {param}"), Some(param)))?;
+            let v = v
+                .as_str()
+                .ok_or_else(|| invalid(&format!("Invalid {param}"), Some(param)))?;
             if *how == Match::Bool && v != "true" && v != "false" {
                 return Err(invalid(&format!("Invalid boolean: {v}"), Some(param)));
             }
@@ -293,7 +485,11 @@ fn list(store: &Store, k: &Kind, params: &Value, customer: Option<&str>, url: &s
         }
     }
     // what a plain list leaves out
-    let sub_status = if k.path == "subscriptions" { Some(str_param(params, "status").unwrap_or("").to_string()) } else { None };
+    let sub_status = if k.path == "subscriptions" {
+        Some(str_param(params, "status").unwrap_or("").to_string())
+    } else {
+        None
+    };
     let only_active_prices = k.path == "prices" && params.get("active").is_none();
     let keep = |o: &Value| {
         for (path, v, how) in &wanted {
@@ -321,7 +517,11 @@ fn list(store: &Store, k: &Kind, params: &Value, customer: Option<&str>, url: &s
         !(only_active_prices && o["active"] != true)
     };
     let (page, has_more) = store.col(k.path).page(&lp, k.created_field, &keep);
-    Ok(list_envelope(url, page.into_iter().map(render).collect(), has_more))
+    Ok(list_envelope(
+        url,
+        page.into_iter().map(render).collect(),
+        has_more,
+    ))
 }
 
 fn list_events(store: &Store, params: &Value) -> ApiResult {
@@ -330,10 +530,16 @@ fn list_events(store: &Store, params: &Value) -> ApiResult {
     let types = list_param(params, "types");
     let one = str_param(params, "type").map(str::to_string);
     if one.is_some() && !types.is_empty() {
-        return Err(invalid("You may only specify one of these parameters: type, types.", Some("type")));
+        return Err(invalid(
+            "You may only specify one of these parameters: type, types.",
+            Some("type"),
+        ));
     }
     if types.len() > 20 {
-        return Err(invalid("types may contain at most 20 event types.", Some("types")));
+        return Err(invalid(
+            "types may contain at most 20 event types.",
+            Some("types"),
+        ));
     }
     let (lo, hi) = parse_range(params, "created")?;
     let lp = ListParams {
@@ -354,38 +560,72 @@ fn list_events(store: &Store, params: &Value) -> ApiResult {
         type_ok && (types.is_empty() || types.iter().any(|x| x == t))
     };
     let (page, has_more) = store.col("events").page(&lp, "created", &keep);
-    Ok(list_envelope("/v1/events", page.into_iter().cloned().collect(), has_more))
+    Ok(list_envelope(
+        "/v1/events",
+        page.into_iter().cloned().collect(),
+        has_more,
+    ))
 }
 
 /// Pages a nested list (`invoice.lines`) stored in full inside its parent.
-fn sub_list(store: &Store, col: &str, id: &str, field: &str, params: &Value, url: &str) -> ApiResult {
+fn sub_list(
+    store: &Store,
+    col: &str,
+    id: &str,
+    field: &str,
+    params: &Value,
+    url: &str,
+) -> ApiResult {
     check_known(params, &["subscription"])?;
     let limit = parse_limit(params)?;
     let k = kind(col).expect("kind");
-    let parent = store.col(col).get(id).ok_or_else(|| missing(k.object, id, "id"))?;
-    let items: &[Value] = parent[field]["data"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let parent = store
+        .col(col)
+        .get(id)
+        .ok_or_else(|| missing(k.object, id, "id"))?;
+    let items: &[Value] = parent[field]["data"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     let start = match str_param(params, "starting_after") {
         Some(after) => items
             .iter()
             .position(|i| i["id"] == after)
             .map(|p| p + 1)
-            .ok_or_else(|| invalid(&format!("No such line item: '{after}'"), Some("starting_after")))?,
+            .ok_or_else(|| {
+                invalid(
+                    &format!("No such line item: '{after}'"),
+                    Some("starting_after"),
+                )
+            })?,
         None => 0,
     };
     let end = (start + limit).min(items.len());
-    Ok(list_envelope(url, items[start..end].to_vec(), end < items.len()))
+    Ok(list_envelope(
+        url,
+        items[start..end].to_vec(),
+        end < items.len(),
+    ))
 }
 
 // ---------------------------------------------------------------- mutations
 
 /// Field types for updates: how a form string becomes JSON.
 fn typed(field: &str, v: &Value) -> Result<Value, ApiErr> {
-    const INTS: &[&str] = &["amount", "balance", "unit_amount", "quantity", "due_date", "days_until_due"];
+    const INTS: &[&str] = &[
+        "amount",
+        "balance",
+        "unit_amount",
+        "quantity",
+        "due_date",
+        "days_until_due",
+    ];
     const BOOLS: &[&str] = &["active", "cancel_at_period_end", "disabled", "livemode"];
     match v {
-        Value::String(s) if INTS.contains(&field) => {
-            s.parse::<i64>().map(|n| json!(n)).map_err(|_| invalid(&format!("Invalid integer: {s}"), Some(field)))
-        }
+        Value::String(s) if INTS.contains(&field) => s
+            .parse::<i64>()
+            .map(|n| json!(n))
+            .map_err(|_| invalid(&format!("Invalid integer: {s}"), Some(field))),
         Value::String(s) if BOOLS.contains(&field) => match s.as_str() {
             "true" => Ok(json!(true)),
             "false" => Ok(json!(false)),
@@ -399,16 +639,23 @@ fn typed(field: &str, v: &Value) -> Result<Value, ApiErr> {
 /// Applies allowed fields from params; returns Stripe's `previous_attributes`.
 fn apply(obj: &mut Value, params: &Value, allowed: &[&str]) -> Result<Map<String, Value>, ApiErr> {
     let mut prev = Map::new();
-    let Value::Object(p) = params else { return Ok(prev) };
+    let Value::Object(p) = params else {
+        return Ok(prev);
+    };
     for (k, v) in p {
         if k == "expand" {
             continue;
         }
         if !allowed.contains(&k.as_str()) {
-            return Err(invalid(&format!("Received unknown parameter: {k}"), Some(k)));
+            return Err(invalid(
+                &format!("Received unknown parameter: {k}"),
+                Some(k),
+            ));
         }
         if k == "metadata" {
-            let Value::Object(changes) = v else { return Err(invalid("Invalid metadata", Some("metadata"))) };
+            let Value::Object(changes) = v else {
+                return Err(invalid("Invalid metadata", Some("metadata")));
+            };
             let old = obj["metadata"].clone();
             let mut meta = old.as_object().cloned().unwrap_or_default();
             for (mk, mv) in changes {
@@ -437,13 +684,18 @@ fn apply(obj: &mut Value, params: &Value, allowed: &[&str]) -> Result<Map<String
 }
 
 fn required<'a>(params: &'a Value, name: &str) -> Result<&'a str, ApiErr> {
-    str_param(params, name).filter(|s| !s.is_empty()).ok_or_else(|| invalid(&format!("Missing required param: {name}."), Some(name)))
+    str_param(params, name)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| invalid(&format!("Missing required param: {name}."), Some(name)))
 }
 
 fn int_param(params: &Value, name: &str) -> Result<Option<i64>, ApiErr> {
     match str_param(params, name) {
         None => Ok(None),
-        Some(s) => s.parse::<i64>().map(Some).map_err(|_| invalid(&format!("Invalid integer: {s}"), Some(name))),
+        Some(s) => s
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| invalid(&format!("Invalid integer: {s}"), Some(name))),
     }
 }
 
@@ -463,13 +715,26 @@ impl Mutation<'_> {
     }
 
     fn event(&mut self, t: &str, obj: &Value, prev: Option<Map<String, Value>>) {
-        self.events.push((t.to_string(), render(obj), prev.map(Value::Object)));
+        self.events
+            .push((t.to_string(), render(obj), prev.map(Value::Object)));
     }
 
     /// Updates an object and records `<type>` when anything changed.
-    fn update(&mut self, store: &mut Store, col: &str, id: &str, params: &Value, allowed: &[&str], event: Option<&str>) -> ApiResult {
+    fn update(
+        &mut self,
+        store: &mut Store,
+        col: &str,
+        id: &str,
+        params: &Value,
+        allowed: &[&str],
+        event: Option<&str>,
+    ) -> ApiResult {
         let k = kind(col).expect("kind");
-        let mut obj = store.col(col).get(id).cloned().ok_or_else(|| missing(k.object, id, "id"))?;
+        let mut obj = store
+            .col(col)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| missing(k.object, id, "id"))?;
         let prev = apply(&mut obj, params, allowed)?;
         if col == "products" && !prev.is_empty() {
             obj["updated"] = json!(now());
@@ -483,7 +748,13 @@ impl Mutation<'_> {
         Ok(render(&obj))
     }
 
-    fn mutate(&mut self, store: &mut Store, method: &str, segs: &[&str], params: &Value) -> ApiResult {
+    fn mutate(
+        &mut self,
+        store: &mut Store,
+        method: &str,
+        segs: &[&str],
+        params: &Value,
+    ) -> ApiResult {
         let t = now();
         match (method, segs) {
             ("POST", ["customers"]) => {
@@ -492,44 +763,101 @@ impl Mutation<'_> {
                 c["name"] = Value::Null;
                 c["metadata"] = json!({});
                 c["delinquent"] = json!(false);
-                apply(&mut c, params, &["email", "name", "description", "phone", "metadata", "balance", "currency"])?;
+                apply(
+                    &mut c,
+                    params,
+                    &[
+                        "email",
+                        "name",
+                        "description",
+                        "phone",
+                        "metadata",
+                        "balance",
+                        "currency",
+                    ],
+                )?;
                 store.add(c.clone());
                 self.event("customer.created", &c, None);
                 Ok(render(&c))
             }
-            ("POST", ["customers", id]) => {
-                self.update(store, "customers", id, params, &["email", "name", "description", "phone", "metadata", "balance"], Some("customer.updated"))
-            }
+            ("POST", ["customers", id]) => self.update(
+                store,
+                "customers",
+                id,
+                params,
+                &[
+                    "email",
+                    "name",
+                    "description",
+                    "phone",
+                    "metadata",
+                    "balance",
+                ],
+                Some("customer.updated"),
+            ),
             ("DELETE", ["customers", id]) => {
-                let c = store.col_mut("customers").remove(id).ok_or_else(|| missing("customer", id, "id"))?;
+                let c = store
+                    .col_mut("customers")
+                    .remove(id)
+                    .ok_or_else(|| missing("customer", id, "id"))?;
                 // Stripe cancels the customer's subscriptions; their payment methods
                 // and balance history are no longer reachable.
-                let subs: Vec<Value> = store.col("subscriptions").values().filter(|s| s["customer"] == *id && s["status"] != "canceled").cloned().collect();
+                let subs: Vec<Value> = store
+                    .col("subscriptions")
+                    .values()
+                    .filter(|s| s["customer"] == *id && s["status"] != "canceled")
+                    .cloned()
+                    .collect();
                 for mut s in subs {
                     let prev = json!({"status": s["status"].clone(), "canceled_at": null, "ended_at": null});
                     s["status"] = json!("canceled");
                     s["canceled_at"] = json!(t);
                     s["ended_at"] = json!(t);
                     store.col_mut("subscriptions").replace(s.clone());
-                    self.event("customer.subscription.deleted", &s, prev.as_object().cloned());
+                    self.event(
+                        "customer.subscription.deleted",
+                        &s,
+                        prev.as_object().cloned(),
+                    );
                 }
                 for col in ["payment_methods", "customer_balance_transactions"] {
-                    let ids: Vec<String> = store.col(col).values().filter(|o| o["customer"] == *id).filter_map(|o| o["id"].as_str().map(str::to_string)).collect();
+                    let ids: Vec<String> = store
+                        .col(col)
+                        .values()
+                        .filter(|o| o["customer"] == *id)
+                        .filter_map(|o| o["id"].as_str().map(str::to_string))
+                        .collect();
                     for i in ids {
                         store.col_mut(col).remove(&i);
                     }
                 }
                 let stub = json!({"id": id, "object": "customer", "deleted": true});
-                self.inner.deleted.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), stub.clone());
+                self.inner
+                    .deleted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.to_string(), stub.clone());
                 self.event("customer.deleted", &c, None);
                 Ok(stub)
             }
             ("POST", ["customers", cid, "balance_transactions"]) => {
-                let amount = int_param(params, "amount")?.ok_or_else(|| invalid("Missing required param: amount.", Some("amount")))?;
+                let amount = int_param(params, "amount")?
+                    .ok_or_else(|| invalid("Missing required param: amount.", Some("amount")))?;
                 let currency = required(params, "currency")?.to_string();
-                let mut c = store.col("customers").get(cid).cloned().ok_or_else(|| missing("customer", cid, "customer"))?;
+                let mut c = store
+                    .col("customers")
+                    .get(cid)
+                    .cloned()
+                    .ok_or_else(|| missing("customer", cid, "customer"))?;
                 let old = c["balance"].as_i64().unwrap_or(0);
-                let mut tx = objects::customer_balance_transaction(&mut self.rng(), t, cid, amount, old + amount, &currency);
+                let mut tx = objects::customer_balance_transaction(
+                    &mut self.rng(),
+                    t,
+                    cid,
+                    amount,
+                    old + amount,
+                    &currency,
+                );
                 tx["description"] = params.get("description").cloned().unwrap_or(Value::Null);
                 store.add(tx.clone());
                 c["balance"] = json!(old + amount);
@@ -544,20 +872,46 @@ impl Mutation<'_> {
                 let mut p = objects::product(&mut self.rng(), t, &name);
                 p["active"] = json!(true);
                 p["description"] = Value::Null;
-                apply(&mut p, params, &["name", "active", "description", "metadata", "shippable", "url"])?;
+                apply(
+                    &mut p,
+                    params,
+                    &[
+                        "name",
+                        "active",
+                        "description",
+                        "metadata",
+                        "shippable",
+                        "url",
+                    ],
+                )?;
                 store.add(p.clone());
                 self.event("product.created", &p, None);
                 Ok(render(&p))
             }
-            ("POST", ["products", id]) => {
-                self.update(store, "products", id, params, &["name", "active", "description", "metadata", "default_price", "url"], Some("product.updated"))
-            }
+            ("POST", ["products", id]) => self.update(
+                store,
+                "products",
+                id,
+                params,
+                &[
+                    "name",
+                    "active",
+                    "description",
+                    "metadata",
+                    "default_price",
+                    "url",
+                ],
+                Some("product.updated"),
+            ),
             ("DELETE", ["products", id]) => {
                 if store.col("products").get(id).is_none() {
                     return Err(missing("product", id, "id"));
                 }
                 if store.col("prices").values().any(|p| p["product"] == *id) {
-                    return Err(invalid("This product cannot be deleted because it has one or more user-created prices.", None));
+                    return Err(invalid(
+                        "This product cannot be deleted because it has one or more user-created prices.",
+                        None,
+                    ));
                 }
                 let p = store.col_mut("products").remove(id).expect("checked");
                 self.event("product.deleted", &p, None);
@@ -568,7 +922,9 @@ impl Mutation<'_> {
                 if store.col("products").get(&product).is_none() {
                     return Err(missing("product", &product, "product"));
                 }
-                let amount = int_param(params, "unit_amount")?.ok_or_else(|| invalid("Missing required param: unit_amount.", Some("unit_amount")))?;
+                let amount = int_param(params, "unit_amount")?.ok_or_else(|| {
+                    invalid("Missing required param: unit_amount.", Some("unit_amount"))
+                })?;
                 let currency = required(params, "currency")?.to_string();
                 let recurring = params.get("recurring").is_some();
                 let mut p = objects::price(&mut self.rng(), t, &product, amount, recurring, true);
@@ -576,19 +932,35 @@ impl Mutation<'_> {
                 if let Some(iv) = params.get("recurring").and_then(|r| r.get("interval")) {
                     p["recurring"]["interval"] = iv.clone();
                 }
-                let rest: Value = strip(params, &["product", "unit_amount", "currency", "recurring"]);
-                apply(&mut p, &rest, &["active", "nickname", "metadata", "lookup_key"])?;
+                let rest: Value =
+                    strip(params, &["product", "unit_amount", "currency", "recurring"]);
+                apply(
+                    &mut p,
+                    &rest,
+                    &["active", "nickname", "metadata", "lookup_key"],
+                )?;
                 store.add(p.clone());
                 self.event("price.created", &p, None);
                 Ok(render(&p))
             }
-            ("POST", ["prices", id]) => self.update(store, "prices", id, params, &["active", "nickname", "metadata", "lookup_key"], Some("price.updated")),
+            ("POST", ["prices", id]) => self.update(
+                store,
+                "prices",
+                id,
+                params,
+                &["active", "nickname", "metadata", "lookup_key"],
+                Some("price.updated"),
+            ),
             ("POST", ["subscriptions"]) => {
                 let customer = required(params, "customer")?.to_string();
                 if store.col("customers").get(&customer).is_none() {
                     return Err(missing("customer", &customer, "customer"));
                 }
-                let items = params.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+                let items = params
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 if items.is_empty() {
                     return Err(invalid("Missing required param: items.", Some("items")));
                 }
@@ -596,14 +968,43 @@ impl Mutation<'_> {
                 let sid = s["id"].as_str().unwrap_or_default().to_string();
                 let mut data = Vec::new();
                 for (i, it) in items.iter().enumerate() {
-                    let pid = it.get("price").and_then(Value::as_str).ok_or_else(|| invalid("Missing required param: items[0][price].", Some(&format!("items[{i}][price]"))))?;
-                    let price = store.col("prices").get(pid).cloned().ok_or_else(|| missing("price", pid, &format!("items[{i}][price]")))?;
-                    let q = it.get("quantity").and_then(Value::as_str).and_then(|q| q.parse().ok()).unwrap_or(1);
-                    data.push(objects::subscription_item(&mut self.rng(), t, &sid, &price, q, (t, t + 30 * 86_400)));
+                    let pid = it.get("price").and_then(Value::as_str).ok_or_else(|| {
+                        invalid(
+                            "Missing required param: items[0][price].",
+                            Some(&format!("items[{i}][price]")),
+                        )
+                    })?;
+                    let price = store
+                        .col("prices")
+                        .get(pid)
+                        .cloned()
+                        .ok_or_else(|| missing("price", pid, &format!("items[{i}][price]")))?;
+                    let q = it
+                        .get("quantity")
+                        .and_then(Value::as_str)
+                        .and_then(|q| q.parse().ok())
+                        .unwrap_or(1);
+                    data.push(objects::subscription_item(
+                        &mut self.rng(),
+                        t,
+                        &sid,
+                        &price,
+                        q,
+                        (t, t + 30 * 86_400),
+                    ));
                 }
                 s["items"]["data"] = Value::Array(data);
                 let rest = strip(params, &["customer", "items"]);
-                apply(&mut s, &rest, &["metadata", "collection_method", "description", "cancel_at_period_end"])?;
+                apply(
+                    &mut s,
+                    &rest,
+                    &[
+                        "metadata",
+                        "collection_method",
+                        "description",
+                        "cancel_at_period_end",
+                    ],
+                )?;
                 store.add(s.clone());
                 self.event("customer.subscription.created", &s, None);
                 Ok(render(&s))
@@ -613,13 +1014,26 @@ impl Mutation<'_> {
                 "subscriptions",
                 id,
                 params,
-                &["metadata", "cancel_at_period_end", "description", "collection_method", "days_until_due"],
+                &[
+                    "metadata",
+                    "cancel_at_period_end",
+                    "description",
+                    "collection_method",
+                    "days_until_due",
+                ],
                 Some("customer.subscription.updated"),
             ),
             ("DELETE", ["subscriptions", id]) => {
-                let mut s = store.col("subscriptions").get(id).cloned().ok_or_else(|| missing("subscription", id, "id"))?;
+                let mut s = store
+                    .col("subscriptions")
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| missing("subscription", id, "id"))?;
                 if s["status"] == "canceled" {
-                    return Err(invalid(&format!("No such subscription: '{id}' (it is already canceled)"), Some("id")));
+                    return Err(invalid(
+                        &format!("No such subscription: '{id}' (it is already canceled)"),
+                        Some("id"),
+                    ));
                 }
                 let mut prev = Map::new();
                 prev.insert("status".into(), s["status"].clone());
@@ -634,21 +1048,63 @@ impl Mutation<'_> {
             }
             ("POST", ["invoices"]) => {
                 let customer = required(params, "customer")?.to_string();
-                let cur = store.col("customers").get(&customer).map(|c| c["currency"].as_str().unwrap_or("usd").to_string()).ok_or_else(|| missing("customer", &customer, "customer"))?;
+                let cur = store
+                    .col("customers")
+                    .get(&customer)
+                    .map(|c| c["currency"].as_str().unwrap_or("usd").to_string())
+                    .ok_or_else(|| missing("customer", &customer, "customer"))?;
                 let sub = str_param(params, "subscription").map(str::to_string);
-                let mut inv = objects::invoice(&mut self.rng(), t, &customer, sub.as_deref(), "draft", &cur, 0);
+                let mut inv = objects::invoice(
+                    &mut self.rng(),
+                    t,
+                    &customer,
+                    sub.as_deref(),
+                    "draft",
+                    &cur,
+                    0,
+                );
                 inv["billing_reason"] = json!("manual");
                 inv["period_start"] = json!(t);
                 inv["period_end"] = json!(t);
-                let rest = strip(params, &["customer", "subscription", "pending_invoice_items_behavior"]);
-                apply(&mut inv, &rest, &["description", "metadata", "collection_method", "days_until_due", "due_date"])?;
+                let rest = strip(
+                    params,
+                    &["customer", "subscription", "pending_invoice_items_behavior"],
+                );
+                apply(
+                    &mut inv,
+                    &rest,
+                    &[
+                        "description",
+                        "metadata",
+                        "collection_method",
+                        "days_until_due",
+                        "due_date",
+                    ],
+                )?;
                 store.add(inv.clone());
                 self.event("invoice.created", &inv, None);
                 Ok(render(&inv))
             }
-            ("POST", ["invoices", id]) => self.update(store, "invoices", id, params, &["description", "metadata", "collection_method", "due_date", "days_until_due"], Some("invoice.updated")),
+            ("POST", ["invoices", id]) => self.update(
+                store,
+                "invoices",
+                id,
+                params,
+                &[
+                    "description",
+                    "metadata",
+                    "collection_method",
+                    "due_date",
+                    "days_until_due",
+                ],
+                Some("invoice.updated"),
+            ),
             ("DELETE", ["invoices", id]) => {
-                let inv = store.col("invoices").get(id).cloned().ok_or_else(|| missing("invoice", id, "id"))?;
+                let inv = store
+                    .col("invoices")
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| missing("invoice", id, "id"))?;
                 if inv["status"] != "draft" {
                     return Err(invalid("You can only delete draft invoices.", None));
                 }
@@ -656,21 +1112,58 @@ impl Mutation<'_> {
                 self.event("invoice.deleted", &inv, None);
                 Ok(json!({"id": id, "object": "invoice", "deleted": true}))
             }
-            ("POST", ["invoices", id, action @ ("finalize" | "pay" | "void" | "mark_uncollectible")]) => self.invoice_action(store, id, action, t),
+            (
+                "POST",
+                [
+                    "invoices",
+                    id,
+                    action @ ("finalize" | "pay" | "void" | "mark_uncollectible"),
+                ],
+            ) => self.invoice_action(store, id, action, t),
             ("POST", ["invoiceitems"]) => {
                 let customer = required(params, "customer")?.to_string();
-                let cur = store.col("customers").get(&customer).map(|c| c["currency"].as_str().unwrap_or("usd").to_string()).ok_or_else(|| missing("customer", &customer, "customer"))?;
-                let amount = int_param(params, "amount")?.ok_or_else(|| invalid("Missing required param: amount.", Some("amount")))?;
+                let cur = store
+                    .col("customers")
+                    .get(&customer)
+                    .map(|c| c["currency"].as_str().unwrap_or("usd").to_string())
+                    .ok_or_else(|| missing("customer", &customer, "customer"))?;
+                let amount = int_param(params, "amount")?
+                    .ok_or_else(|| invalid("Missing required param: amount.", Some("amount")))?;
                 let invoice = str_param(params, "invoice").map(str::to_string);
-                let mut ii = objects::invoice_item(&mut self.rng(), t, &customer, invoice.as_deref(), amount, str_param(params, "currency").unwrap_or(&cur));
+                let mut ii = objects::invoice_item(
+                    &mut self.rng(),
+                    t,
+                    &customer,
+                    invoice.as_deref(),
+                    amount,
+                    str_param(params, "currency").unwrap_or(&cur),
+                );
                 ii["description"] = params.get("description").cloned().unwrap_or(Value::Null);
                 if let Some(iid) = &invoice {
-                    let mut inv = store.col("invoices").get(iid).cloned().ok_or_else(|| missing("invoice", iid, "invoice"))?;
+                    let mut inv = store
+                        .col("invoices")
+                        .get(iid)
+                        .cloned()
+                        .ok_or_else(|| missing("invoice", iid, "invoice"))?;
                     if inv["status"] != "draft" {
-                        return Err(invalid("You can only add invoice items to draft invoices.", Some("invoice")));
+                        return Err(invalid(
+                            "You can only add invoice items to draft invoices.",
+                            Some("invoice"),
+                        ));
                     }
                     let parent = json!({"type": "invoice_item_details", "invoice_item_details": {"invoice_item": ii["id"], "proration": false}, "subscription_item_details": null});
-                    let line = objects::line_item(&mut self.rng(), iid, amount, inv["currency"].as_str().unwrap_or("usd"), (t, t), ii["description"].as_str().unwrap_or("Invoice item").to_string(), parent);
+                    let line = objects::line_item(
+                        &mut self.rng(),
+                        iid,
+                        amount,
+                        inv["currency"].as_str().unwrap_or("usd"),
+                        (t, t),
+                        ii["description"]
+                            .as_str()
+                            .unwrap_or("Invoice item")
+                            .to_string(),
+                        parent,
+                    );
                     let prev_total = inv["total"].clone();
                     if let Some(a) = inv["lines"]["data"].as_array_mut() {
                         a.push(line);
@@ -689,17 +1182,33 @@ impl Mutation<'_> {
                 Ok(render(&ii))
             }
             // Stripe removed invoiceitem.updated: updates record no event.
-            ("POST", ["invoiceitems", id]) => self.update(store, "invoiceitems", id, params, &["description", "metadata", "amount"], None),
+            ("POST", ["invoiceitems", id]) => self.update(
+                store,
+                "invoiceitems",
+                id,
+                params,
+                &["description", "metadata", "amount"],
+                None,
+            ),
             ("DELETE", ["invoiceitems", id]) => {
-                let ii = store.col("invoiceitems").get(id).cloned().ok_or_else(|| missing("invoiceitem", id, "id"))?;
+                let ii = store
+                    .col("invoiceitems")
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| missing("invoiceitem", id, "id"))?;
                 if let Some(iid) = ii["invoice"].as_str()
                     && let Some(mut inv) = store.col("invoices").get(iid).cloned()
                 {
                     if inv["status"] != "draft" {
-                        return Err(invalid("You can only delete invoice items of draft invoices.", None));
+                        return Err(invalid(
+                            "You can only delete invoice items of draft invoices.",
+                            None,
+                        ));
                     }
                     if let Some(a) = inv["lines"]["data"].as_array_mut() {
-                        a.retain(|l| l["parent"]["invoice_item_details"]["invoice_item"] != ii["id"]);
+                        a.retain(|l| {
+                            l["parent"]["invoice_item_details"]["invoice_item"] != ii["id"]
+                        });
                     }
                     objects::total_invoice(&mut inv);
                     store.col_mut("invoices").replace(inv.clone());
@@ -710,7 +1219,8 @@ impl Mutation<'_> {
                 Ok(json!({"id": id, "object": "invoiceitem", "deleted": true}))
             }
             ("POST", ["charges"]) => {
-                let amount = int_param(params, "amount")?.ok_or_else(|| invalid("Missing required param: amount.", Some("amount")))?;
+                let amount = int_param(params, "amount")?
+                    .ok_or_else(|| invalid("Missing required param: amount.", Some("amount")))?;
                 let currency = required(params, "currency")?.to_string();
                 let customer = str_param(params, "customer").map(str::to_string);
                 if let Some(c) = &customer
@@ -719,28 +1229,69 @@ impl Mutation<'_> {
                     return Err(missing("customer", c, "customer"));
                 }
                 let txn = self.rng().id("txn_");
-                let mut ch = objects::charge(&mut self.rng(), t, customer.as_deref(), amount, &currency, &txn, None);
-                for (k, v) in [("paid", json!(true)), ("captured", json!(true)), ("status", json!("succeeded")), ("amount_captured", json!(amount)), ("balance_transaction", json!(txn)), ("failure_code", Value::Null), ("failure_message", Value::Null)] {
+                let mut ch = objects::charge(
+                    &mut self.rng(),
+                    t,
+                    customer.as_deref(),
+                    amount,
+                    &currency,
+                    &txn,
+                    None,
+                );
+                for (k, v) in [
+                    ("paid", json!(true)),
+                    ("captured", json!(true)),
+                    ("status", json!("succeeded")),
+                    ("amount_captured", json!(amount)),
+                    ("balance_transaction", json!(txn)),
+                    ("failure_code", Value::Null),
+                    ("failure_message", Value::Null),
+                ] {
                     ch[k] = v;
                 }
                 ch["description"] = params.get("description").cloned().unwrap_or(Value::Null);
                 if let Some(m) = params.get("metadata") {
                     ch["metadata"] = m.clone();
                 }
-                let bt = objects::balance_transaction(&mut self.rng(), txn, t, amount, &currency, ch["id"].as_str().unwrap_or_default(), "charge");
+                let bt = objects::balance_transaction(
+                    &mut self.rng(),
+                    txn,
+                    t,
+                    amount,
+                    &currency,
+                    ch["id"].as_str().unwrap_or_default(),
+                    "charge",
+                );
                 store.add(bt);
                 store.add(ch.clone());
                 self.event("charge.succeeded", &ch, None);
                 Ok(render(&ch))
             }
-            ("POST", ["charges", id]) => self.update(store, "charges", id, params, &["description", "metadata"], Some("charge.updated")),
+            ("POST", ["charges", id]) => self.update(
+                store,
+                "charges",
+                id,
+                params,
+                &["description", "metadata"],
+                Some("charge.updated"),
+            ),
             ("POST", ["refunds"]) => {
                 let cid = required(params, "charge")?.to_string();
-                let mut ch = store.col("charges").get(&cid).cloned().ok_or_else(|| missing("charge", &cid, "charge"))?;
-                let left = ch["amount"].as_i64().unwrap_or(0) - ch["amount_refunded"].as_i64().unwrap_or(0);
+                let mut ch = store
+                    .col("charges")
+                    .get(&cid)
+                    .cloned()
+                    .ok_or_else(|| missing("charge", &cid, "charge"))?;
+                let left = ch["amount"].as_i64().unwrap_or(0)
+                    - ch["amount_refunded"].as_i64().unwrap_or(0);
                 let amount = int_param(params, "amount")?.unwrap_or(left);
                 if amount <= 0 || amount > left {
-                    return Err(invalid(&format!("Refund amount ({amount}) is greater than unrefunded amount on charge ({left})"), Some("amount")));
+                    return Err(invalid(
+                        &format!(
+                            "Refund amount ({amount}) is greater than unrefunded amount on charge ({left})"
+                        ),
+                        Some("amount"),
+                    ));
                 }
                 let r = objects::refund(&mut self.rng(), t, &ch, amount);
                 let mut prev = Map::new();
@@ -750,7 +1301,15 @@ impl Mutation<'_> {
                 ch["refunded"] = json!(amount == left);
                 store.col_mut("charges").replace(ch.clone());
                 let txn = self.rng().id("txn_");
-                let bt = objects::balance_transaction(&mut self.rng(), txn, t, -amount, ch["currency"].as_str().unwrap_or("usd"), r["id"].as_str().unwrap_or_default(), "refund");
+                let bt = objects::balance_transaction(
+                    &mut self.rng(),
+                    txn,
+                    t,
+                    -amount,
+                    ch["currency"].as_str().unwrap_or("usd"),
+                    r["id"].as_str().unwrap_or_default(),
+                    "refund",
+                );
                 store.add(bt);
                 store.add(r.clone());
                 self.event("refund.created", &r, None);
@@ -772,16 +1331,27 @@ impl Mutation<'_> {
                 if store.col("customers").get(&customer).is_none() {
                     return Err(missing("customer", &customer, "customer"));
                 }
-                let mut pm = store.col("payment_methods").get(id).cloned().ok_or_else(|| missing("payment_method", id, "id"))?;
+                let mut pm = store
+                    .col("payment_methods")
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| missing("payment_method", id, "id"))?;
                 pm["customer"] = json!(customer);
                 store.col_mut("payment_methods").replace(pm.clone());
                 self.event("payment_method.attached", &pm, None);
                 Ok(render(&pm))
             }
             ("POST", ["payment_methods", id, "detach"]) => {
-                let mut pm = store.col("payment_methods").get(id).cloned().ok_or_else(|| missing("payment_method", id, "id"))?;
+                let mut pm = store
+                    .col("payment_methods")
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| missing("payment_method", id, "id"))?;
                 if pm["customer"].is_null() {
-                    return Err(invalid("The payment method you provided is not attached to a customer so detachment is impossible.", None));
+                    return Err(invalid(
+                        "The payment method you provided is not attached to a customer so detachment is impossible.",
+                        None,
+                    ));
                 }
                 let mut prev = Map::new();
                 prev.insert("customer".into(), pm["customer"].clone());
@@ -790,12 +1360,27 @@ impl Mutation<'_> {
                 self.event("payment_method.detached", &pm, Some(prev));
                 Ok(render(&pm))
             }
-            _ => Err(ApiErr(404, error_body("invalid_request_error", None, &format!("Unrecognized request URL ({method}: /v1/{}).", segs.join("/")), None))),
+            _ => Err(ApiErr(
+                404,
+                error_body(
+                    "invalid_request_error",
+                    None,
+                    &format!(
+                        "Unrecognized request URL ({method}: /v1/{}).",
+                        segs.join("/")
+                    ),
+                    None,
+                ),
+            )),
         }
     }
 
     fn invoice_action(&mut self, store: &mut Store, id: &str, action: &str, t: i64) -> ApiResult {
-        let mut inv = store.col("invoices").get(id).cloned().ok_or_else(|| missing("invoice", id, "id"))?;
+        let mut inv = store
+            .col("invoices")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| missing("invoice", id, "id"))?;
         let status = inv["status"].as_str().unwrap_or("").to_string();
         let mut prev = Map::new();
         prev.insert("status".into(), json!(status));
@@ -814,11 +1399,35 @@ impl Mutation<'_> {
                 objects::total_invoice(&mut inv);
                 let amount = inv["total"].as_i64().unwrap_or(0);
                 let txn = self.rng().id("txn_");
-                let mut ch = objects::charge(&mut self.rng(), t, inv["customer"].as_str(), amount, inv["currency"].as_str().unwrap_or("usd"), &txn, Some(format!("Payment for invoice {id}")));
-                for (k, v) in [("paid", json!(true)), ("captured", json!(true)), ("status", json!("succeeded")), ("amount_captured", json!(amount)), ("balance_transaction", json!(txn)), ("failure_code", Value::Null), ("failure_message", Value::Null)] {
+                let mut ch = objects::charge(
+                    &mut self.rng(),
+                    t,
+                    inv["customer"].as_str(),
+                    amount,
+                    inv["currency"].as_str().unwrap_or("usd"),
+                    &txn,
+                    Some(format!("Payment for invoice {id}")),
+                );
+                for (k, v) in [
+                    ("paid", json!(true)),
+                    ("captured", json!(true)),
+                    ("status", json!("succeeded")),
+                    ("amount_captured", json!(amount)),
+                    ("balance_transaction", json!(txn)),
+                    ("failure_code", Value::Null),
+                    ("failure_message", Value::Null),
+                ] {
                     ch[k] = v;
                 }
-                let bt = objects::balance_transaction(&mut self.rng(), txn, t, amount, inv["currency"].as_str().unwrap_or("usd"), ch["id"].as_str().unwrap_or_default(), "charge");
+                let bt = objects::balance_transaction(
+                    &mut self.rng(),
+                    txn,
+                    t,
+                    amount,
+                    inv["currency"].as_str().unwrap_or("usd"),
+                    ch["id"].as_str().unwrap_or_default(),
+                    "charge",
+                );
                 store.add(bt);
                 store.add(ch.clone());
                 self.event("charge.succeeded", &ch, None);
@@ -835,7 +1444,12 @@ impl Mutation<'_> {
                 inv["status_transitions"]["marked_uncollectible_at"] = json!(t);
                 "invoice.marked_uncollectible"
             }
-            _ => return Err(invalid(&format!("You can't {action} an invoice with status {status}."), None)),
+            _ => {
+                return Err(invalid(
+                    &format!("You can't {action} an invoice with status {status}."),
+                    None,
+                ));
+            }
         };
         store.col_mut("invoices").replace(inv.clone());
         self.event(event, &inv, Some(prev));

@@ -28,7 +28,11 @@ impl Rng {
     }
 
     pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        if hi <= lo { lo } else { lo + self.below((hi - lo) as u64 + 1) as i64 }
+        if hi <= lo {
+            lo
+        } else {
+            lo + self.below((hi - lo) as u64 + 1) as i64
+        }
     }
 
     pub fn chance(&mut self, p: f64) -> bool {
@@ -51,10 +55,25 @@ impl Rng {
     }
 }
 
-const FIRST: &[&str] = &["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken", "Radia", "Linus", "Frances", "John"];
-const LAST: &[&str] = &["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Hamilton", "Thompson", "Perlman", "Torvalds", "Allen", "Backus"];
+const FIRST: &[&str] = &[
+    "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken", "Radia", "Linus",
+    "Frances", "John",
+];
+const LAST: &[&str] = &[
+    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Hamilton", "Thompson",
+    "Perlman", "Torvalds", "Allen", "Backus",
+];
 const CURRENCIES: &[&str] = &["usd", "usd", "usd", "eur", "gbp"];
-const PRODUCTS: &[&str] = &["Starter plan", "Pro plan", "Team plan", "Enterprise plan", "API credits", "Support add-on", "Onboarding", "Storage pack"];
+const PRODUCTS: &[&str] = &[
+    "Starter plan",
+    "Pro plan",
+    "Team plan",
+    "Enterprise plan",
+    "API credits",
+    "Support add-on",
+    "Onboarding",
+    "Storage pack",
+];
 
 pub const API_VERSION: &str = "2026-06-24.dahlia";
 
@@ -133,14 +152,25 @@ impl SeedSpec {
 }
 
 fn metadata(rng: &mut Rng) -> Value {
-    if rng.chance(0.3) { json!({"crm_id": format!("crm-{}", rng.below(1_000_000))}) } else { json!({}) }
+    if rng.chance(0.3) {
+        json!({"crm_id": format!("crm-{}", rng.below(1_000_000))})
+    } else {
+        json!({})
+    }
 }
 
 pub fn customer(rng: &mut Rng, created: i64, email: Option<String>, name: Option<String>) -> Value {
     let id = rng.id("cus_");
     let first = *rng.pick(FIRST);
     let last = *rng.pick(LAST);
-    let email = email.unwrap_or_else(|| format!("{}.{}.{}@example.com", first.to_lowercase(), last.to_lowercase(), rng.below(100_000)));
+    let email = email.unwrap_or_else(|| {
+        format!(
+            "{}.{}.{}@example.com",
+            first.to_lowercase(),
+            last.to_lowercase(),
+            rng.below(100_000)
+        )
+    });
     json!({
         "id": id, "object": "customer",
         "address": {"city": "Berlin", "country": "DE", "line1": format!("{} Hauptstr.", rng.range(1, 200)),
@@ -165,7 +195,14 @@ pub fn product(rng: &mut Rng, created: i64, name: &str) -> Value {
     })
 }
 
-pub fn price(rng: &mut Rng, created: i64, product: &str, unit_amount: i64, recurring: bool, active: bool) -> Value {
+pub fn price(
+    rng: &mut Rng,
+    created: i64,
+    product: &str,
+    unit_amount: i64,
+    recurring: bool,
+    active: bool,
+) -> Value {
     json!({
         "id": rng.id("price_"), "object": "price", "active": active, "billing_scheme": "per_unit",
         "created": created, "currency": "usd", "custom_unit_amount": null, "livemode": false,
@@ -177,7 +214,14 @@ pub fn price(rng: &mut Rng, created: i64, product: &str, unit_amount: i64, recur
     })
 }
 
-pub fn subscription_item(rng: &mut Rng, created: i64, sub: &str, price: &Value, quantity: i64, period: (i64, i64)) -> Value {
+pub fn subscription_item(
+    rng: &mut Rng,
+    created: i64,
+    sub: &str,
+    price: &Value,
+    quantity: i64,
+    period: (i64, i64),
+) -> Value {
     json!({
         "id": rng.id("si_"), "object": "subscription_item", "created": created, "metadata": {},
         "price": price, "quantity": quantity, "subscription": sub,
@@ -201,7 +245,15 @@ pub fn subscription(rng: &mut Rng, created: i64, customer: &str, status: &str, n
     })
 }
 
-pub fn line_item(rng: &mut Rng, invoice: &str, amount: i64, currency: &str, period: (i64, i64), description: String, parent: Value) -> Value {
+pub fn line_item(
+    rng: &mut Rng,
+    invoice: &str,
+    amount: i64,
+    currency: &str,
+    period: (i64, i64),
+    description: String,
+    parent: Value,
+) -> Value {
     json!({
         "id": rng.id("il_"), "object": "line_item", "amount": amount, "currency": currency,
         "description": description, "discountable": true, "discounts": [], "invoice": invoice,
@@ -211,7 +263,15 @@ pub fn line_item(rng: &mut Rng, invoice: &str, amount: i64, currency: &str, peri
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn invoice(rng: &mut Rng, created: i64, customer: &str, subscription: Option<&str>, status: &str, currency: &str, number: u64) -> Value {
+pub fn invoice(
+    rng: &mut Rng,
+    created: i64,
+    customer: &str,
+    subscription: Option<&str>,
+    status: &str,
+    currency: &str,
+    number: u64,
+) -> Value {
     let id = rng.id("in_");
     json!({
         "id": id, "object": "invoice", "account_country": "DE", "amount_due": 0, "amount_paid": 0,
@@ -237,17 +297,31 @@ pub fn invoice(rng: &mut Rng, created: i64, customer: &str, subscription: Option
 
 /// Recomputes an invoice's totals from its (complete) lines.
 pub fn total_invoice(inv: &mut Value) {
-    let total: i64 = inv["lines"]["data"].as_array().map(|a| a.iter().filter_map(|l| l["amount"].as_i64()).sum()).unwrap_or(0);
+    let total: i64 = inv["lines"]["data"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l["amount"].as_i64()).sum())
+        .unwrap_or(0);
     let paid = inv["status"] == "paid";
     inv["subtotal"] = json!(total);
     inv["total"] = json!(total);
     inv["total_excluding_tax"] = json!(total);
     inv["amount_due"] = json!(total);
     inv["amount_paid"] = json!(if paid { total } else { 0 });
-    inv["amount_remaining"] = json!(if paid || inv["status"] == "void" { 0 } else { total });
+    inv["amount_remaining"] = json!(if paid || inv["status"] == "void" {
+        0
+    } else {
+        total
+    });
 }
 
-pub fn invoice_item(rng: &mut Rng, date: i64, customer: &str, invoice: Option<&str>, amount: i64, currency: &str) -> Value {
+pub fn invoice_item(
+    rng: &mut Rng,
+    date: i64,
+    customer: &str,
+    invoice: Option<&str>,
+    amount: i64,
+    currency: &str,
+) -> Value {
     json!({
         "id": rng.id("ii_"), "object": "invoiceitem", "amount": amount, "currency": currency,
         "customer": customer, "date": date, "description": "One-off service", "discountable": true,
@@ -257,7 +331,15 @@ pub fn invoice_item(rng: &mut Rng, date: i64, customer: &str, invoice: Option<&s
     })
 }
 
-pub fn charge(rng: &mut Rng, created: i64, customer: Option<&str>, amount: i64, currency: &str, txn: &str, description: Option<String>) -> Value {
+pub fn charge(
+    rng: &mut Rng,
+    created: i64,
+    customer: Option<&str>,
+    amount: i64,
+    currency: &str,
+    txn: &str,
+    description: Option<String>,
+) -> Value {
     let failed = rng.chance(0.05);
     json!({
         "id": rng.id("ch_"), "object": "charge", "amount": amount,
@@ -276,8 +358,20 @@ pub fn charge(rng: &mut Rng, created: i64, customer: Option<&str>, amount: i64, 
     })
 }
 
-pub fn balance_transaction(rng: &mut Rng, id: String, created: i64, amount: i64, currency: &str, source: &str, kind: &str) -> Value {
-    let fee = if kind == "charge" { amount * 29 / 1000 + 30 } else { 0 };
+pub fn balance_transaction(
+    rng: &mut Rng,
+    id: String,
+    created: i64,
+    amount: i64,
+    currency: &str,
+    source: &str,
+    kind: &str,
+) -> Value {
+    let fee = if kind == "charge" {
+        amount * 29 / 1000 + 30
+    } else {
+        0
+    };
     json!({
         "id": id, "object": "balance_transaction", "amount": amount, "available_on": created + 2 * 86_400,
         "balance_type": "payments", "created": created, "currency": currency, "description": null,
@@ -338,7 +432,14 @@ pub fn credit_note(rng: &mut Rng, created: i64, inv: &Value, number: u64) -> Val
     })
 }
 
-pub fn customer_balance_transaction(rng: &mut Rng, created: i64, customer: &str, amount: i64, ending: i64, currency: &str) -> Value {
+pub fn customer_balance_transaction(
+    rng: &mut Rng,
+    created: i64,
+    customer: &str,
+    amount: i64,
+    ending: i64,
+    currency: &str,
+) -> Value {
     json!({
         "id": rng.id("cbtxn_"), "object": "customer_balance_transaction", "amount": amount,
         "created": created, "credit_note": null, "currency": currency, "customer": customer,
@@ -383,7 +484,14 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
             let pc = rng.range(created, end);
             let amount = 500 * (1 + rng.below(40) as i64);
             let active = j == 0 || !rng.chance(0.5);
-            let pr = price(&mut rng, pc, p["id"].as_str().unwrap(), amount, j != 2, active);
+            let pr = price(
+                &mut rng,
+                pc,
+                p["id"].as_str().unwrap(),
+                amount,
+                j != 2,
+                active,
+            );
             if j == 0 {
                 p["default_price"] = pr["id"].clone();
             }
@@ -397,13 +505,22 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
     for _ in 0..spec.customers {
         let created = t(&mut rng);
         let c = customer(&mut rng, created, None, None);
-        customers.push((c["id"].as_str().unwrap().to_string(), created, c["currency"].as_str().unwrap().to_string()));
+        customers.push((
+            c["id"].as_str().unwrap().to_string(),
+            created,
+            c["currency"].as_str().unwrap().to_string(),
+        ));
         store.add(c);
     }
-    let pick_customer = |rng: &mut Rng| customers[rng.below(customers.len() as u64) as usize].clone();
+    let pick_customer =
+        |rng: &mut Rng| customers[rng.below(customers.len() as u64) as usize].clone();
 
     for i in 0..spec.payment_methods.min(spec.customers * 3) {
-        let (cid, cc, _) = if spec.customers > 0 { customers[i % customers.len()].clone() } else { break };
+        let (cid, cc, _) = if spec.customers > 0 {
+            customers[i % customers.len()].clone()
+        } else {
+            break;
+        };
         let created = rng.range(cc, end);
         store.add(payment_method(&mut rng, created, Some(&cid)));
     }
@@ -412,11 +529,18 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
             let (cid, cc, cur) = pick_customer(&mut rng);
             let created = rng.range(cc, end);
             let amount = -(100 * (1 + rng.below(50) as i64));
-            let bal = store.col("customers").get(&cid).and_then(|c| c["balance"].as_i64()).unwrap_or(0) + amount;
+            let bal = store
+                .col("customers")
+                .get(&cid)
+                .and_then(|c| c["balance"].as_i64())
+                .unwrap_or(0)
+                + amount;
             if let Some(c) = store.col_mut("customers").get_mut(&cid) {
                 c["balance"] = json!(bal);
             }
-            store.add(customer_balance_transaction(&mut rng, created, &cid, amount, bal, &cur));
+            store.add(customer_balance_transaction(
+                &mut rng, created, &cid, amount, bal, &cur,
+            ));
         }
     }
 
@@ -426,17 +550,31 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
         for _ in 0..spec.subscriptions {
             let (cid, cc, _) = pick_customer(&mut rng);
             let created = rng.range(cc, end);
-            let status = *rng.pick(&["active", "active", "active", "active", "past_due", "trialing", "canceled", "canceled", "unpaid"]);
+            let status = *rng.pick(&[
+                "active", "active", "active", "active", "past_due", "trialing", "canceled",
+                "canceled", "unpaid",
+            ]);
             let ended = rng.range(created, end);
             let mut s = subscription(&mut rng, created, &cid, status, ended);
             let sid = s["id"].as_str().unwrap().to_string();
             // a few subscriptions have more items than Stripe embeds (10)
-            let n_items = if rng.chance(0.02) { 12 + rng.below(5) as usize } else { 1 + rng.below(3) as usize };
+            let n_items = if rng.chance(0.02) {
+                12 + rng.below(5) as usize
+            } else {
+                1 + rng.below(3) as usize
+            };
             let mut items = Vec::new();
             for _ in 0..n_items {
                 let pr = (*rng.pick(&recurring)).clone();
                 let q = 1 + rng.below(5) as i64;
-                items.push(subscription_item(&mut rng, created, &sid, &pr, q, (end - 30 * 86_400, end)));
+                items.push(subscription_item(
+                    &mut rng,
+                    created,
+                    &sid,
+                    &pr,
+                    q,
+                    (end - 30 * 86_400, end),
+                ));
             }
             s["items"]["data"] = Value::Array(items.clone());
             subs.push((sid, cid, created, items));
@@ -458,18 +596,47 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
                 (cid, cc, None)
             };
             let created = rng.range(cc, end);
-            let status = *rng.pick(&["paid", "paid", "paid", "paid", "open", "draft", "void", "uncollectible"]);
-            let mut inv = invoice(&mut rng, created, &cid, sub.as_deref(), status, "usd", number);
+            let status = *rng.pick(&[
+                "paid",
+                "paid",
+                "paid",
+                "paid",
+                "open",
+                "draft",
+                "void",
+                "uncollectible",
+            ]);
+            let mut inv = invoice(
+                &mut rng,
+                created,
+                &cid,
+                sub.as_deref(),
+                status,
+                "usd",
+                number,
+            );
             let iid = inv["id"].as_str().unwrap().to_string();
             let n_lines = 1 + rng.below(spec.max_lines.max(1) as u64) as usize;
             let mut lines = Vec::with_capacity(n_lines);
             for k in 0..n_lines {
                 let amount = 500 * (1 + rng.below(40) as i64);
                 let parent = match &sub {
-                    Some(s) => json!({"type": "subscription_item_details", "subscription_item_details": {"subscription": s, "subscription_item": format!("si_line{k}"), "proration": false}, "invoice_item_details": null}),
-                    None => json!({"type": "invoice_item_details", "invoice_item_details": {"invoice_item": format!("ii_line{k}"), "proration": false}, "subscription_item_details": null}),
+                    Some(s) => {
+                        json!({"type": "subscription_item_details", "subscription_item_details": {"subscription": s, "subscription_item": format!("si_line{k}"), "proration": false}, "invoice_item_details": null})
+                    }
+                    None => {
+                        json!({"type": "invoice_item_details", "invoice_item_details": {"invoice_item": format!("ii_line{k}"), "proration": false}, "subscription_item_details": null})
+                    }
                 };
-                lines.push(line_item(&mut rng, &iid, amount, "usd", (created - 30 * 86_400, created), format!("Line {}", k + 1), parent));
+                lines.push(line_item(
+                    &mut rng,
+                    &iid,
+                    amount,
+                    "usd",
+                    (created - 30 * 86_400, created),
+                    format!("Line {}", k + 1),
+                    parent,
+                ));
             }
             inv["lines"]["data"] = Value::Array(lines);
             total_invoice(&mut inv);
@@ -506,11 +673,31 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
         let created = rng.range(cc, end);
         let amount = 100 * (1 + rng.below(500) as i64);
         let txn_id = rng.id("txn_");
-        let desc = if i % 7 == 0 { Some(format!("Order #{}", 10_000 + i)) } else { None };
-        let ch = charge(&mut rng, created, cust.as_deref(), amount, "usd", &txn_id, desc);
+        let desc = if i % 7 == 0 {
+            Some(format!("Order #{}", 10_000 + i))
+        } else {
+            None
+        };
+        let ch = charge(
+            &mut rng,
+            created,
+            cust.as_deref(),
+            amount,
+            "usd",
+            &txn_id,
+            desc,
+        );
         if ch["paid"] == true && txns < spec.balance_transactions {
             txns += 1;
-            store.add(balance_transaction(&mut rng, txn_id, created, amount, "usd", ch["id"].as_str().unwrap(), "charge"));
+            store.add(balance_transaction(
+                &mut rng,
+                txn_id,
+                created,
+                amount,
+                "usd",
+                ch["id"].as_str().unwrap(),
+                "charge",
+            ));
         }
         if charges.len() < 10_000 {
             charges.push(ch.clone());
@@ -532,7 +719,15 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
             if txns < spec.balance_transactions {
                 txns += 1;
                 let id = rng.id("txn_");
-                store.add(balance_transaction(&mut rng, id, created, -amount, "usd", r["id"].as_str().unwrap(), "refund"));
+                store.add(balance_transaction(
+                    &mut rng,
+                    id,
+                    created,
+                    -amount,
+                    "usd",
+                    r["id"].as_str().unwrap(),
+                    "refund",
+                ));
             }
             store.add(r);
         }
@@ -552,7 +747,15 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
         if txns < spec.balance_transactions {
             txns += 1;
             let id = rng.id("txn_");
-            store.add(balance_transaction(&mut rng, id, created, -amount, "usd", p["id"].as_str().unwrap(), "payout"));
+            store.add(balance_transaction(
+                &mut rng,
+                id,
+                created,
+                -amount,
+                "usd",
+                p["id"].as_str().unwrap(),
+                "payout",
+            ));
         }
         store.add(p);
     }
@@ -562,7 +765,15 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
         let id = rng.id("txn_");
         let src = rng.id("adj_");
         let amount = 100 * rng.range(-50, 50);
-        store.add(balance_transaction(&mut rng, id, created, amount, "usd", &src, "adjustment"));
+        store.add(balance_transaction(
+            &mut rng,
+            id,
+            created,
+            amount,
+            "usd",
+            &src,
+            "adjustment",
+        ));
     }
     for _ in 0..spec.accounts {
         let created = t(&mut rng);

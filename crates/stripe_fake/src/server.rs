@@ -41,7 +41,10 @@ pub async fn serve(inner: Arc<Inner>, listener: TcpListener) {
         let inner = inner.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(inner.clone(), req));
-            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc).await;
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -54,21 +57,45 @@ fn respond(status: u16, body: String, request_id: &str) -> Response<Full<Bytes>>
         .body(Full::new(Bytes::from(body)))
         .expect("valid response");
     if status == 429 || status >= 500 {
-        r.headers_mut().insert("Stripe-Should-Retry", "true".parse().expect("header"));
+        r.headers_mut()
+            .insert("Stripe-Should-Retry", "true".parse().expect("header"));
     }
     r
 }
 
-async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
+async fn handle(
+    inner: Arc<Inner>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Dropped> {
     let method = req.method().as_str().to_string();
-    let path_q = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let path_q = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
     let path = req.uri().path().to_string();
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let auth = header("authorization");
     let idem = header("idempotency-key");
     let body = match Limited::new(req.into_body(), 4 << 20).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(respond(413, error_body("invalid_request_error", None, "Request body too large", None), "req_fake")),
+        Err(_) => {
+            return Ok(respond(
+                413,
+                error_body(
+                    "invalid_request_error",
+                    None,
+                    "Request body too large",
+                    None,
+                ),
+                "req_fake",
+            ));
+        }
     };
     let body = String::from_utf8_lossy(&body).to_string();
 
@@ -96,7 +123,12 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
             Ok(respond(code, text, &request_id))
         }
         Gate::Pass(key) => {
-            let caller = Caller { restricted: key.starts_with("rk_"), idempotency_key: idem, request_id: request_id.clone(), key_tail: tail(&key) };
+            let caller = Caller {
+                restricted: key.starts_with("rk_"),
+                idempotency_key: idem,
+                request_id: request_id.clone(),
+                key_tail: tail(&key),
+            };
             if let Some(denied) = restricted_denial(&faults, &caller, &method, &path) {
                 counted(&inner, 403);
                 return Ok(respond(403, denied, &request_id));
@@ -115,7 +147,13 @@ enum Gate {
 }
 
 fn tail(key: &str) -> String {
-    key.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect()
+    key.chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect()
 }
 
 /// Latency, then authentication, then the fault dice and the rate limit.
@@ -140,22 +178,54 @@ async fn api_status(inner: &Inner, f: &Faults, auth: Option<&str>) -> Gate {
             );
         }
     };
-    let valid_shape = ["sk_test_", "sk_live_", "rk_test_", "rk_live_"].iter().any(|p| key.starts_with(p)) && key.len() > 10;
+    let valid_shape = ["sk_test_", "sk_live_", "rk_test_", "rk_live_"]
+        .iter()
+        .any(|p| key.starts_with(p))
+        && key.len() > 10;
     if !valid_shape || f.bad_keys.iter().any(|k| *k == key) {
         let masked = format!("{}****{}", &key[..key.len().min(8)], tail(&key));
         return Gate::Answer(
             401,
-            error_body("invalid_request_error", Some("api_key_invalid"), &format!("Invalid API Key provided: {masked}"), None),
+            error_body(
+                "invalid_request_error",
+                Some("api_key_invalid"),
+                &format!("Invalid API Key provided: {masked}"),
+                None,
+            ),
         );
     }
     if f.rate_limit > 0.0 && !take_token(inner, f.rate_limit) {
-        return Gate::Answer(429, error_body("invalid_request_error", Some("rate_limit"), "Request rate limit exceeded. You can learn more about rate limits here https://stripe.com/docs/rate-limits.", None));
+        return Gate::Answer(
+            429,
+            error_body(
+                "invalid_request_error",
+                Some("rate_limit"),
+                "Request rate limit exceeded. You can learn more about rate limits here https://stripe.com/docs/rate-limits.",
+                None,
+            ),
+        );
     }
     if f.rate_limited_rate > 0.0 && inner.roll() < f.rate_limited_rate {
-        return Gate::Answer(429, error_body("invalid_request_error", Some("rate_limit"), "Request rate limit exceeded.", None));
+        return Gate::Answer(
+            429,
+            error_body(
+                "invalid_request_error",
+                Some("rate_limit"),
+                "Request rate limit exceeded.",
+                None,
+            ),
+        );
     }
     if f.error_rate > 0.0 && inner.roll() < f.error_rate {
-        return Gate::Answer(500, error_body("api_error", None, "Something went wrong on Stripe's end.", None));
+        return Gate::Answer(
+            500,
+            error_body(
+                "api_error",
+                None,
+                "Something went wrong on Stripe's end.",
+                None,
+            ),
+        );
     }
     Gate::Pass(key)
 }
@@ -180,7 +250,9 @@ fn parse_auth(h: &str) -> Option<String> {
         return Some(k.trim().to_string());
     }
     let b = h.strip_prefix("Basic ")?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(b.trim()).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b.trim())
+        .ok()?;
     let s = String::from_utf8(decoded).ok()?;
     Some(s.split(':').next().unwrap_or_default().to_string())
 }

@@ -3,11 +3,11 @@
 //! Stripe signs (`Stripe-Signature: t=...,v1=...,v0=...`), retried with backoff
 //! on non-2xx or connection failure. Faults can delay, shuffle and duplicate.
 
+use crate::Inner;
 use crate::api::{ApiErr, Caller, error_body};
 use crate::form::{list_param, str_param};
 use crate::objects::API_VERSION;
 use crate::store::Store;
-use crate::Inner;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -17,31 +17,91 @@ use std::time::Duration;
 /// Event types Stripe accepts in `enabled_events` (besides `*`), for the resources
 /// the fake models. Wildcards like `customer.*` are refused, as Stripe does.
 pub const KNOWN_EVENT_TYPES: &[&str] = &[
-    "account.updated", "account.application.authorized", "account.application.deauthorized",
+    "account.updated",
+    "account.application.authorized",
+    "account.application.deauthorized",
     "balance.available",
-    "charge.captured", "charge.expired", "charge.failed", "charge.pending", "charge.refunded", "charge.succeeded", "charge.updated",
+    "charge.captured",
+    "charge.expired",
+    "charge.failed",
+    "charge.pending",
+    "charge.refunded",
+    "charge.succeeded",
+    "charge.updated",
     "charge.refund.updated",
-    "charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed", "charge.dispute.funds_reinstated", "charge.dispute.funds_withdrawn",
-    "credit_note.created", "credit_note.updated", "credit_note.voided",
-    "customer.created", "customer.updated", "customer.deleted",
-    "customer.discount.created", "customer.discount.updated", "customer.discount.deleted",
-    "customer.source.created", "customer.source.updated", "customer.source.deleted", "customer.source.expiring",
-    "customer.tax_id.created", "customer.tax_id.updated", "customer.tax_id.deleted",
-    "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
-    "customer.subscription.paused", "customer.subscription.resumed", "customer.subscription.pending_update_applied",
-    "customer.subscription.pending_update_expired", "customer.subscription.trial_will_end",
-    "invoice.created", "invoice.deleted", "invoice.finalization_failed", "invoice.finalized", "invoice.marked_uncollectible",
-    "invoice.overdue", "invoice.overpaid", "invoice.paid", "invoice.payment_action_required", "invoice.payment_attempt_required",
-    "invoice.payment_failed", "invoice.payment_succeeded", "invoice.sent", "invoice.upcoming", "invoice.updated", "invoice.voided",
+    "charge.dispute.created",
+    "charge.dispute.updated",
+    "charge.dispute.closed",
+    "charge.dispute.funds_reinstated",
+    "charge.dispute.funds_withdrawn",
+    "credit_note.created",
+    "credit_note.updated",
+    "credit_note.voided",
+    "customer.created",
+    "customer.updated",
+    "customer.deleted",
+    "customer.discount.created",
+    "customer.discount.updated",
+    "customer.discount.deleted",
+    "customer.source.created",
+    "customer.source.updated",
+    "customer.source.deleted",
+    "customer.source.expiring",
+    "customer.tax_id.created",
+    "customer.tax_id.updated",
+    "customer.tax_id.deleted",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "customer.subscription.paused",
+    "customer.subscription.resumed",
+    "customer.subscription.pending_update_applied",
+    "customer.subscription.pending_update_expired",
+    "customer.subscription.trial_will_end",
+    "invoice.created",
+    "invoice.deleted",
+    "invoice.finalization_failed",
+    "invoice.finalized",
+    "invoice.marked_uncollectible",
+    "invoice.overdue",
+    "invoice.overpaid",
+    "invoice.paid",
+    "invoice.payment_action_required",
+    "invoice.payment_attempt_required",
+    "invoice.payment_failed",
+    "invoice.payment_succeeded",
+    "invoice.sent",
+    "invoice.upcoming",
+    "invoice.updated",
+    "invoice.voided",
     "invoice.will_be_due",
-    "invoiceitem.created", "invoiceitem.deleted",
-    "payment_method.attached", "payment_method.detached", "payment_method.updated", "payment_method.automatically_updated",
-    "payout.canceled", "payout.created", "payout.failed", "payout.paid", "payout.reconciliation_completed", "payout.updated",
-    "plan.created", "plan.updated", "plan.deleted",
-    "price.created", "price.updated", "price.deleted",
-    "product.created", "product.updated", "product.deleted",
-    "refund.created", "refund.updated", "refund.failed",
-    "payment_intent.succeeded", "payment_intent.created", "payment_intent.payment_failed",
+    "invoiceitem.created",
+    "invoiceitem.deleted",
+    "payment_method.attached",
+    "payment_method.detached",
+    "payment_method.updated",
+    "payment_method.automatically_updated",
+    "payout.canceled",
+    "payout.created",
+    "payout.failed",
+    "payout.paid",
+    "payout.reconciliation_completed",
+    "payout.updated",
+    "plan.created",
+    "plan.updated",
+    "plan.deleted",
+    "price.created",
+    "price.updated",
+    "price.deleted",
+    "product.created",
+    "product.updated",
+    "product.deleted",
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
+    "payment_intent.succeeded",
+    "payment_intent.created",
+    "payment_intent.payment_failed",
 ];
 
 /// At most this many endpoints per account, as Stripe documents.
@@ -64,16 +124,33 @@ pub fn signature_header(payload: &str, secret: &str, t: i64) -> String {
     // Stripe adds a fake v0 signature to test-mode events; receivers must ignore it.
     let mut noise = Hmac::<Sha256>::new_from_slice(b"v0-noise").expect("key");
     noise.update(payload.as_bytes());
-    format!("t={t},v1={v1},v0={}", hex::encode(noise.finalize().into_bytes()))
+    format!(
+        "t={t},v1={v1},v0={}",
+        hex::encode(noise.finalize().into_bytes())
+    )
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Records an event and queues its deliveries.
-pub fn emit(inner: &Inner, store: &mut Store, event_type: &str, object: Value, previous: Option<Value>, caller: &Caller) {
-    let id = inner.rng.lock().unwrap_or_else(|p| p.into_inner()).id("evt_");
+pub fn emit(
+    inner: &Inner,
+    store: &mut Store,
+    event_type: &str,
+    object: Value,
+    previous: Option<Value>,
+    caller: &Caller,
+) {
+    let id = inner
+        .rng
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .id("evt_");
     let t = now();
     let mut data = json!({ "object": object });
     if let Some(p) = previous {
@@ -83,8 +160,17 @@ pub fn emit(inner: &Inner, store: &mut Store, event_type: &str, object: Value, p
         .col("webhook_endpoints")
         .values()
         .filter(|e| e["status"] == "enabled")
-        .filter(|e| e["enabled_events"].as_array().is_some_and(|a| a.iter().any(|x| x == "*" || x == event_type)))
-        .map(|e| (e["url"].as_str().unwrap_or_default().to_string(), e["_secret"].as_str().unwrap_or_default().to_string()))
+        .filter(|e| {
+            e["enabled_events"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "*" || x == event_type))
+        })
+        .map(|e| {
+            (
+                e["url"].as_str().unwrap_or_default().to_string(),
+                e["_secret"].as_str().unwrap_or_default().to_string(),
+            )
+        })
         .collect();
     let event = json!({
         "id": id, "object": "event", "api_version": API_VERSION, "created": t, "data": data,
@@ -95,20 +181,38 @@ pub fn emit(inner: &Inner, store: &mut Store, event_type: &str, object: Value, p
     let payload = Arc::new(event.to_string());
     store.add(event);
     for (url, secret) in endpoints {
-        let _ = inner.delivery_tx.send(Delivery { event_id: id.clone(), url, secret, payload: payload.clone() });
+        let _ = inner.delivery_tx.send(Delivery {
+            event_id: id.clone(),
+            url,
+            secret,
+            payload: payload.clone(),
+        });
     }
 }
 
 fn validate_events(params: &Value) -> Result<Vec<String>, ApiErr> {
     let events = list_param(params, "enabled_events");
     if events.is_empty() {
-        return Err(ApiErr(400, error_body("invalid_request_error", None, "Missing required param: enabled_events.", Some("enabled_events"))));
+        return Err(ApiErr(
+            400,
+            error_body(
+                "invalid_request_error",
+                None,
+                "Missing required param: enabled_events.",
+                Some("enabled_events"),
+            ),
+        ));
     }
     for e in &events {
         if e != "*" && !KNOWN_EVENT_TYPES.contains(&e.as_str()) {
             return Err(ApiErr(
                 400,
-                error_body("invalid_request_error", None, &format!("Invalid enabled_events: {e} is not a valid event type."), Some("enabled_events")),
+                error_body(
+                    "invalid_request_error",
+                    None,
+                    &format!("Invalid enabled_events: {e} is not a valid event type."),
+                    Some("enabled_events"),
+                ),
             ));
         }
     }
@@ -118,16 +222,42 @@ fn validate_events(params: &Value) -> Result<Vec<String>, ApiErr> {
 fn validate_url(url: &str) -> Result<(), ApiErr> {
     match url::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
-        _ => Err(ApiErr(400, error_body("invalid_request_error", Some("url_invalid"), "Invalid URL: must be a valid http(s) URL.", Some("url")))),
+        _ => Err(ApiErr(
+            400,
+            error_body(
+                "invalid_request_error",
+                Some("url_invalid"),
+                "Invalid URL: must be a valid http(s) URL.",
+                Some("url"),
+            ),
+        )),
     }
 }
 
 pub fn create_endpoint(inner: &Inner, store: &mut Store, params: &Value) -> Result<Value, ApiErr> {
-    let url = str_param(params, "url").ok_or_else(|| ApiErr(400, error_body("invalid_request_error", None, "Missing required param: url.", Some("url"))))?;
+    let url = str_param(params, "url").ok_or_else(|| {
+        ApiErr(
+            400,
+            error_body(
+                "invalid_request_error",
+                None,
+                "Missing required param: url.",
+                Some("url"),
+            ),
+        )
+    })?;
     validate_url(url)?;
     let events = validate_events(params)?;
     if store.col("webhook_endpoints").len() >= MAX_ENDPOINTS {
-        return Err(ApiErr(400, error_body("invalid_request_error", None, &format!("You have reached the maximum of {MAX_ENDPOINTS} test webhook endpoints."), None)));
+        return Err(ApiErr(
+            400,
+            error_body(
+                "invalid_request_error",
+                None,
+                &format!("You have reached the maximum of {MAX_ENDPOINTS} test webhook endpoints."),
+                None,
+            ),
+        ));
     }
     let (id, secret) = {
         let mut rng = inner.rng.lock().unwrap_or_else(|p| p.into_inner());
@@ -150,7 +280,17 @@ pub fn update_endpoint(store: &mut Store, id: &str, params: &Value) -> Result<Va
         .col("webhook_endpoints")
         .get(id)
         .cloned()
-        .ok_or_else(|| ApiErr(404, error_body("invalid_request_error", Some("resource_missing"), &format!("No such webhook_endpoint: '{id}'"), Some("id"))))?;
+        .ok_or_else(|| {
+            ApiErr(
+                404,
+                error_body(
+                    "invalid_request_error",
+                    Some("resource_missing"),
+                    &format!("No such webhook_endpoint: '{id}'"),
+                    Some("id"),
+                ),
+            )
+        })?;
     if let Some(url) = str_param(params, "url") {
         validate_url(url)?;
         ep["url"] = json!(url);
@@ -170,22 +310,37 @@ pub fn update_endpoint(store: &mut Store, id: &str, params: &Value) -> Result<Va
 
 /// Takes queued deliveries and runs each as its own task (bounded concurrency),
 /// with the configured delay, shuffle, duplication and retries.
-pub async fn deliver_loop(inner: Arc<Inner>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Delivery>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(inner.faults().webhook_concurrency.max(1)));
+pub async fn deliver_loop(
+    inner: Arc<Inner>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Delivery>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        inner.faults().webhook_concurrency.max(1),
+    ));
     while let Some(d) = rx.recv().await {
         let f = inner.faults();
-        let copies = if f.webhook_duplicate_rate > 0.0 && inner.roll() < f.webhook_duplicate_rate { 2 } else { 1 };
+        let copies = if f.webhook_duplicate_rate > 0.0 && inner.roll() < f.webhook_duplicate_rate {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let inner = inner.clone();
             let d = d.clone();
             let permits = permits.clone();
-            let extra = if f.webhook_shuffle_ms > 0 { (inner.roll() * f.webhook_shuffle_ms as f64) as u64 } else { 0 };
+            let extra = if f.webhook_shuffle_ms > 0 {
+                (inner.roll() * f.webhook_shuffle_ms as f64) as u64
+            } else {
+                0
+            };
             let delay = Duration::from_millis(f.webhook_delay_ms + extra);
             tokio::spawn(async move {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                let Ok(_p) = permits.acquire_owned().await else { return };
+                let Ok(_p) = permits.acquire_owned().await else {
+                    return;
+                };
                 deliver(&inner, &d).await;
             });
         }
@@ -203,7 +358,10 @@ async fn deliver(inner: &Inner, d: &Delivery) {
             .post(&d.url)
             .header("Content-Type", "application/json; charset=utf-8")
             .header("Stripe-Signature", header)
-            .header("User-Agent", "Stripe/1.0 (+https://stripe.com/docs/webhooks)")
+            .header(
+                "User-Agent",
+                "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+            )
             .body(d.payload.as_ref().clone())
             .send()
             .await;
@@ -222,10 +380,17 @@ async fn deliver(inner: &Inner, d: &Delivery) {
             return;
         }
         if attempt >= f.webhook_max_attempts.max(1) {
-            inner.deliveries.lock().unwrap_or_else(|p| p.into_inner()).gave_up += 1;
+            inner
+                .deliveries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .gave_up += 1;
             return;
         }
-        let backoff = f.webhook_retry_base_ms.saturating_mul(1u64 << (attempt - 1).min(20)).min(f.webhook_retry_max_ms.max(1));
+        let backoff = f
+            .webhook_retry_base_ms
+            .saturating_mul(1u64 << (attempt - 1).min(20))
+            .min(f.webhook_retry_max_ms.max(1));
         tokio::time::sleep(Duration::from_millis(backoff)).await;
     }
 }
