@@ -9,3 +9,11 @@ COMMENT ON FUNCTION stripe_sync._preloaded() IS 'Internal: whether stripe_sync i
 COMMENT ON FUNCTION stripe_sync.stripe_sync_fdw_handler() IS 'Internal: handler of the stripe_sync_fdw foreign data wrapper.';
 COMMENT ON FUNCTION stripe_sync.stripe_sync_fdw_validator(text[], oid) IS 'Internal: validates options of stripe_sync_fdw servers, user mappings and foreign tables.';
 COMMENT ON FUNCTION stripe_sync.stripe_sync_fdw_meta() IS 'Internal: name, version, author and website of stripe_sync_fdw.';
+
+-- connecting accounts is for administrators; errors inside must not log the call (it carries the key)
+REVOKE ALL ON FUNCTION stripe_sync.add_source(text, text, text, text, text, text, text, double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stripe_sync.drop_source(text) FROM PUBLIC;
+ALTER FUNCTION stripe_sync.add_source(text, text, text, text, text, text, text, double precision) SET log_min_error_statement = 'panic';
+COMMENT ON FUNCTION stripe_sync.add_source(text, text, text, text, text, text, text, double precision) IS
+  'Connects a Stripe account: add_source(api_key, name, schema, table_prefix, account, api_url, api_version, max_requests_per_second). Creates server stripe_sync_<name>, a user mapping for PUBLIC holding the key, and the 15 foreign tables in <schema>_api.';
+COMMENT ON FUNCTION stripe_sync.drop_source(text) IS 'Removes a source: its server, user mapping and foreign tables.';

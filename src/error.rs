@@ -16,11 +16,7 @@ pub struct SyncError {
 
 impl SyncError {
     pub fn new(code: PgSqlErrorCode, message: impl Into<String>) -> SyncError {
-        SyncError {
-            code,
-            message: redact(&message.into()),
-            hint: None,
-        }
+        SyncError { code, message: redact(&message.into()), hint: None }
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> SyncError {
@@ -69,34 +65,25 @@ impl From<StripeError> for SyncError {
                 ERRCODE_FDW_UNABLE_TO_ESTABLISH_CONNECTION,
                 "In the Stripe Dashboard, give the restricted key Read access to this resource.",
             ),
-            StripeError::NotFound { .. } => (
-                ERRCODE_FDW_TABLE_NOT_FOUND,
-                "The object does not exist in this Stripe account.",
-            ),
-            StripeError::InvalidRequest { .. } => (
-                ERRCODE_FDW_ERROR,
-                "Stripe refused the request; check the options of the source.",
-            ),
+            StripeError::NotFound { .. } => {
+                (ERRCODE_FDW_TABLE_NOT_FOUND, "The object does not exist in this Stripe account.")
+            }
+            StripeError::InvalidRequest { .. } => {
+                (ERRCODE_FDW_ERROR, "Stripe refused the request; check the options of the source.")
+            }
             StripeError::RateLimited { .. } => (
                 ERRCODE_FDW_ERROR,
                 "Lower the source's max_requests_per_second, or run fewer scans and refreshes at the same time.",
             ),
-            StripeError::Server { .. } => (
-                ERRCODE_FDW_ERROR,
-                "Stripe had trouble answering; try again later.",
-            ),
+            StripeError::Server { .. } => (ERRCODE_FDW_ERROR, "Stripe had trouble answering; try again later."),
             StripeError::Network { .. } => (
                 ERRCODE_FDW_UNABLE_TO_ESTABLISH_CONNECTION,
                 "Check that this server can reach the source's api_url (DNS, firewall, proxy).",
             ),
-            StripeError::Decode { .. } => (
-                ERRCODE_FDW_INVALID_DATA_TYPE,
-                "Check the source's api_url: it should be Stripe's API root.",
-            ),
-            StripeError::Config { .. } => (
-                ERRCODE_FDW_INVALID_OPTION_NAME,
-                "Fix the option named in the message.",
-            ),
+            StripeError::Decode { .. } => {
+                (ERRCODE_FDW_INVALID_DATA_TYPE, "Check the source's api_url: it should be Stripe's API root.")
+            }
+            StripeError::Config { .. } => (ERRCODE_FDW_INVALID_OPTION_NAME, "Fix the option named in the message."),
             StripeError::Cancelled => (ERRCODE_QUERY_CANCELED, "The query was cancelled."),
         };
         SyncError::new(code, e.to_string()).hint(hint)

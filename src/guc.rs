@@ -4,11 +4,9 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
 /// `host:port` the webhook worker listens on; empty = off.
-pub static WEBHOOK_LISTEN: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"127.0.0.1:8787"));
+pub static WEBHOOK_LISTEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"127.0.0.1:8787"));
 /// Database the webhook worker connects to.
-pub static DATABASE: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 /// Largest webhook body accepted, in bytes.
 pub static WEBHOOK_MAX_BODY: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 /// Most concurrent API requests one refresh or scan makes.
@@ -60,8 +58,5 @@ pub fn init(preloading: bool) {
 
 /// A string setting's current value.
 pub fn string(setting: &GucSetting<Option<CString>>) -> String {
-    setting
-        .get()
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    setting.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
 }

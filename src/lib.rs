@@ -3,6 +3,9 @@
 //! This crate is the thin Postgres layer; everything about Stripe lives in
 //! `crates/stripe_core`.
 //! - [`fdw`]: the foreign data wrapper `stripe_sync_fdw`.
+//! - [`source`]: `add_source` / `drop_source`: connected accounts.
+//! - [`ddl`]: SQL generated from the resource registry.
+//! - [`threads`]: threads with signals blocked.
 //! - [`worker`]: the background worker (webhooks).
 //! - [`guc`]: settings.
 //! - [`error`]: errors with SQLSTATEs and hints.
@@ -10,9 +13,12 @@
 use pgrx::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub mod ddl;
 pub mod error;
 pub mod fdw;
 pub mod guc;
+pub mod source;
+pub mod threads;
 pub mod worker;
 
 ::pgrx::pg_module_magic!();
@@ -62,14 +68,14 @@ mod tests {
     #[pg_test]
     fn create_extension_makes_the_schema_and_the_wrapper() {
         assert_eq!(
-            Spi::get_one::<bool>(
-                "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = 'stripe_sync')"
-            )
-            .unwrap(),
+            Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = 'stripe_sync')").unwrap(),
             Some(true)
         );
         assert_eq!(
-            Spi::get_one::<String>("SELECT fdwhandler::regproc::text FROM pg_foreign_data_wrapper WHERE fdwname = 'stripe_sync_fdw'").unwrap(),
+            Spi::get_one::<String>(
+                "SELECT fdwhandler::regproc::text FROM pg_foreign_data_wrapper WHERE fdwname = 'stripe_sync_fdw'"
+            )
+            .unwrap(),
             Some("stripe_sync.stripe_sync_fdw_handler".to_string())
         );
     }
@@ -77,14 +83,14 @@ mod tests {
     #[pg_test]
     #[should_panic(expected = "invalid option \"nope\"")]
     fn server_rejects_unknown_options() {
-        Spi::run("CREATE SERVER s_bad FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS (nope 'x')")
-            .unwrap();
+        Spi::run("CREATE SERVER s_bad FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS (nope 'x')").unwrap();
     }
 
     #[pg_test]
     #[should_panic(expected = "max_requests_per_second must be a number")]
     fn server_rejects_bad_rate() {
-        Spi::run("CREATE SERVER s_bad FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS (max_requests_per_second '-3')").unwrap();
+        Spi::run("CREATE SERVER s_bad FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS (max_requests_per_second '-3')")
+            .unwrap();
     }
 
     #[pg_test]

@@ -8,15 +8,9 @@ use std::time::Duration;
 fn loads_preloaded_with_the_worker_running() {
     let cluster = Cluster::start(ClusterConfig::default());
     let mut c = cluster.connect_with_extension();
-    let version: String = c
-        .query_one("SELECT stripe_sync.version()", &[])
-        .unwrap()
-        .get(0);
+    let version: String = c.query_one("SELECT stripe_sync.version()", &[]).unwrap().get(0);
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
-    let preloaded: bool = c
-        .query_one("SELECT stripe_sync._preloaded()", &[])
-        .unwrap()
-        .get(0);
+    let preloaded: bool = c.query_one("SELECT stripe_sync._preloaded()", &[]).unwrap().get(0);
     assert!(preloaded);
     let workers: i64 = e2e::wait_for(Duration::from_secs(20), "the webhook worker", || {
         let n: i64 = c
@@ -27,10 +21,7 @@ fn loads_preloaded_with_the_worker_running() {
     });
     assert_eq!(workers, 1);
     let fdw: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_foreign_data_wrapper WHERE fdwname = 'stripe_sync_fdw'",
-            &[],
-        )
+        .query_one("SELECT count(*) FROM pg_foreign_data_wrapper WHERE fdwname = 'stripe_sync_fdw'", &[])
         .unwrap()
         .get(0);
     assert_eq!(fdw, 1);
@@ -40,20 +31,11 @@ fn loads_preloaded_with_the_worker_running() {
 
 #[test]
 fn loads_without_preload_and_has_no_worker() {
-    let cluster = Cluster::start(ClusterConfig {
-        preload: vec![],
-        ..Default::default()
-    });
+    let cluster = Cluster::start(ClusterConfig { preload: vec![], ..Default::default() });
     let mut c = cluster.connect_with_extension();
-    let version: String = c
-        .query_one("SELECT stripe_sync.version()", &[])
-        .unwrap()
-        .get(0);
+    let version: String = c.query_one("SELECT stripe_sync.version()", &[]).unwrap().get(0);
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
-    let preloaded: bool = c
-        .query_one("SELECT stripe_sync._preloaded()", &[])
-        .unwrap()
-        .get(0);
+    let preloaded: bool = c.query_one("SELECT stripe_sync._preloaded()", &[]).unwrap().get(0);
     assert!(!preloaded);
     c.batch_execute("LOAD 'stripe_sync'").unwrap();
     let n: i64 = c
@@ -68,20 +50,15 @@ fn the_worker_is_restarted_after_a_crash_and_stops_on_shutdown() {
     let cluster = Cluster::start(ClusterConfig::default());
     let mut c = cluster.connect();
     let pid_of = |c: &mut postgres::Client| -> Option<i32> {
-        c.query_opt(
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'stripe_sync webhook worker'",
-            &[],
-        )
-        .unwrap()
-        .map(|r| r.get(0))
+        c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'stripe_sync webhook worker'", &[])
+            .unwrap()
+            .map(|r| r.get(0))
     };
     let first = e2e::wait_for(Duration::from_secs(20), "the worker", || pid_of(&mut c));
     // SIGTERM ends it promptly; the postmaster starts it again after its restart time
-    c.execute("SELECT pg_terminate_backend($1)", &[&first])
-        .unwrap();
-    let second = e2e::wait_for(Duration::from_secs(30), "the restarted worker", || {
-        pid_of(&mut c).filter(|p| *p != first)
-    });
+    c.execute("SELECT pg_terminate_backend($1)", &[&first]).unwrap();
+    let second =
+        e2e::wait_for(Duration::from_secs(30), "the restarted worker", || pid_of(&mut c).filter(|p| *p != first));
     assert_ne!(first, second);
     assert!(!cluster.log().contains("PANIC"), "{}", cluster.log());
 }
@@ -89,10 +66,7 @@ fn the_worker_is_restarted_after_a_crash_and_stops_on_shutdown() {
 #[test]
 fn dropping_a_cluster_removes_its_directory() {
     let dir = {
-        let cluster = Cluster::start(ClusterConfig {
-            preload: vec![],
-            ..Default::default()
-        });
+        let cluster = Cluster::start(ClusterConfig { preload: vec![], ..Default::default() });
         cluster.connect().batch_execute("SELECT 1").unwrap();
         cluster.dir.clone()
     };
@@ -101,13 +75,12 @@ fn dropping_a_cluster_removes_its_directory() {
 
 #[test]
 fn a_bad_key_option_is_refused_without_echoing_it() {
-    let cluster = Cluster::start(ClusterConfig {
-        preload: vec![],
-        ..Default::default()
-    });
+    let cluster = Cluster::start(ClusterConfig { preload: vec![], ..Default::default() });
     let mut c = cluster.connect_with_extension();
     let err = c
-        .batch_execute("CREATE SERVER s FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS (api_key 'pk_test_SECRETVALUE1234567890')")
+        .batch_execute(
+            "CREATE SERVER s FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS (api_key 'pk_test_SECRETVALUE1234567890')",
+        )
         .unwrap_err();
     let db = err.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "HV024", "{db:?}"); // fdw_invalid_attribute_value
@@ -123,11 +96,8 @@ fn a_bad_key_option_is_refused_without_echoing_it() {
         .map(|l| &l[..l.len().min(200)])
         .collect::<Vec<_>>();
     assert!(ours.is_empty(), "{ours:?}");
-    let err = c
-        .batch_execute(
-            "CREATE SERVER s FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS (colour 'red')",
-        )
-        .unwrap_err();
+    let err =
+        c.batch_execute("CREATE SERVER s FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS (colour 'red')").unwrap_err();
     let db = err.as_db_error().unwrap();
     assert_eq!(db.code().code(), "HV00D"); // fdw_invalid_option_name
     assert!(db.hint().unwrap_or_default().contains("api_url"), "{db:?}");

@@ -6,13 +6,7 @@ use stripe_core::client::validate_base_url;
 use stripe_core::{ApiKey, resources};
 
 /// Options a `stripe_sync_fdw` server accepts.
-pub const SERVER_OPTIONS: &[&str] = &[
-    "api_url",
-    "api_version",
-    "account",
-    "max_requests_per_second",
-    "api_key",
-];
+pub const SERVER_OPTIONS: &[&str] = &["api_url", "api_version", "account", "max_requests_per_second", "api_key"];
 /// Options a user mapping accepts.
 pub const USER_MAPPING_OPTIONS: &[&str] = &["api_key"];
 /// Options a foreign table accepts.
@@ -42,28 +36,19 @@ pub fn check(target: Target, name: &str, value: &str) -> Result<(), SyncError> {
             Target::UserMapping => "a user mapping",
             Target::Table => "a stripe_sync_fdw foreign table",
         };
-        let valid = if allowed.is_empty() {
-            "none".to_string()
-        } else {
-            allowed.join(", ")
-        };
+        let valid = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
         return Err(SyncError::new(
             PgSqlErrorCode::ERRCODE_FDW_INVALID_OPTION_NAME,
             format!("invalid option \"{name}\" for {what}"),
         )
         .hint(format!("Valid options: {valid}.")));
     }
-    let bad =
-        |msg: String| SyncError::new(PgSqlErrorCode::ERRCODE_FDW_INVALID_ATTRIBUTE_VALUE, msg);
+    let bad = |msg: String| SyncError::new(PgSqlErrorCode::ERRCODE_FDW_INVALID_ATTRIBUTE_VALUE, msg);
     match name {
         "api_key" => ApiKey::new(value).map(|_| ()).map_err(|e| {
-            bad(e.to_string()).hint(
-                "Use a secret key (sk_...) or a restricted key (rk_...) from the Stripe Dashboard.",
-            )
+            bad(e.to_string()).hint("Use a secret key (sk_...) or a restricted key (rk_...) from the Stripe Dashboard.")
         }),
-        "api_url" => validate_base_url(value)
-            .map(|_| ())
-            .map_err(|e| bad(e.to_string())),
+        "api_url" => validate_base_url(value).map(|_| ()).map_err(|e| bad(e.to_string())),
         "api_version" => check_api_version(value).map_err(bad),
         "account" => {
             if value.starts_with("acct_")
@@ -72,21 +57,15 @@ pub fn check(target: Target, name: &str, value: &str) -> Result<(), SyncError> {
             {
                 Ok(())
             } else {
-                Err(bad(format!(
-                    "account must be a connected account id like acct_1A2b3C, not \"{value}\""
-                )))
+                Err(bad(format!("account must be a connected account id like acct_1A2b3C, not \"{value}\"")))
             }
         }
         "max_requests_per_second" => match value.parse::<f64>() {
             Ok(v) if v > 0.0 && v <= 10_000.0 => Ok(()),
-            _ => Err(bad(format!(
-                "max_requests_per_second must be a number in (0, 10000], not \"{value}\""
-            ))
-            .hint("Stripe allows about 100 requests/s in live mode and 25 in test mode.")),
+            _ => Err(bad(format!("max_requests_per_second must be a number in (0, 10000], not \"{value}\""))
+                .hint("Stripe allows about 100 requests/s in live mode and 25 in test mode.")),
         },
-        "resource" => resources::lookup(value)
-            .map(|_| ())
-            .map_err(|e| bad(e.to_string())),
+        "resource" => resources::lookup(value).map(|_| ()).map_err(|e| bad(e.to_string())),
         _ => Ok(()),
     }
 }
@@ -96,19 +75,11 @@ pub fn check_api_version(v: &str) -> Result<(), String> {
     let (date, train) = v.split_once('.').unwrap_or((v, "basil"));
     let b = date.as_bytes();
     let date_ok = b.len() == 10
-        && b.iter().enumerate().all(|(i, c)| {
-            if i == 4 || i == 7 {
-                *c == b'-'
-            } else {
-                c.is_ascii_digit()
-            }
-        });
+        && b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() });
     if date_ok && !train.is_empty() && train.chars().all(|c| c.is_ascii_lowercase()) {
         Ok(())
     } else {
-        Err(format!(
-            "api_version must look like 2026-06-24.dahlia, not \"{v}\""
-        ))
+        Err(format!("api_version must look like 2026-06-24.dahlia, not \"{v}\""))
     }
 }
 

@@ -26,13 +26,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 fn as_postgres(program: &str, args: &[&str]) -> Output {
     let path = format!("{PG_BIN}/{program}");
     let out = if is_root() {
-        Command::new("runuser")
-            .arg("-u")
-            .arg("postgres")
-            .arg("--")
-            .arg(&path)
-            .args(args)
-            .output()
+        Command::new("runuser").arg("-u").arg("postgres").arg("--").arg(&path).args(args).output()
     } else {
         Command::new(&path).args(args).output()
     };
@@ -40,11 +34,7 @@ fn as_postgres(program: &str, args: &[&str]) -> Output {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
 fn check(out: Output, what: &str) {
@@ -58,10 +48,7 @@ fn check(out: Output, what: &str) {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 /// Cluster settings.
@@ -75,10 +62,7 @@ pub struct ClusterConfig {
 
 impl Default for ClusterConfig {
     fn default() -> ClusterConfig {
-        ClusterConfig {
-            preload: vec!["stripe_sync", "pg_cron"],
-            settings: Vec::new(),
-        }
+        ClusterConfig { preload: vec!["stripe_sync", "pg_cron"], settings: Vec::new() }
     }
 }
 
@@ -95,14 +79,7 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("cluster dir");
         if is_root() {
-            check(
-                Command::new("chown")
-                    .arg("postgres:postgres")
-                    .arg(&dir)
-                    .output()
-                    .expect("chown"),
-                "chown",
-            );
+            check(Command::new("chown").arg("postgres:postgres").arg(&dir).output().expect("chown"), "chown");
         }
         let data = dir.join("data");
         check(
@@ -130,10 +107,7 @@ impl Cluster {
             dir.display()
         );
         if !cfg.preload.is_empty() {
-            conf.push_str(&format!(
-                "shared_preload_libraries = '{}'\n",
-                cfg.preload.join(",")
-            ));
+            conf.push_str(&format!("shared_preload_libraries = '{}'\n", cfg.preload.join(",")));
         }
         if cfg.preload.contains(&"pg_cron") {
             conf.push_str("cron.database_name = 'postgres'\n");
@@ -164,16 +138,7 @@ impl Cluster {
         check(
             as_postgres(
                 "pg_ctl",
-                &[
-                    "-D",
-                    data.to_str().unwrap(),
-                    "-l",
-                    log.to_str().unwrap(),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
+                &["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"],
             ),
             "pg_ctl start",
         );
@@ -182,20 +147,7 @@ impl Cluster {
     /// Stops with `-m immediate` (a crash, as far as Postgres knows) and starts again.
     pub fn restart_immediate(&self) {
         let data = self.data_dir();
-        check(
-            as_postgres(
-                "pg_ctl",
-                &[
-                    "-D",
-                    data.to_str().unwrap(),
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "stop",
-                ],
-            ),
-            "pg_ctl stop",
-        );
+        check(as_postgres("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]), "pg_ctl stop");
         self.pg_ctl_start();
     }
 
@@ -205,10 +157,7 @@ impl Cluster {
     }
 
     pub fn connstr(&self, db: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=10",
-            self.port
-        )
+        format!("host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=10", self.port)
     }
 
     /// A new connection as the superuser.
@@ -217,10 +166,7 @@ impl Cluster {
     }
 
     pub fn connect_as(&self, user: &str) -> postgres::Client {
-        let s = format!(
-            "host=127.0.0.1 port={} user={user} dbname=postgres connect_timeout=10",
-            self.port
-        );
+        let s = format!("host=127.0.0.1 port={} user={user} dbname=postgres connect_timeout=10", self.port);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match postgres::Client::connect(&s, postgres::NoTls) {
@@ -237,8 +183,7 @@ impl Cluster {
     /// A connection with `CREATE EXTENSION stripe_sync` done.
     pub fn connect_with_extension(&self) -> postgres::Client {
         let mut c = self.connect();
-        c.batch_execute("CREATE EXTENSION IF NOT EXISTS stripe_sync")
-            .expect("CREATE EXTENSION stripe_sync");
+        c.batch_execute("CREATE EXTENSION IF NOT EXISTS stripe_sync").expect("CREATE EXTENSION stripe_sync");
         c
     }
 }
@@ -246,17 +191,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let data = self.data_dir();
-        let _ = as_postgres(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap_or_default(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
+        let _ = as_postgres("pg_ctl", &["-D", data.to_str().unwrap_or_default(), "-m", "immediate", "-w", "stop"]);
         if std::env::var_os("STRIPE_SYNC_KEEP_CLUSTER").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -278,4 +213,60 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The fake's collection holding a resource's objects, and whether an object
+/// belongs in the resource's table (payment methods only while attached).
+pub fn fake_collection(resource: &str) -> (&'static str, fn(&serde_json::Value) -> bool) {
+    fn all(_: &serde_json::Value) -> bool {
+        true
+    }
+    fn attached(o: &serde_json::Value) -> bool {
+        o["customer"].is_string()
+    }
+    match resource {
+        "account" => ("accounts", all),
+        "balance_transaction" => ("balance_transactions", all),
+        "charge" => ("charges", all),
+        "credit_note" => ("credit_notes", all),
+        "customer" => ("customers", all),
+        "customer_balance_transaction" => ("customer_balance_transactions", all),
+        "customer_payment_method" => ("payment_methods", attached),
+        "dispute" => ("disputes", all),
+        "invoice" => ("invoices", all),
+        "invoice_item" => ("invoiceitems", all),
+        "payout" => ("payouts", all),
+        "price" => ("prices", all),
+        "product" => ("products", all),
+        "refund" => ("refunds", all),
+        "subscription" => ("subscriptions", all),
+        other => panic!("unknown resource {other}"),
+    }
+}
+
+/// The objects of a resource the fake holds (complete, as stored).
+pub fn fake_objects(fake: &Fake, resource: &str) -> Vec<serde_json::Value> {
+    let (col, keep) = fake_collection(resource);
+    fake.objects(col).into_iter().filter(|o| keep(o)).collect()
+}
+
+/// Connects a source named `name` to the fake (schema `stripe`, foreign tables in `stripe_api`).
+pub fn add_source(c: &mut postgres::Client, fake: &Fake, name: &str, key: &str) {
+    c.execute(
+        "SELECT stripe_sync.add_source($1, name => $2, api_url => $3, max_requests_per_second => 1000)",
+        &[&key, &name, &fake.url()],
+    )
+    .expect("add_source");
+}
+
+/// Resident and peak memory of a process, in kB (VmRSS, VmHWM).
+pub fn memory_kb(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0)))
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }

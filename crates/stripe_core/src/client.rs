@@ -23,17 +23,11 @@ impl ApiKey {
         let key = key.trim();
         if !(key.starts_with("sk_") || key.starts_with("rk_")) || key.len() < 8 {
             return Err(StripeError::Config {
-                message: "the API key must be a secret key (sk_...) or a restricted key (rk_...)"
-                    .into(),
+                message: "the API key must be a secret key (sk_...) or a restricted key (rk_...)".into(),
             });
         }
-        if key
-            .chars()
-            .any(|c| !(c.is_ascii_alphanumeric() || c == '_'))
-        {
-            return Err(StripeError::Config {
-                message: "the API key has characters a Stripe key never has".into(),
-            });
+        if key.chars().any(|c| !(c.is_ascii_alphanumeric() || c == '_')) {
+            return Err(StripeError::Config { message: "the API key has characters a Stripe key never has".into() });
         }
         Ok(ApiKey(key.to_string()))
     }
@@ -87,32 +81,23 @@ impl ClientConfig {
 
 /// Validates a base URL: http(s), a host, no path beyond `/`, no credentials.
 pub fn validate_base_url(url: &str) -> Result<String, StripeError> {
-    let parsed = url::Url::parse(url).map_err(|e| StripeError::Config {
-        message: format!("api_url is not a URL: {e}"),
-    })?;
+    let parsed =
+        url::Url::parse(url).map_err(|e| StripeError::Config { message: format!("api_url is not a URL: {e}") })?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(StripeError::Config {
             message: "api_url must start with https:// (or http:// for a local fake)".into(),
         });
     }
     if parsed.host_str().is_none() || !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(StripeError::Config {
-            message: "api_url must name a host and carry no credentials".into(),
-        });
+        return Err(StripeError::Config { message: "api_url must name a host and carry no credentials".into() });
     }
     let path = parsed.path().trim_end_matches('/');
     if !(path.is_empty() || path == "/v1") {
         return Err(StripeError::Config {
-            message: format!(
-                "api_url must be the API's root, like https://api.stripe.com, not a path ({path})"
-            ),
+            message: format!("api_url must be the API's root, like https://api.stripe.com, not a path ({path})"),
         });
     }
-    let mut base = format!(
-        "{}://{}",
-        parsed.scheme(),
-        parsed.host_str().unwrap_or_default()
-    );
+    let mut base = format!("{}://{}", parsed.scheme(), parsed.host_str().unwrap_or_default());
     if let Some(port) = parsed.port() {
         base.push_str(&format!(":{port}"));
     }
@@ -140,9 +125,7 @@ pub struct Client {
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("base_url", &self.cfg.base_url)
-            .finish()
+        f.debug_struct("Client").field("base_url", &self.cfg.base_url).finish()
     }
 }
 
@@ -158,14 +141,10 @@ impl Client {
         if let Some(acct) = &cfg.account
             && !acct.starts_with("acct_")
         {
-            return Err(StripeError::Config {
-                message: "account must be a connected account id (acct_...)".into(),
-            });
+            return Err(StripeError::Config { message: "account must be a connected account id (acct_...)".into() });
         }
         if !(cfg.max_requests_per_second >= 0.0 && cfg.max_requests_per_second.is_finite()) {
-            return Err(StripeError::Config {
-                message: "max_requests_per_second must be a positive number".into(),
-            });
+            return Err(StripeError::Config { message: "max_requests_per_second must be a positive number".into() });
         }
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
@@ -173,17 +152,9 @@ impl Client {
             .pool_max_idle_per_host(64)
             .user_agent(concat!("stripe_sync/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| StripeError::Config {
-                message: format!("cannot build the HTTP client: {e}"),
-            })?;
+            .map_err(|e| StripeError::Config { message: format!("cannot build the HTTP client: {e}") })?;
         let bucket = Arc::new(TokenBucket::new(cfg.max_requests_per_second));
-        Ok(Client {
-            http,
-            cfg: Arc::new(cfg),
-            bucket,
-            stats: Arc::default(),
-            seq: Arc::default(),
-        })
+        Ok(Client { http, cfg: Arc::new(cfg), bucket, stats: Arc::default(), seq: Arc::default() })
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -235,12 +206,7 @@ impl Client {
         }
     }
 
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(String, String)],
-    ) -> Result<Value, StripeError> {
+    async fn send(&self, method: Method, path: &str, query: &[(String, String)]) -> Result<Value, StripeError> {
         let url = format!("{}{}", self.cfg.base_url, path);
         let mut attempt: u32 = 0;
         loop {
@@ -249,34 +215,20 @@ impl Client {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let mut req = match &method {
                 Method::Get => self.http.get(&url).query(query),
-                Method::Post(form, key) => self
-                    .http
-                    .post(&url)
-                    .header("Idempotency-Key", key)
-                    .form(form),
+                Method::Post(form, key) => self.http.post(&url).header("Idempotency-Key", key).form(form),
                 Method::Delete => self.http.delete(&url),
             };
-            let mut auth = reqwest::header::HeaderValue::from_str(&format!(
-                "Bearer {}",
-                self.cfg.api_key.expose()
-            ))
-            .map_err(|_| StripeError::Config {
-                message: "the API key is not a valid header value".into(),
-            })?;
+            let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.cfg.api_key.expose()))
+                .map_err(|_| StripeError::Config { message: "the API key is not a valid header value".into() })?;
             auth.set_sensitive(true);
-            req = req
-                .header(reqwest::header::AUTHORIZATION, auth)
-                .header("Stripe-Version", &self.cfg.api_version);
+            req = req.header(reqwest::header::AUTHORIZATION, auth).header("Stripe-Version", &self.cfg.api_version);
             if let Some(acct) = &self.cfg.account {
                 req = req.header("Stripe-Account", acct);
             }
             let outcome = match req.send().await {
                 Ok(resp) => self.read_response(resp, path).await,
                 Err(e) => Err(Failure::Retryable(
-                    StripeError::Network {
-                        message: describe_reqwest(&e),
-                        attempts: attempt,
-                    },
+                    StripeError::Network { message: describe_reqwest(&e), attempts: attempt },
                     None,
                 )),
             };
@@ -296,10 +248,7 @@ impl Client {
 
     /// Exponential backoff with full jitter in [d/2, d], honouring `Retry-After`.
     fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self
-            .cfg
-            .initial_backoff
-            .saturating_mul(1u32 << (attempt - 1).min(16));
+        let exp = self.cfg.initial_backoff.saturating_mul(1u32 << (attempt - 1).min(16));
         let capped = exp.min(self.cfg.max_backoff);
         let jitter = jitter_fraction(self.seq.fetch_add(1, Ordering::Relaxed));
         let d = capped.mul_f64(0.5 + 0.5 * jitter);
@@ -327,52 +276,27 @@ impl Client {
             Ok(b) => b,
             Err(e) => {
                 return Err(Failure::Retryable(
-                    StripeError::Network {
-                        message: describe_reqwest(&e),
-                        attempts: 0,
-                    },
+                    StripeError::Network { message: describe_reqwest(&e), attempts: 0 },
                     None,
                 ));
             }
         };
         if (200..300).contains(&status) {
-            return serde_json::from_slice(&body).map_err(|e| {
-                Failure::Final(StripeError::Decode {
-                    message: format!("{path}: {e}"),
-                })
-            });
+            return serde_json::from_slice(&body)
+                .map_err(|e| Failure::Final(StripeError::Decode { message: format!("{path}: {e}") }));
         }
         let (message, code, param) = parse_error_body(&body, status);
         let err = match status {
             401 => StripeError::Authentication { message },
-            403 => StripeError::Permission {
-                message,
-                path: path.to_string(),
-            },
+            403 => StripeError::Permission { message, path: path.to_string() },
             404 => StripeError::NotFound { message, param },
-            429 => StripeError::RateLimited {
-                message,
-                attempts: 0,
-            },
-            s if s >= 500 => StripeError::Server {
-                status: s,
-                message,
-                attempts: 0,
-            },
-            s => StripeError::InvalidRequest {
-                status: s,
-                code,
-                param,
-                message,
-            },
+            429 => StripeError::RateLimited { message, attempts: 0 },
+            s if s >= 500 => StripeError::Server { status: s, message, attempts: 0 },
+            s => StripeError::InvalidRequest { status: s, code, param, message },
         };
         // Stripe-Should-Retry decides first; then 409, 429 and 5xx are retried.
         let retry = should_retry.unwrap_or(matches!(status, 409 | 429) || status >= 500);
-        if retry {
-            Err(Failure::Retryable(err, retry_after))
-        } else {
-            Err(Failure::Final(err))
-        }
+        if retry { Err(Failure::Retryable(err, retry_after)) } else { Err(Failure::Final(err)) }
     }
 }
 
@@ -383,21 +307,9 @@ enum Failure {
 
 fn with_attempts(e: StripeError, n: u32) -> StripeError {
     match e {
-        StripeError::RateLimited { message, .. } => StripeError::RateLimited {
-            message,
-            attempts: n,
-        },
-        StripeError::Server {
-            status, message, ..
-        } => StripeError::Server {
-            status,
-            message,
-            attempts: n,
-        },
-        StripeError::Network { message, .. } => StripeError::Network {
-            message,
-            attempts: n,
-        },
+        StripeError::RateLimited { message, .. } => StripeError::RateLimited { message, attempts: n },
+        StripeError::Server { status, message, .. } => StripeError::Server { status, message, attempts: n },
+        StripeError::Network { message, .. } => StripeError::Network { message, attempts: n },
         other => other,
     }
 }
@@ -406,18 +318,10 @@ fn with_attempts(e: StripeError, n: u32) -> StripeError {
 fn parse_error_body(body: &[u8], status: u16) -> (String, Option<String>, Option<String>) {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let err = v.get("error");
-    let field = |name: &str| {
-        err.and_then(|e| e.get(name))
-            .and_then(Value::as_str)
-            .map(redact)
-    };
+    let field = |name: &str| err.and_then(|e| e.get(name)).and_then(Value::as_str).map(redact);
     let message = field("message").unwrap_or_else(|| {
         let text = String::from_utf8_lossy(&body[..body.len().min(200)]).to_string();
-        if text.trim().is_empty() {
-            format!("HTTP {status} with an empty body")
-        } else {
-            redact(&text)
-        }
+        if text.trim().is_empty() { format!("HTTP {status} with an empty body") } else { redact(&text) }
     });
     (message, field("code"), field("param"))
 }
@@ -440,17 +344,11 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
         source = s.to_string();
         cur = s.source();
     }
-    redact(&if source.is_empty() {
-        kind.to_string()
-    } else {
-        format!("{kind}: {source}")
-    })
+    redact(&if source.is_empty() { kind.to_string() } else { format!("{kind}: {source}") })
 }
 
 fn jitter_fraction(n: u64) -> f64 {
-    let mut z = n
-        .wrapping_add(0x9e37_79b9_7f4a_7c15)
-        .wrapping_add(std::process::id() as u64);
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15).wrapping_add(std::process::id() as u64);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
@@ -474,22 +372,10 @@ mod tests {
 
     #[test]
     fn base_url_validation() {
-        assert_eq!(
-            validate_base_url("https://api.stripe.com").unwrap(),
-            "https://api.stripe.com"
-        );
-        assert_eq!(
-            validate_base_url("https://api.stripe.com/").unwrap(),
-            "https://api.stripe.com"
-        );
-        assert_eq!(
-            validate_base_url("https://api.stripe.com/v1/").unwrap(),
-            "https://api.stripe.com"
-        );
-        assert_eq!(
-            validate_base_url("http://127.0.0.1:12111").unwrap(),
-            "http://127.0.0.1:12111"
-        );
+        assert_eq!(validate_base_url("https://api.stripe.com").unwrap(), "https://api.stripe.com");
+        assert_eq!(validate_base_url("https://api.stripe.com/").unwrap(), "https://api.stripe.com");
+        assert_eq!(validate_base_url("https://api.stripe.com/v1/").unwrap(), "https://api.stripe.com");
+        assert_eq!(validate_base_url("http://127.0.0.1:12111").unwrap(), "http://127.0.0.1:12111");
         assert!(validate_base_url("ftp://x").is_err());
         assert!(validate_base_url("https://api.stripe.com/other").is_err());
         assert!(validate_base_url("not a url").is_err());
@@ -515,17 +401,10 @@ mod tests {
         let c = Client::new(cfg).unwrap();
         for attempt in 1..20 {
             let d = c.backoff(attempt, None);
-            let cap = Duration::from_millis(100 * (1u64 << (attempt - 1).min(16)))
-                .min(Duration::from_millis(1000));
+            let cap = Duration::from_millis(100 * (1u64 << (attempt - 1).min(16))).min(Duration::from_millis(1000));
             assert!(d <= cap && d >= cap / 2, "attempt {attempt}: {d:?}");
         }
-        assert_eq!(
-            c.backoff(1, Some(Duration::from_secs(3))),
-            Duration::from_secs(3)
-        );
-        assert_eq!(
-            c.backoff(1, Some(Duration::from_secs(600))),
-            Duration::from_secs(60)
-        );
+        assert_eq!(c.backoff(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
+        assert_eq!(c.backoff(1, Some(Duration::from_secs(600))), Duration::from_secs(60));
     }
 }

@@ -11,25 +11,13 @@ pub enum StripeError {
     /// 403: a restricted key lacks a permission.
     Permission { message: String, path: String },
     /// 404 `resource_missing`.
-    NotFound {
-        message: String,
-        param: Option<String>,
-    },
+    NotFound { message: String, param: Option<String> },
     /// 400 and other 4xx request errors.
-    InvalidRequest {
-        status: u16,
-        code: Option<String>,
-        param: Option<String>,
-        message: String,
-    },
+    InvalidRequest { status: u16, code: Option<String>, param: Option<String>, message: String },
     /// 429 that was still answered after every retry.
     RateLimited { message: String, attempts: u32 },
     /// 5xx that was still answered after every retry.
-    Server {
-        status: u16,
-        message: String,
-        attempts: u32,
-    },
+    Server { status: u16, message: String, attempts: u32 },
     /// Connection refused, reset, timed out... after every retry.
     Network { message: String, attempts: u32 },
     /// The answer was not the JSON we expected.
@@ -54,37 +42,19 @@ impl fmt::Display for StripeError {
             StripeError::NotFound { message, .. } => {
                 write!(f, "not found at Stripe (404): {message}")
             }
-            StripeError::InvalidRequest {
-                status,
-                message,
-                param,
-                ..
-            } => match param {
-                Some(p) => write!(
-                    f,
-                    "Stripe refused the request ({status}, parameter {p}): {message}"
-                ),
+            StripeError::InvalidRequest { status, message, param, .. } => match param {
+                Some(p) => write!(f, "Stripe refused the request ({status}, parameter {p}): {message}"),
                 None => write!(f, "Stripe refused the request ({status}): {message}"),
             },
             StripeError::RateLimited { message, attempts } => write!(
                 f,
                 "Stripe's rate limit was still exceeded after {attempts} attempts: {message}; lower max_requests_per_second or run fewer refreshes at once"
             ),
-            StripeError::Server {
-                status,
-                message,
-                attempts,
-            } => {
-                write!(
-                    f,
-                    "Stripe answered {status} after {attempts} attempts: {message}"
-                )
+            StripeError::Server { status, message, attempts } => {
+                write!(f, "Stripe answered {status} after {attempts} attempts: {message}")
             }
             StripeError::Network { message, attempts } => {
-                write!(
-                    f,
-                    "could not reach the Stripe API after {attempts} attempts: {message}"
-                )
+                write!(f, "could not reach the Stripe API after {attempts} attempts: {message}")
             }
             StripeError::Decode { message } => {
                 write!(f, "unexpected answer from the Stripe API: {message}")
@@ -116,21 +86,13 @@ pub fn redact(text: &str) -> String {
     let bytes = text.as_bytes();
     while i < text.len() {
         let at_boundary = i == 0 || !is_key_char(bytes[i - 1] as char);
-        let prefix = PREFIXES
-            .iter()
-            .find(|p| at_boundary && text[i..].starts_with(*p));
+        let prefix = PREFIXES.iter().find(|p| at_boundary && text[i..].starts_with(*p));
         match prefix {
             Some(p) => {
-                let token_len = text[i..]
-                    .find(|c: char| !is_key_char(c))
-                    .unwrap_or(text.len() - i);
+                let token_len = text[i..].find(|c: char| !is_key_char(c)).unwrap_or(text.len() - i);
                 let token = &text[i..i + token_len];
                 // keep the mode part (sk_test_) and the last 4 characters of long keys
-                let keep = token
-                    .find("_test_")
-                    .or_else(|| token.find("_live_"))
-                    .map(|m| m + 6)
-                    .unwrap_or(p.len());
+                let keep = token.find("_test_").or_else(|| token.find("_live_")).map(|m| m + 6).unwrap_or(p.len());
                 out.push_str(&token[..keep.min(token.len())]);
                 if token.len() > keep {
                     out.push_str("***");
@@ -173,15 +135,11 @@ mod tests {
 
     #[test]
     fn display_of_every_variant_has_advice_and_no_key() {
-        let e = StripeError::Authentication {
-            message: redact("Invalid API Key provided: sk_test_aaaaaaaaaaaaaaaaaaaaaa"),
-        };
+        let e =
+            StripeError::Authentication { message: redact("Invalid API Key provided: sk_test_aaaaaaaaaaaaaaaaaaaaaa") };
         assert!(!e.to_string().contains("aaaaaaaaaaaaaaaa"));
         assert!(e.to_string().contains("check the key"));
-        let p = StripeError::Permission {
-            message: "x".into(),
-            path: "/v1/customers".into(),
-        };
+        let p = StripeError::Permission { message: "x".into(), path: "/v1/customers".into() };
         assert!(p.to_string().contains("/v1/customers"));
     }
 }

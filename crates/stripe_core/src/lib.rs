@@ -3,12 +3,16 @@
 //! - [`resources`]: the registry of the 15 synced resources (table-driven).
 //! - [`client`]: the HTTP client (auth, version pin, retries, rate limit).
 //! - [`paginate`]: list paging, `created` ranges, concurrent slices.
+//! - [`plan`]: which SQL conditions become which Stripe requests.
+//! - [`listing`]: reading a selection as a bounded stream of pages on its own thread.
 //! - [`signature`]: `Stripe-Signature` webhook verification.
 //! - [`error`]: typed API errors that never carry a secret.
 
 pub mod client;
 pub mod error;
+pub mod listing;
 pub mod paginate;
+pub mod plan;
 pub mod ratelimit;
 pub mod resources;
 pub mod signature;

@@ -20,11 +20,7 @@ pub struct CreatedRange {
 impl CreatedRange {
     /// `[from, to)`.
     pub fn half_open(from: i64, to: i64) -> CreatedRange {
-        CreatedRange {
-            gte: Some(from),
-            lt: Some(to),
-            ..Default::default()
-        }
+        CreatedRange { gte: Some(from), lt: Some(to), ..Default::default() }
     }
 
     pub fn is_unbounded(&self) -> bool {
@@ -33,16 +29,8 @@ impl CreatedRange {
 
     /// Smallest and largest second inside the range (inclusive).
     pub fn bounds(&self) -> (i64, i64) {
-        let lo = [self.gt.map(|v| v.saturating_add(1)), self.gte]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(i64::MIN);
-        let hi = [self.lt.map(|v| v.saturating_sub(1)), self.lte]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(i64::MAX);
+        let lo = [self.gt.map(|v| v.saturating_add(1)), self.gte].into_iter().flatten().max().unwrap_or(i64::MIN);
+        let hi = [self.lt.map(|v| v.saturating_sub(1)), self.lte].into_iter().flatten().min().unwrap_or(i64::MAX);
         (lo, hi)
     }
 
@@ -58,22 +46,13 @@ impl CreatedRange {
         let (b_lo, b_hi) = other.bounds();
         let lo = a_lo.max(b_lo);
         let hi = a_hi.min(b_hi);
-        CreatedRange {
-            gte: (lo != i64::MIN).then_some(lo),
-            lte: (hi != i64::MAX).then_some(hi),
-            ..Default::default()
-        }
+        CreatedRange { gte: (lo != i64::MIN).then_some(lo), lte: (hi != i64::MAX).then_some(hi), ..Default::default() }
     }
 
     /// Query parameters (`created[gte]=...`), using `field` as the parameter name.
     pub fn params(&self, field: &str) -> Vec<(String, String)> {
         let mut p = Vec::new();
-        for (op, v) in [
-            ("gt", self.gt),
-            ("gte", self.gte),
-            ("lt", self.lt),
-            ("lte", self.lte),
-        ] {
+        for (op, v) in [("gt", self.gt), ("gte", self.gte), ("lt", self.lt), ("lte", self.lte)] {
             if let Some(v) = v {
                 p.push((format!("{field}[{op}]"), v.to_string()));
             }
@@ -94,11 +73,7 @@ impl CreatedRange {
         for i in 0..n {
             let size = span / n + u128::from(i < span % n);
             let end = start + size as i128 - 1;
-            out.push(CreatedRange {
-                gte: Some(start as i64),
-                lte: Some(end as i64),
-                ..Default::default()
-            });
+            out.push(CreatedRange { gte: Some(start as i64), lte: Some(end as i64), ..Default::default() });
             start = end + 1;
         }
         out
@@ -172,13 +147,7 @@ impl Pager {
     pub fn new(client: Client, query: ListQuery) -> Pager {
         let cursor = query.starting_after.clone();
         let done = query.created.is_empty();
-        Pager {
-            client,
-            query,
-            cursor,
-            done,
-            pages: 0,
-        }
+        Pager { client, query, cursor, done, pages: 0 }
     }
 
     /// The id of the last object returned (to resume with `starting_after`).
@@ -199,12 +168,7 @@ impl Pager {
         let mut body = self.client.get(&self.query.path, &params).await?;
         self.pages += 1;
         let page = take_list(&mut body, &self.query.path)?;
-        match page
-            .data
-            .last()
-            .and_then(|o| o.get("id"))
-            .and_then(Value::as_str)
-        {
+        match page.data.last().and_then(|o| o.get("id")).and_then(Value::as_str) {
             Some(id) => self.cursor = Some(id.to_string()),
             // an empty page cannot be followed: stop even if has_more says otherwise
             None => self.done = true,
@@ -228,19 +192,12 @@ impl Pager {
 /// Takes the `data` and `has_more` out of a list envelope.
 pub fn take_list(body: &mut Value, path: &str) -> Result<Page, StripeError> {
     if body.get("object").and_then(Value::as_str) != Some("list") {
-        return Err(StripeError::Decode {
-            message: format!("{path} did not answer with a list"),
-        });
+        return Err(StripeError::Decode { message: format!("{path} did not answer with a list") });
     }
-    let has_more = body
-        .get("has_more")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let has_more = body.get("has_more").and_then(Value::as_bool).unwrap_or(false);
     match body.get_mut("data").map(Value::take) {
         Some(Value::Array(data)) => Ok(Page { data, has_more }),
-        _ => Err(StripeError::Decode {
-            message: format!("{path} answered a list without data"),
-        }),
+        _ => Err(StripeError::Decode { message: format!("{path} answered a list without data") }),
     }
 }
 
@@ -293,13 +250,7 @@ mod tests {
 
     #[test]
     fn split_covers_the_range_exactly_once() {
-        for (lo, hi, n) in [
-            (0, 99, 4),
-            (0, 0, 3),
-            (5, 7, 10),
-            (-10, 10, 3),
-            (1_600_000_000, 1_700_000_000, 7),
-        ] {
+        for (lo, hi, n) in [(0, 99, 4), (0, 0, 3), (5, 7, 10), (-10, 10, 3), (1_600_000_000, 1_700_000_000, 7)] {
             let parts = CreatedRange::split(lo, hi, n);
             assert!(parts.len() <= n);
             assert_eq!(parts.first().unwrap().bounds().0, lo);
@@ -315,31 +266,15 @@ mod tests {
 
     #[test]
     fn ranges_intersect_and_render_as_stripe_parameters() {
-        let a = CreatedRange {
-            gt: Some(10),
-            ..Default::default()
-        };
-        let b = CreatedRange {
-            lte: Some(20),
-            ..Default::default()
-        };
+        let a = CreatedRange { gt: Some(10), ..Default::default() };
+        let b = CreatedRange { lte: Some(20), ..Default::default() };
         let c = a.intersect(&b);
         assert_eq!(c.bounds(), (11, 20));
         assert_eq!(
             c.params("created"),
-            vec![
-                ("created[gte]".to_string(), "11".to_string()),
-                ("created[lte]".to_string(), "20".to_string())
-            ]
+            vec![("created[gte]".to_string(), "11".to_string()), ("created[lte]".to_string(), "20".to_string())]
         );
-        assert!(
-            CreatedRange {
-                gt: Some(5),
-                lt: Some(6),
-                ..Default::default()
-            }
-            .is_empty()
-        );
+        assert!(CreatedRange { gt: Some(5), lt: Some(6), ..Default::default() }.is_empty());
         assert!(!CreatedRange::default().is_empty());
     }
 

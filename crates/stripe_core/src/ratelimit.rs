@@ -13,10 +13,7 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// `rate` requests per second; 0 means unlimited.
     pub fn new(rate: f64) -> TokenBucket {
-        TokenBucket {
-            rate,
-            state: Mutex::new((rate.max(1.0), Instant::now())),
-        }
+        TokenBucket { rate, state: Mutex::new((rate.max(1.0), Instant::now())) }
     }
 
     /// How long the caller must wait before its request; the token is reserved.
@@ -27,15 +24,10 @@ impl TokenBucket {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, last) = &mut *guard;
         let now = Instant::now();
-        *tokens =
-            (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.rate.max(1.0));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.rate.max(1.0));
         *last = now;
         *tokens -= 1.0;
-        if *tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-*tokens / self.rate)
-        }
+        if *tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-*tokens / self.rate) }
     }
 
     pub async fn acquire(&self) {
@@ -57,15 +49,9 @@ mod tests {
             assert_eq!(b.reserve(), Duration::ZERO);
         }
         let w = b.reserve();
-        assert!(
-            w > Duration::from_millis(80) && w <= Duration::from_millis(101),
-            "{w:?}"
-        );
+        assert!(w > Duration::from_millis(80) && w <= Duration::from_millis(101), "{w:?}");
         let w2 = b.reserve();
-        assert!(
-            w2 > Duration::from_millis(180) && w2 <= Duration::from_millis(201),
-            "{w2:?}"
-        );
+        assert!(w2 > Duration::from_millis(180) && w2 <= Duration::from_millis(201), "{w2:?}");
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct Column {
     pub filter: Option<&'static str>,
     /// A reference other tables join on: gets an index in the materialized table.
     pub reference: bool,
+    /// Values the list filter accepts (Stripe answers 400 to others); empty = any.
+    pub filter_values: &'static [&'static str],
     pub comment: &'static str,
 }
 
@@ -97,50 +99,40 @@ pub struct Resource {
     pub comment: &'static str,
 }
 
-const fn col(
-    name: &'static str,
-    ty: ColType,
-    filter: Option<&'static str>,
-    comment: &'static str,
-) -> Column {
-    Column {
-        name,
-        ty,
-        path: name,
-        filter,
-        reference: false,
-        comment,
-    }
+const fn col(name: &'static str, ty: ColType, filter: Option<&'static str>, comment: &'static str) -> Column {
+    Column { name, ty, path: name, filter, reference: false, filter_values: &[], comment }
 }
 
-const fn reference(
-    name: &'static str,
-    filter: Option<&'static str>,
-    comment: &'static str,
-) -> Column {
-    Column {
-        name,
-        ty: ColType::Text,
-        path: name,
-        filter,
-        reference: true,
-        comment,
-    }
+/// A column whose list filter takes one of a fixed set of values.
+const fn enumerated(name: &'static str, values: &'static [&'static str], comment: &'static str) -> Column {
+    Column { name, ty: ColType::Text, path: name, filter: Some(name), reference: false, filter_values: values, comment }
+}
+
+const fn reference(name: &'static str, filter: Option<&'static str>, comment: &'static str) -> Column {
+    Column { name, ty: ColType::Text, path: name, filter, reference: true, filter_values: &[], comment }
 }
 
 const fn at(name: &'static str, ty: ColType, path: &'static str, comment: &'static str) -> Column {
-    Column {
-        name,
-        ty,
-        path,
-        filter: None,
-        reference: false,
-        comment,
-    }
+    Column { name, ty, path, filter: None, reference: false, filter_values: &[], comment }
 }
 
 use ColType::{BigInt, Bool, Text, Timestamp};
 use EventEffect::{Delete, Detach, Upsert};
+
+const INVOICE_STATUS: &[&str] = &["draft", "open", "paid", "uncollectible", "void"];
+const SUBSCRIPTION_STATUS: &[&str] = &[
+    "active",
+    "all",
+    "canceled",
+    "ended",
+    "incomplete",
+    "incomplete_expired",
+    "past_due",
+    "paused",
+    "trialing",
+    "unpaid",
+];
+const COLLECTION_METHODS: &[&str] = &["charge_automatically", "send_invoice"];
 
 const AMOUNT: &str = "Amount in the currency's smallest unit (cents for USD).";
 const CURRENCY: &str = "Three-letter ISO currency code, lower case.";
@@ -159,48 +151,13 @@ pub static RESOURCES: &[Resource] = &[
         created_field: "created",
         list_variants: &[],
         columns: &[
-            col(
-                "business_type",
-                Text,
-                None,
-                "Business type of the connected account.",
-            ),
-            col(
-                "country",
-                Text,
-                None,
-                "Country of the account (ISO 3166-1 alpha-2).",
-            ),
-            col(
-                "email",
-                Text,
-                None,
-                "Email address of the account's representative.",
-            ),
-            col(
-                "type",
-                Text,
-                None,
-                "Account type: standard, express, custom or none.",
-            ),
-            col(
-                "charges_enabled",
-                Bool,
-                None,
-                "Whether the account can create live charges.",
-            ),
-            col(
-                "payouts_enabled",
-                Bool,
-                None,
-                "Whether Stripe can send payouts to this account.",
-            ),
-            col(
-                "details_submitted",
-                Bool,
-                None,
-                "Whether account details were submitted.",
-            ),
+            col("business_type", Text, None, "Business type of the connected account."),
+            col("country", Text, None, "Country of the account (ISO 3166-1 alpha-2)."),
+            col("email", Text, None, "Email address of the account's representative."),
+            col("type", Text, None, "Account type: standard, express, custom or none."),
+            col("charges_enabled", Bool, None, "Whether the account can create live charges."),
+            col("payouts_enabled", Bool, None, "Whether Stripe can send payouts to this account."),
+            col("details_submitted", Bool, None, "Whether account details were submitted."),
         ],
         nested_lists: &[],
         events: &[("account.updated", Upsert)],
@@ -218,50 +175,16 @@ pub static RESOURCES: &[Resource] = &[
         created_field: "created",
         list_variants: &[],
         columns: &[
-            col(
-                "amount",
-                BigInt,
-                None,
-                "Gross amount, in the currency's smallest unit.",
-            ),
+            col("amount", BigInt, None, "Gross amount, in the currency's smallest unit."),
             col("currency", Text, Some("currency"), CURRENCY),
-            col(
-                "description",
-                Text,
-                None,
-                "An arbitrary string attached to the transaction.",
-            ),
-            col(
-                "fee",
-                BigInt,
-                None,
-                "Fees paid, in the currency's smallest unit.",
-            ),
+            col("description", Text, None, "An arbitrary string attached to the transaction."),
+            col("fee", BigInt, None, "Fees paid, in the currency's smallest unit."),
             col("net", BigInt, None, "Net amount (amount minus fee)."),
             col("status", Text, None, "available or pending."),
-            col(
-                "type",
-                Text,
-                Some("type"),
-                "Transaction type: charge, refund, payout, stripe_fee, ...",
-            ),
-            col(
-                "reporting_category",
-                Text,
-                None,
-                "Stripe's reporting category.",
-            ),
-            reference(
-                "source",
-                Some("source"),
-                "Id of the object that caused the transaction.",
-            ),
-            at(
-                "available_on",
-                Timestamp,
-                "available_on",
-                "When the funds become available.",
-            ),
+            col("type", Text, Some("type"), "Transaction type: charge, refund, payout, stripe_fee, ..."),
+            col("reporting_category", Text, None, "Stripe's reporting category."),
+            reference("source", Some("source"), "Id of the object that caused the transaction."),
+            at("available_on", Timestamp, "available_on", "When the funds become available."),
         ],
         nested_lists: &[],
         events: &[],
@@ -280,51 +203,18 @@ pub static RESOURCES: &[Resource] = &[
         list_variants: &[],
         columns: &[
             col("amount", BigInt, None, AMOUNT),
-            col(
-                "amount_captured",
-                BigInt,
-                None,
-                "Amount captured, in the smallest unit.",
-            ),
-            col(
-                "amount_refunded",
-                BigInt,
-                None,
-                "Amount refunded, in the smallest unit.",
-            ),
+            col("amount_captured", BigInt, None, "Amount captured, in the smallest unit."),
+            col("amount_refunded", BigInt, None, "Amount refunded, in the smallest unit."),
             col("currency", Text, None, CURRENCY),
             reference("customer", Some("customer"), "Id of the customer charged."),
-            col(
-                "description",
-                Text,
-                None,
-                "An arbitrary string attached to the charge.",
-            ),
-            col(
-                "paid",
-                Bool,
-                None,
-                "Whether the charge succeeded or was authorized.",
-            ),
+            col("description", Text, None, "An arbitrary string attached to the charge."),
+            col("paid", Bool, None, "Whether the charge succeeded or was authorized."),
             col("captured", Bool, None, "Whether the charge was captured."),
-            col(
-                "refunded",
-                Bool,
-                None,
-                "Whether the charge was fully refunded.",
-            ),
+            col("refunded", Bool, None, "Whether the charge was fully refunded."),
             col("disputed", Bool, None, "Whether the charge was disputed."),
             col("status", Text, None, "succeeded, pending or failed."),
-            reference(
-                "payment_intent",
-                Some("payment_intent"),
-                "Id of the PaymentIntent.",
-            ),
-            reference(
-                "balance_transaction",
-                None,
-                "Id of the balance transaction.",
-            ),
+            reference("payment_intent", Some("payment_intent"), "Id of the PaymentIntent."),
+            reference("balance_transaction", None, "Id of the balance transaction."),
         ],
         nested_lists: &[],
         events: &[
@@ -350,31 +240,17 @@ pub static RESOURCES: &[Resource] = &[
         created_field: "created",
         list_variants: &[],
         columns: &[
-            col(
-                "amount",
-                BigInt,
-                None,
-                "Credit note total, in the smallest unit.",
-            ),
+            col("amount", BigInt, None, "Credit note total, in the smallest unit."),
             col("currency", Text, None, CURRENCY),
             reference("customer", Some("customer"), "Id of the customer."),
             reference("invoice", Some("invoice"), "Id of the credited invoice."),
             col("number", Text, None, "Credit note number."),
-            col(
-                "reason",
-                Text,
-                None,
-                "Reason: duplicate, fraudulent, order_change, ...",
-            ),
+            col("reason", Text, None, "Reason: duplicate, fraudulent, order_change, ..."),
             col("status", Text, None, "issued or void."),
             col("type", Text, None, "pre_payment or post_payment."),
         ],
         nested_lists: &["lines"],
-        events: &[
-            ("credit_note.created", Upsert),
-            ("credit_note.updated", Upsert),
-            ("credit_note.voided", Upsert),
-        ],
+        events: &[("credit_note.created", Upsert), ("credit_note.updated", Upsert), ("credit_note.voided", Upsert)],
         comment: "Credit notes issued against invoices.",
     },
     Resource {
@@ -389,45 +265,16 @@ pub static RESOURCES: &[Resource] = &[
         created_field: "created",
         list_variants: &[],
         columns: &[
-            col(
-                "email",
-                Text,
-                Some("email"),
-                "Customer's email address (list filter is case-sensitive).",
-            ),
+            col("email", Text, Some("email"), "Customer's email address (list filter is case-sensitive)."),
             col("name", Text, None, "Customer's full name or business name."),
-            col(
-                "description",
-                Text,
-                None,
-                "An arbitrary string attached to the customer.",
-            ),
+            col("description", Text, None, "An arbitrary string attached to the customer."),
             col("phone", Text, None, "Customer's phone number."),
-            col(
-                "currency",
-                Text,
-                None,
-                "Default currency for recurring billing.",
-            ),
-            col(
-                "balance",
-                BigInt,
-                None,
-                "Credit balance in the smallest unit (negative = credit).",
-            ),
-            col(
-                "delinquent",
-                Bool,
-                None,
-                "Whether the latest invoice is overdue.",
-            ),
+            col("currency", Text, None, "Default currency for recurring billing."),
+            col("balance", BigInt, None, "Credit balance in the smallest unit (negative = credit)."),
+            col("delinquent", Bool, None, "Whether the latest invoice is overdue."),
         ],
         nested_lists: &[],
-        events: &[
-            ("customer.created", Upsert),
-            ("customer.updated", Upsert),
-            ("customer.deleted", Delete),
-        ],
+        events: &[("customer.created", Upsert), ("customer.updated", Upsert), ("customer.deleted", Delete)],
         comment: "Customers of the Stripe account.",
     },
     Resource {
@@ -442,42 +289,14 @@ pub static RESOURCES: &[Resource] = &[
         created_field: "created",
         list_variants: &[],
         columns: &[
-            reference(
-                "customer",
-                None,
-                "Id of the customer whose balance changed.",
-            ),
-            col(
-                "amount",
-                BigInt,
-                None,
-                "Change to the balance, in the smallest unit (negative = credit).",
-            ),
+            reference("customer", None, "Id of the customer whose balance changed."),
+            col("amount", BigInt, None, "Change to the balance, in the smallest unit (negative = credit)."),
             col("currency", Text, None, CURRENCY),
-            col(
-                "description",
-                Text,
-                None,
-                "An arbitrary string attached to the transaction.",
-            ),
-            col(
-                "ending_balance",
-                BigInt,
-                None,
-                "Customer balance after this transaction.",
-            ),
-            reference(
-                "invoice",
-                Some("invoice"),
-                "Id of the invoice this transaction belongs to.",
-            ),
+            col("description", Text, None, "An arbitrary string attached to the transaction."),
+            col("ending_balance", BigInt, None, "Customer balance after this transaction."),
+            reference("invoice", Some("invoice"), "Id of the invoice this transaction belongs to."),
             reference("credit_note", None, "Id of the credit note."),
-            col(
-                "type",
-                Text,
-                None,
-                "adjustment, applied_to_invoice, credit_note, ...",
-            ),
+            col("type", Text, None, "adjustment, applied_to_invoice, credit_note, ..."),
         ],
         nested_lists: &[],
         // Stripe sends no event for these; a balance change shows as customer.updated.
@@ -496,30 +315,11 @@ pub static RESOURCES: &[Resource] = &[
         created_field: "created",
         list_variants: &[],
         columns: &[
-            reference(
-                "customer",
-                None,
-                "Id of the customer the payment method is attached to.",
-            ),
-            col(
-                "type",
-                Text,
-                Some("type"),
-                "Payment method type: card, sepa_debit, ...",
-            ),
+            reference("customer", None, "Id of the customer the payment method is attached to."),
+            col("type", Text, Some("type"), "Payment method type: card, sepa_debit, ..."),
             at("card_brand", Text, "card.brand", "Card brand, for cards."),
-            at(
-                "card_last4",
-                Text,
-                "card.last4",
-                "Last four digits, for cards.",
-            ),
-            at(
-                "billing_email",
-                Text,
-                "billing_details.email",
-                "Billing email.",
-            ),
+            at("card_last4", Text, "card.last4", "Last four digits, for cards."),
+            at("billing_email", Text, "billing_details.email", "Billing email."),
         ],
         nested_lists: &[],
         events: &[
@@ -542,32 +342,13 @@ pub static RESOURCES: &[Resource] = &[
         created_field: "created",
         list_variants: &[],
         columns: &[
-            col(
-                "amount",
-                BigInt,
-                None,
-                "Disputed amount, in the smallest unit.",
-            ),
+            col("amount", BigInt, None, "Disputed amount, in the smallest unit."),
             col("currency", Text, None, CURRENCY),
             reference("charge", Some("charge"), "Id of the disputed charge."),
-            reference(
-                "payment_intent",
-                Some("payment_intent"),
-                "Id of the PaymentIntent.",
-            ),
+            reference("payment_intent", Some("payment_intent"), "Id of the PaymentIntent."),
             col("reason", Text, None, "Reason given by the cardholder."),
-            col(
-                "status",
-                Text,
-                None,
-                "warning_needs_response, needs_response, won, lost, ...",
-            ),
-            col(
-                "is_charge_refundable",
-                Bool,
-                None,
-                "Whether the charge can still be refunded.",
-            ),
+            col("status", Text, None, "warning_needs_response, needs_response, won, lost, ..."),
+            col("is_charge_refundable", Bool, None, "Whether the charge can still be refunded."),
         ],
         nested_lists: &[],
         events: &[
@@ -592,65 +373,28 @@ pub static RESOURCES: &[Resource] = &[
         list_variants: &[],
         columns: &[
             reference("customer", Some("customer"), "Id of the customer billed."),
-            at(
-                "subscription",
-                Text,
-                "parent.subscription_details.subscription",
-                "Id of the subscription that created the invoice, if any.",
-            ),
-            col(
-                "status",
-                Text,
-                Some("status"),
-                "draft, open, paid, uncollectible or void.",
-            ),
-            col(
-                "collection_method",
-                Text,
-                Some("collection_method"),
-                "charge_automatically or send_invoice.",
-            ),
+            Column {
+                name: "subscription",
+                ty: Text,
+                path: "parent.subscription_details.subscription",
+                filter: Some("subscription"),
+                reference: true,
+                filter_values: &[],
+                comment: "Id of the subscription that created the invoice, if any.",
+            },
+            enumerated("status", INVOICE_STATUS, "draft, open, paid, uncollectible or void."),
+            enumerated("collection_method", COLLECTION_METHODS, "charge_automatically or send_invoice."),
             col("number", Text, None, "Invoice number."),
             col("currency", Text, None, CURRENCY),
-            col(
-                "amount_due",
-                BigInt,
-                None,
-                "Final amount due, in the smallest unit.",
-            ),
-            col(
-                "amount_paid",
-                BigInt,
-                None,
-                "Amount paid, in the smallest unit.",
-            ),
-            col(
-                "amount_remaining",
-                BigInt,
-                None,
-                "Amount remaining, in the smallest unit.",
-            ),
-            col(
-                "subtotal",
-                BigInt,
-                None,
-                "Total before discounts and taxes.",
-            ),
+            col("amount_due", BigInt, None, "Final amount due, in the smallest unit."),
+            col("amount_paid", BigInt, None, "Amount paid, in the smallest unit."),
+            col("amount_remaining", BigInt, None, "Amount remaining, in the smallest unit."),
+            col("subtotal", BigInt, None, "Total before discounts and taxes."),
             col("total", BigInt, None, "Total after discounts and taxes."),
             col("billing_reason", Text, None, "Why the invoice was created."),
             at("due_date", Timestamp, "due_date", "When payment is due."),
-            at(
-                "period_start",
-                Timestamp,
-                "period_start",
-                "Start of the usage period.",
-            ),
-            at(
-                "period_end",
-                Timestamp,
-                "period_end",
-                "End of the usage period.",
-            ),
+            at("period_start", Timestamp, "period_start", "Start of the usage period."),
+            at("period_end", Timestamp, "period_end", "End of the usage period."),
         ],
         nested_lists: &["lines"],
         events: &[
@@ -684,26 +428,14 @@ pub static RESOURCES: &[Resource] = &[
         list_variants: &[],
         columns: &[
             reference("customer", Some("customer"), "Id of the customer."),
-            reference(
-                "invoice",
-                Some("invoice"),
-                "Id of the invoice the item is on (null while pending).",
-            ),
+            reference("invoice", Some("invoice"), "Id of the invoice the item is on (null while pending)."),
             col("amount", BigInt, None, AMOUNT),
             col("currency", Text, None, CURRENCY),
-            col(
-                "description",
-                Text,
-                None,
-                "An arbitrary string attached to the item.",
-            ),
+            col("description", Text, None, "An arbitrary string attached to the item."),
             col("quantity", BigInt, None, "Quantity of units."),
         ],
         nested_lists: &[],
-        events: &[
-            ("invoiceitem.created", Upsert),
-            ("invoiceitem.deleted", Delete),
-        ],
+        events: &[("invoiceitem.created", Upsert), ("invoiceitem.deleted", Delete)],
         comment: "Invoice items: one-off charges added to invoices.",
     },
     Resource {
@@ -720,37 +452,17 @@ pub static RESOURCES: &[Resource] = &[
         columns: &[
             col("amount", BigInt, None, AMOUNT),
             col("currency", Text, None, CURRENCY),
-            at(
-                "arrival_date",
-                Timestamp,
-                "arrival_date",
-                "When the payout is expected in the bank.",
-            ),
-            col(
+            at("arrival_date", Timestamp, "arrival_date", "When the payout is expected in the bank."),
+            enumerated(
                 "status",
-                Text,
-                Some("status"),
+                &["pending", "paid", "failed", "canceled"],
                 "paid, pending, in_transit, canceled or failed.",
             ),
-            reference(
-                "destination",
-                Some("destination"),
-                "Id of the bank account or card.",
-            ),
+            reference("destination", Some("destination"), "Id of the bank account or card."),
             col("method", Text, None, "standard or instant."),
             col("type", Text, None, "bank_account or card."),
-            col(
-                "description",
-                Text,
-                None,
-                "An arbitrary string attached to the payout.",
-            ),
-            col(
-                "automatic",
-                Bool,
-                None,
-                "Whether Stripe created the payout on schedule.",
-            ),
+            col("description", Text, None, "An arbitrary string attached to the payout."),
+            col("automatic", Bool, None, "Whether Stripe created the payout on schedule."),
         ],
         nested_lists: &[],
         events: &[
@@ -776,46 +488,18 @@ pub static RESOURCES: &[Resource] = &[
         // Stripe lists only active prices unless told active=false.
         list_variants: &[&[("active", "true")], &[("active", "false")]],
         columns: &[
-            reference(
-                "product",
-                Some("product"),
-                "Id of the product the price belongs to.",
-            ),
-            col(
-                "active",
-                Bool,
-                Some("active"),
-                "Whether the price can be used for new purchases.",
-            ),
+            reference("product", Some("product"), "Id of the product the price belongs to."),
+            col("active", Bool, Some("active"), "Whether the price can be used for new purchases."),
             col("currency", Text, Some("currency"), CURRENCY),
-            col(
-                "unit_amount",
-                BigInt,
-                None,
-                "Unit amount, in the smallest unit.",
-            ),
-            col("type", Text, Some("type"), "one_time or recurring."),
-            col(
-                "nickname",
-                Text,
-                None,
-                "A brief description, hidden from customers.",
-            ),
+            col("unit_amount", BigInt, None, "Unit amount, in the smallest unit."),
+            enumerated("type", &["one_time", "recurring"], "one_time or recurring."),
+            col("nickname", Text, None, "A brief description, hidden from customers."),
             col("lookup_key", Text, None, "Lookup key."),
-            at(
-                "recurring_interval",
-                Text,
-                "recurring.interval",
-                "Billing interval: day, week, month or year.",
-            ),
+            at("recurring_interval", Text, "recurring.interval", "Billing interval: day, week, month or year."),
             col("billing_scheme", Text, None, "per_unit or tiered."),
         ],
         nested_lists: &[],
-        events: &[
-            ("price.created", Upsert),
-            ("price.updated", Upsert),
-            ("price.deleted", Delete),
-        ],
+        events: &[("price.created", Upsert), ("price.updated", Upsert), ("price.deleted", Delete)],
         comment: "Prices, active and inactive.",
     },
     Resource {
@@ -831,27 +515,13 @@ pub static RESOURCES: &[Resource] = &[
         list_variants: &[],
         columns: &[
             col("name", Text, None, "Product name, shown to customers."),
-            col(
-                "active",
-                Bool,
-                Some("active"),
-                "Whether the product is available for purchase.",
-            ),
+            col("active", Bool, Some("active"), "Whether the product is available for purchase."),
             col("description", Text, None, "Product description."),
             reference("default_price", None, "Id of the product's default price."),
-            at(
-                "updated",
-                Timestamp,
-                "updated",
-                "When the product was last updated.",
-            ),
+            at("updated", Timestamp, "updated", "When the product was last updated."),
         ],
         nested_lists: &[],
-        events: &[
-            ("product.created", Upsert),
-            ("product.updated", Upsert),
-            ("product.deleted", Delete),
-        ],
+        events: &[("product.created", Upsert), ("product.updated", Upsert), ("product.deleted", Delete)],
         comment: "Products sold.",
     },
     Resource {
@@ -867,25 +537,11 @@ pub static RESOURCES: &[Resource] = &[
         list_variants: &[],
         columns: &[
             reference("charge", Some("charge"), "Id of the refunded charge."),
-            reference(
-                "payment_intent",
-                Some("payment_intent"),
-                "Id of the refunded PaymentIntent.",
-            ),
+            reference("payment_intent", Some("payment_intent"), "Id of the refunded PaymentIntent."),
             col("amount", BigInt, None, AMOUNT),
             col("currency", Text, None, CURRENCY),
-            col(
-                "reason",
-                Text,
-                None,
-                "duplicate, fraudulent or requested_by_customer.",
-            ),
-            col(
-                "status",
-                Text,
-                None,
-                "pending, succeeded, failed, canceled or requires_action.",
-            ),
+            col("reason", Text, None, "duplicate, fraudulent or requested_by_customer."),
+            col("status", Text, None, "pending, succeeded, failed, canceled or requires_action."),
         ],
         nested_lists: &[],
         events: &[
@@ -910,31 +566,11 @@ pub static RESOURCES: &[Resource] = &[
         list_variants: &[&[("status", "all")]],
         columns: &[
             reference("customer", Some("customer"), "Id of the customer."),
-            col(
-                "status",
-                Text,
-                Some("status"),
-                "active, past_due, canceled, trialing, ...",
-            ),
-            col(
-                "collection_method",
-                Text,
-                Some("collection_method"),
-                "charge_automatically or send_invoice.",
-            ),
+            enumerated("status", SUBSCRIPTION_STATUS, "active, past_due, canceled, trialing, ..."),
+            enumerated("collection_method", COLLECTION_METHODS, "charge_automatically or send_invoice."),
             col("currency", Text, None, CURRENCY),
-            col(
-                "cancel_at_period_end",
-                Bool,
-                None,
-                "Whether it cancels at the end of the period.",
-            ),
-            at(
-                "canceled_at",
-                Timestamp,
-                "canceled_at",
-                "When it was canceled.",
-            ),
+            col("cancel_at_period_end", Bool, None, "Whether it cancels at the end of the period."),
+            at("canceled_at", Timestamp, "canceled_at", "When it was canceled."),
             at("ended_at", Timestamp, "ended_at", "When it ended."),
             at("start_date", Timestamp, "start_date", "When it started."),
             at("trial_end", Timestamp, "trial_end", "End of the trial."),
@@ -962,12 +598,7 @@ pub struct UnknownResource(pub String);
 
 impl fmt::Display for UnknownResource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown Stripe resource \"{}\"; valid resources are: {}",
-            self.0,
-            names().join(", ")
-        )
+        write!(f, "unknown Stripe resource \"{}\"; valid resources are: {}", self.0, names().join(", "))
     }
 }
 
@@ -981,12 +612,7 @@ pub fn names() -> Vec<&'static str> {
 /// Finds a resource by its canonical name or its CamelCase name, case-insensitively
 /// (`invoice_item`, `InvoiceItem`, `invoiceitem`).
 pub fn lookup(name: &str) -> Result<&'static Resource, UnknownResource> {
-    let folded: String = name
-        .trim()
-        .chars()
-        .filter(|c| *c != '_')
-        .flat_map(char::to_lowercase)
-        .collect();
+    let folded: String = name.trim().chars().filter(|c| *c != '_').flat_map(char::to_lowercase).collect();
     RESOURCES
         .iter()
         .find(|r| r.name.replace('_', "") == folded || r.camel.to_lowercase() == folded)
@@ -1000,20 +626,13 @@ pub fn by_object(object: &str) -> Option<&'static Resource> {
 
 /// The resource and effect of an event type, if stripe_sync syncs it.
 pub fn by_event(event_type: &str) -> Option<(&'static Resource, EventEffect)> {
-    RESOURCES.iter().find_map(|r| {
-        r.events
-            .iter()
-            .find(|(t, _)| *t == event_type)
-            .map(|(_, e)| (r, *e))
-    })
+    RESOURCES.iter().find_map(|r| r.events.iter().find(|(t, _)| *t == event_type).map(|(_, e)| (r, *e)))
 }
 
 impl Resource {
     /// The path of one object's retrieve call.
     pub fn retrieve_url_path(&self, id: &str, customer: Option<&str>) -> String {
-        self.retrieve_path
-            .replace("{id}", id)
-            .replace("{customer}", customer.unwrap_or(""))
+        self.retrieve_path.replace("{id}", id).replace("{customer}", customer.unwrap_or(""))
     }
 
     /// The list path for one customer (per-customer resources) or the account.
@@ -1079,10 +698,7 @@ mod tests {
         assert_eq!(lookup("invoice_item").unwrap().name, "invoice_item");
         assert_eq!(lookup("InvoiceItem").unwrap().name, "invoice_item");
         assert_eq!(lookup("INVOICEITEM").unwrap().name, "invoice_item");
-        assert_eq!(
-            lookup("BalanceTransaction").unwrap().name,
-            "balance_transaction"
-        );
+        assert_eq!(lookup("BalanceTransaction").unwrap().name, "balance_transaction");
         assert_eq!(lookup(" customer ").unwrap().name, "customer");
     }
 
@@ -1100,33 +716,19 @@ mod tests {
     #[test]
     fn per_customer_resources_have_customer_paths() {
         for r in RESOURCES {
-            assert_eq!(
-                r.scope == Scope::PerCustomer,
-                r.list_path.contains("{customer}"),
-                "{}",
-                r.name
-            );
+            assert_eq!(r.scope == Scope::PerCustomer, r.list_path.contains("{customer}"), "{}", r.name);
             assert!(r.retrieve_path.contains("{id}"), "{}", r.name);
         }
         let pm = lookup("customer_payment_method").unwrap();
-        assert_eq!(
-            pm.list_url_path(Some("cus_1")),
-            "/v1/customers/cus_1/payment_methods"
-        );
+        assert_eq!(pm.list_url_path(Some("cus_1")), "/v1/customers/cus_1/payment_methods");
         assert!(!pm.created_filter);
         let cbt = lookup("customer_balance_transaction").unwrap();
-        assert_eq!(
-            cbt.list_url_path(Some("cus_1")),
-            "/v1/customers/cus_1/balance_transactions"
-        );
+        assert_eq!(cbt.list_url_path(Some("cus_1")), "/v1/customers/cus_1/balance_transactions");
     }
 
     #[test]
     fn plain_lists_that_leave_objects_out_have_variants() {
-        assert_eq!(
-            lookup("subscription").unwrap().list_variants,
-            &[&[("status", "all")][..]]
-        );
+        assert_eq!(lookup("subscription").unwrap().list_variants, &[&[("status", "all")][..]]);
         let price = lookup("price").unwrap();
         assert_eq!(price.list_variants.len(), 2);
         assert_eq!(lookup("customer").unwrap().list_variants.len(), 0);
@@ -1140,28 +742,14 @@ mod tests {
             .filter(|(_, e)| *e == EventEffect::Delete)
             .map(|(t, _)| *t)
             .collect();
-        let expected: HashSet<&str> = [
-            "customer.deleted",
-            "product.deleted",
-            "price.deleted",
-            "invoice.deleted",
-            "invoiceitem.deleted",
-        ]
-        .into_iter()
-        .collect();
+        let expected: HashSet<&str> =
+            ["customer.deleted", "product.deleted", "price.deleted", "invoice.deleted", "invoiceitem.deleted"]
+                .into_iter()
+                .collect();
         assert_eq!(deletes, expected);
-        assert_eq!(
-            by_event("customer.subscription.deleted").unwrap().1,
-            EventEffect::Upsert
-        );
-        assert_eq!(
-            by_event("payment_method.detached").unwrap().1,
-            EventEffect::Detach
-        );
-        assert_eq!(
-            by_event("charge.dispute.created").unwrap().0.name,
-            "dispute"
-        );
+        assert_eq!(by_event("customer.subscription.deleted").unwrap().1, EventEffect::Upsert);
+        assert_eq!(by_event("payment_method.detached").unwrap().1, EventEffect::Detach);
+        assert_eq!(by_event("charge.dispute.created").unwrap().0.name, "dispute");
         assert!(by_event("invoice.upcoming").is_none());
         assert!(by_event("customer.*").is_none());
     }
@@ -1182,12 +770,7 @@ mod tests {
         for r in RESOURCES {
             let mut seen = HashSet::new();
             for c in r.columns {
-                assert!(
-                    !["id", "created", "attrs"].contains(&c.name),
-                    "{}.{}",
-                    r.name,
-                    c.name
-                );
+                assert!(!["id", "created", "attrs"].contains(&c.name), "{}.{}", r.name, c.name);
                 assert!(seen.insert(c.name), "{}.{} twice", r.name, c.name);
                 assert!(!c.comment.is_empty());
             }

@@ -35,10 +35,7 @@ pub enum SignatureError {
     /// The timestamp is more than the tolerance in the past.
     TooOld { age_secs: i64, tolerance_secs: i64 },
     /// The timestamp is more than the tolerance in the future.
-    InFuture {
-        ahead_secs: i64,
-        tolerance_secs: i64,
-    },
+    InFuture { ahead_secs: i64, tolerance_secs: i64 },
 }
 
 impl fmt::Display for SignatureError {
@@ -46,10 +43,7 @@ impl fmt::Display for SignatureError {
         match self {
             SignatureError::Missing => write!(f, "missing Stripe-Signature header"),
             SignatureError::TooLong => {
-                write!(
-                    f,
-                    "Stripe-Signature header longer than {MAX_HEADER_LEN} bytes"
-                )
+                write!(f, "Stripe-Signature header longer than {MAX_HEADER_LEN} bytes")
             }
             SignatureError::NoTimestamp => {
                 write!(f, "Stripe-Signature header has no valid timestamp (t=)")
@@ -62,17 +56,11 @@ impl fmt::Display for SignatureError {
                 f,
                 "no v1 signature matches the payload for any configured secret (wrong secret, or the body was changed)"
             ),
-            SignatureError::TooOld {
-                age_secs,
-                tolerance_secs,
-            } => write!(
+            SignatureError::TooOld { age_secs, tolerance_secs } => write!(
                 f,
                 "signature timestamp is {age_secs} s old, outside the tolerance of {tolerance_secs} s (replayed or delayed delivery)"
             ),
-            SignatureError::InFuture {
-                ahead_secs,
-                tolerance_secs,
-            } => write!(
+            SignatureError::InFuture { ahead_secs, tolerance_secs } => write!(
                 f,
                 "signature timestamp is {ahead_secs} s in the future, outside the tolerance of {tolerance_secs} s (check the clock)"
             ),
@@ -129,8 +117,7 @@ pub fn parse_header(header: &str) -> Result<ParsedHeader, SignatureError> {
 }
 
 fn mac(secret: &str, timestamp: i64, payload: &[u8]) -> HmacSha256 {
-    let mut mac =
-        HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(payload);
@@ -152,15 +139,10 @@ pub fn verify<S: AsRef<str>>(
     }
     let mut matched = false;
     for secret in secrets {
-        let expected = mac(secret.as_ref(), parsed.timestamp, payload)
-            .finalize()
-            .into_bytes();
+        let expected = mac(secret.as_ref(), parsed.timestamp, payload).finalize().into_bytes();
         for sig in &parsed.v1 {
             // constant-time comparison (subtle) over the whole digest
-            matched |= bool::from(subtle::ConstantTimeEq::ct_eq(
-                expected.as_slice(),
-                sig.as_slice(),
-            ));
+            matched |= bool::from(subtle::ConstantTimeEq::ct_eq(expected.as_slice(), sig.as_slice()));
         }
     }
     if !matched {
@@ -169,17 +151,11 @@ pub fn verify<S: AsRef<str>>(
     if tolerance_secs > 0 {
         let age = now.saturating_sub(parsed.timestamp);
         if age > tolerance_secs {
-            return Err(SignatureError::TooOld {
-                age_secs: age,
-                tolerance_secs,
-            });
+            return Err(SignatureError::TooOld { age_secs: age, tolerance_secs });
         }
         let ahead = parsed.timestamp.saturating_sub(now);
         if ahead > tolerance_secs {
-            return Err(SignatureError::InFuture {
-                ahead_secs: ahead,
-                tolerance_secs,
-            });
+            return Err(SignatureError::InFuture { ahead_secs: ahead, tolerance_secs });
         }
     }
     Ok(parsed.timestamp)
@@ -198,10 +174,7 @@ pub fn header_for(payload: &[u8], secret: &str, timestamp: i64) -> String {
 
 /// Current unix time in seconds.
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -217,16 +190,7 @@ mod tests {
     #[test]
     fn independent_vector_verifies() {
         let header = format!("t={T},v1={SIG_TEST}");
-        assert_eq!(
-            verify(
-                BODY.as_bytes(),
-                &header,
-                &["whsec_test_secret"],
-                300,
-                T + 10
-            ),
-            Ok(T)
-        );
+        assert_eq!(verify(BODY.as_bytes(), &header, &["whsec_test_secret"], 300, T + 10), Ok(T));
         assert_eq!(sign_v1(BODY.as_bytes(), "whsec_test_secret", T), SIG_TEST);
         assert_eq!(sign_v1(BODY.as_bytes(), "whsec_old_secret", T), SIG_OLD);
     }
@@ -235,133 +199,58 @@ mod tests {
     fn tampered_body_is_a_mismatch() {
         let header = format!("t={T},v1={SIG_TEST}");
         let tampered = BODY.replace("created", "deleted");
-        assert_eq!(
-            verify(tampered.as_bytes(), &header, &["whsec_test_secret"], 300, T),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(verify(tampered.as_bytes(), &header, &["whsec_test_secret"], 300, T), Err(SignatureError::Mismatch));
         // one byte of whitespace is enough
         let spaced = format!("{BODY} ");
-        assert_eq!(
-            verify(spaced.as_bytes(), &header, &["whsec_test_secret"], 300, T),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(verify(spaced.as_bytes(), &header, &["whsec_test_secret"], 300, T), Err(SignatureError::Mismatch));
     }
 
     #[test]
     fn wrong_secret_is_a_mismatch() {
         let header = format!("t={T},v1={SIG_TEST}");
-        assert_eq!(
-            verify(BODY.as_bytes(), &header, &["whsec_other"], 300, T),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify::<&str>(BODY.as_bytes(), &header, &[], 300, T),
-            Err(SignatureError::NoSecret)
-        );
+        assert_eq!(verify(BODY.as_bytes(), &header, &["whsec_other"], 300, T), Err(SignatureError::Mismatch));
+        assert_eq!(verify::<&str>(BODY.as_bytes(), &header, &[], 300, T), Err(SignatureError::NoSecret));
     }
 
     #[test]
     fn changed_timestamp_is_a_mismatch() {
         let header = format!("t={},v1={SIG_TEST}", T + 1);
-        assert_eq!(
-            verify(BODY.as_bytes(), &header, &["whsec_test_secret"], 0, T),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(verify(BODY.as_bytes(), &header, &["whsec_test_secret"], 0, T), Err(SignatureError::Mismatch));
     }
 
     #[test]
     fn stale_timestamp_is_refused_and_tolerance_zero_disables_the_check() {
         let header = format!("t={T},v1={SIG_TEST}");
         assert_eq!(
-            verify(
-                BODY.as_bytes(),
-                &header,
-                &["whsec_test_secret"],
-                300,
-                T + 301
-            ),
-            Err(SignatureError::TooOld {
-                age_secs: 301,
-                tolerance_secs: 300
-            })
+            verify(BODY.as_bytes(), &header, &["whsec_test_secret"], 300, T + 301),
+            Err(SignatureError::TooOld { age_secs: 301, tolerance_secs: 300 })
         );
-        assert_eq!(
-            verify(
-                BODY.as_bytes(),
-                &header,
-                &["whsec_test_secret"],
-                300,
-                T + 300
-            ),
-            Ok(T)
-        );
-        assert_eq!(
-            verify(
-                BODY.as_bytes(),
-                &header,
-                &["whsec_test_secret"],
-                0,
-                T + 100_000
-            ),
-            Ok(T)
-        );
+        assert_eq!(verify(BODY.as_bytes(), &header, &["whsec_test_secret"], 300, T + 300), Ok(T));
+        assert_eq!(verify(BODY.as_bytes(), &header, &["whsec_test_secret"], 0, T + 100_000), Ok(T));
     }
 
     #[test]
     fn future_timestamp_is_refused() {
         let header = format!("t={T},v1={SIG_TEST}");
         assert_eq!(
-            verify(
-                BODY.as_bytes(),
-                &header,
-                &["whsec_test_secret"],
-                300,
-                T - 301
-            ),
-            Err(SignatureError::InFuture {
-                ahead_secs: 301,
-                tolerance_secs: 300
-            })
+            verify(BODY.as_bytes(), &header, &["whsec_test_secret"], 300, T - 301),
+            Err(SignatureError::InFuture { ahead_secs: 301, tolerance_secs: 300 })
         );
-        assert_eq!(
-            verify(
-                BODY.as_bytes(),
-                &header,
-                &["whsec_test_secret"],
-                300,
-                T - 300
-            ),
-            Ok(T)
-        );
+        assert_eq!(verify(BODY.as_bytes(), &header, &["whsec_test_secret"], 300, T - 300), Ok(T));
     }
 
     #[test]
     fn any_of_several_v1_signatures_may_match() {
         let bogus = "00".repeat(32);
         let header = format!("t={T},v1={bogus},v1={SIG_OLD},v0=6ffbb5");
-        assert_eq!(
-            verify(BODY.as_bytes(), &header, &["whsec_old_secret"], 300, T),
-            Ok(T)
-        );
+        assert_eq!(verify(BODY.as_bytes(), &header, &["whsec_old_secret"], 300, T), Ok(T));
         // the header of a rolling secret carries both; each secret alone verifies it
         let rolling = format!("t={T},v1={SIG_TEST},v1={SIG_OLD}");
-        assert_eq!(
-            verify(BODY.as_bytes(), &rolling, &["whsec_test_secret"], 300, T),
-            Ok(T)
-        );
-        assert_eq!(
-            verify(BODY.as_bytes(), &rolling, &["whsec_old_secret"], 300, T),
-            Ok(T)
-        );
+        assert_eq!(verify(BODY.as_bytes(), &rolling, &["whsec_test_secret"], 300, T), Ok(T));
+        assert_eq!(verify(BODY.as_bytes(), &rolling, &["whsec_old_secret"], 300, T), Ok(T));
         // and several configured secrets: one matching is enough
         assert_eq!(
-            verify(
-                BODY.as_bytes(),
-                &format!("t={T},v1={SIG_OLD}"),
-                &["whsec_x", "whsec_old_secret"],
-                300,
-                T
-            ),
+            verify(BODY.as_bytes(), &format!("t={T},v1={SIG_OLD}"), &["whsec_x", "whsec_old_secret"], 300, T),
             Ok(T)
         );
     }
@@ -380,45 +269,18 @@ mod tests {
         let check = |h: &str| verify(BODY.as_bytes(), h, &["whsec_test_secret"], 300, T);
         assert_eq!(check(""), Err(SignatureError::Missing));
         assert_eq!(check("   "), Err(SignatureError::Missing));
-        assert_eq!(
-            check(&format!("v1={SIG_TEST}")),
-            Err(SignatureError::NoTimestamp)
-        );
-        assert_eq!(
-            check(&format!("t=abc,v1={SIG_TEST}")),
-            Err(SignatureError::NoTimestamp)
-        );
-        assert_eq!(
-            check(&format!("t=,v1={SIG_TEST}")),
-            Err(SignatureError::NoTimestamp)
-        );
+        assert_eq!(check(&format!("v1={SIG_TEST}")), Err(SignatureError::NoTimestamp));
+        assert_eq!(check(&format!("t=abc,v1={SIG_TEST}")), Err(SignatureError::NoTimestamp));
+        assert_eq!(check(&format!("t=,v1={SIG_TEST}")), Err(SignatureError::NoTimestamp));
         assert_eq!(check(&format!("t={T}")), Err(SignatureError::NoV1Signature));
-        assert_eq!(
-            check(&format!("t={T},v1=zz{}", &SIG_TEST[2..])),
-            Err(SignatureError::NoV1Signature)
-        );
-        assert_eq!(
-            check(&format!("t={T},v1={}", &SIG_TEST[..63])),
-            Err(SignatureError::NoV1Signature)
-        );
-        assert_eq!(
-            check(&format!("t={T},v1")),
-            Err(SignatureError::NoV1Signature)
-        );
-        assert_eq!(
-            check(&format!("t={T},v1={SIG_TEST}{}", ",x".repeat(5000))),
-            Err(SignatureError::TooLong)
-        );
-        assert_eq!(
-            check(&format!("t=99999999999999999999999,v1={SIG_TEST}")),
-            Err(SignatureError::NoTimestamp)
-        );
+        assert_eq!(check(&format!("t={T},v1=zz{}", &SIG_TEST[2..])), Err(SignatureError::NoV1Signature));
+        assert_eq!(check(&format!("t={T},v1={}", &SIG_TEST[..63])), Err(SignatureError::NoV1Signature));
+        assert_eq!(check(&format!("t={T},v1")), Err(SignatureError::NoV1Signature));
+        assert_eq!(check(&format!("t={T},v1={SIG_TEST}{}", ",x".repeat(5000))), Err(SignatureError::TooLong));
+        assert_eq!(check(&format!("t=99999999999999999999999,v1={SIG_TEST}")), Err(SignatureError::NoTimestamp));
         assert_eq!(check(",,,=,=="), Err(SignatureError::NoTimestamp));
         // upper-case hex still decodes (hex is case-insensitive)
-        assert_eq!(
-            check(&format!("t={T},v1={}", SIG_TEST.to_uppercase())),
-            Ok(T)
-        );
+        assert_eq!(check(&format!("t={T},v1={}", SIG_TEST.to_uppercase())), Ok(T));
         // spaces around pairs, as some proxies fold headers
         assert_eq!(check(&format!("t={T}, v1={SIG_TEST}")), Ok(T));
     }
@@ -434,13 +296,7 @@ mod tests {
         let sig = sign_v1(BODY.as_bytes(), "whsec_test_secret", i64::MAX);
         let h = format!("t={},v1={sig}", i64::MAX);
         assert!(matches!(
-            verify(
-                BODY.as_bytes(),
-                &h,
-                &["whsec_test_secret"],
-                300,
-                i64::MIN + 1
-            ),
+            verify(BODY.as_bytes(), &h, &["whsec_test_secret"], 300, i64::MIN + 1),
             Err(SignatureError::InFuture { .. })
         ));
     }
@@ -470,9 +326,7 @@ mod tests {
         for i in 0..20_000 {
             let len = (next() % 120) as usize;
             let mut s: String = if i % 2 == 0 {
-                (0..len)
-                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
-                    .collect()
+                (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect()
             } else {
                 seed.clone()
             };

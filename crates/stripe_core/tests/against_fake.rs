@@ -21,34 +21,20 @@ fn client(fake: &Fake, key: &str) -> Client {
 }
 
 fn ids(objs: &[Value]) -> Vec<String> {
-    objs.iter()
-        .map(|o| o["id"].as_str().unwrap().to_string())
-        .collect()
+    objs.iter().map(|o| o["id"].as_str().unwrap().to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paging_through_10000_objects_returns_each_exactly_once() {
-    let fake = Fake::start(
-        0,
-        Some(&SeedSpec::only_customers(10_000)),
-        Faults::default(),
-    )
-    .await
-    .unwrap();
+    let fake = Fake::start(0, Some(&SeedSpec::only_customers(10_000)), Faults::default()).await.unwrap();
     let c = client(&fake, KEY);
-    let all = Pager::new(c.clone(), ListQuery::new("/v1/customers"))
-        .collect_all()
-        .await
-        .unwrap();
+    let all = Pager::new(c.clone(), ListQuery::new("/v1/customers")).collect_all().await.unwrap();
     let got = ids(&all);
     let unique: HashSet<&String> = got.iter().collect();
     assert_eq!(got.len(), 10_000);
     assert_eq!(unique.len(), 10_000);
     let expected: HashSet<String> = ids(&fake.objects("customers")).into_iter().collect();
-    assert_eq!(
-        unique.into_iter().cloned().collect::<HashSet<_>>(),
-        expected
-    );
+    assert_eq!(unique.into_iter().cloned().collect::<HashSet<_>>(), expected);
     // newest first, like Stripe
     let created: Vec<i64> = all.iter().map(|o| o["created"].as_i64().unwrap()).collect();
     assert!(created.windows(2).all(|w| w[0] >= w[1]));
@@ -57,48 +43,26 @@ async fn paging_through_10000_objects_returns_each_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_500s_429s_and_dropped_connections_to_completion() {
-    let faults = Faults {
-        error_rate: 0.2,
-        rate_limited_rate: 0.2,
-        drop_rate: 0.05,
-        ..Faults::default()
-    };
-    let fake = Fake::start(0, Some(&SeedSpec::only_customers(3_000)), faults)
-        .await
-        .unwrap();
+    let faults = Faults { error_rate: 0.2, rate_limited_rate: 0.2, drop_rate: 0.05, ..Faults::default() };
+    let fake = Fake::start(0, Some(&SeedSpec::only_customers(3_000)), faults).await.unwrap();
     let c = client(&fake, KEY);
-    let all = Pager::new(c.clone(), ListQuery::new("/v1/customers"))
-        .collect_all()
-        .await
-        .unwrap();
+    let all = Pager::new(c.clone(), ListQuery::new("/v1/customers")).collect_all().await.unwrap();
     let unique: HashSet<String> = ids(&all).into_iter().collect();
     assert_eq!(all.len(), 3_000);
     assert_eq!(unique.len(), 3_000);
     let stats = fake.stats();
-    let failed = stats.by_status.get(&500).copied().unwrap_or(0)
-        + stats.by_status.get(&429).copied().unwrap_or(0);
+    let failed = stats.by_status.get(&500).copied().unwrap_or(0) + stats.by_status.get(&429).copied().unwrap_or(0);
     assert!(failed > 0, "faults were injected: {stats:?}");
     let retries = c.stats.retries.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        retries >= failed,
-        "every failed answer was retried: {retries} < {failed}"
-    );
+    assert!(retries >= failed, "every failed answer was retried: {retries} < {failed}");
 }
 
 #[tokio::test]
 async fn a_bad_key_gives_an_authentication_error_without_the_key() {
     let bad = "sk_test_REVOKEDKEY0000000000000001";
-    let faults = Faults {
-        bad_keys: vec![bad.to_string()],
-        ..Faults::default()
-    };
-    let fake = Fake::start(0, Some(&SeedSpec::only_customers(5)), faults)
-        .await
-        .unwrap();
-    let err = client(&fake, bad)
-        .get("/v1/customers", &[])
-        .await
-        .unwrap_err();
+    let faults = Faults { bad_keys: vec![bad.to_string()], ..Faults::default() };
+    let fake = Fake::start(0, Some(&SeedSpec::only_customers(5)), faults).await.unwrap();
+    let err = client(&fake, bad).get("/v1/customers", &[]).await.unwrap_err();
     assert!(matches!(err, StripeError::Authentication { .. }), "{err:?}");
     let shown = format!("{err} {err:?}");
     assert!(!shown.contains("REVOKEDKEY000000000"), "{shown}");
@@ -108,19 +72,11 @@ async fn a_bad_key_gives_an_authentication_error_without_the_key() {
 
 #[tokio::test]
 async fn a_restricted_key_without_permission_names_the_resource() {
-    let faults = Faults {
-        restricted_denied: vec!["charges".into()],
-        ..Faults::default()
-    };
-    let fake = Fake::start(0, Some(&SeedSpec::scaled(5)), faults)
-        .await
-        .unwrap();
+    let faults = Faults { restricted_denied: vec!["charges".into()], ..Faults::default() };
+    let fake = Fake::start(0, Some(&SeedSpec::scaled(5)), faults).await.unwrap();
     let c = client(&fake, "rk_test_51RestrictedKey00000000aa");
     let err = c.get("/v1/charges", &[]).await.unwrap_err();
-    assert!(
-        matches!(&err, StripeError::Permission { path, .. } if path == "/v1/charges"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, StripeError::Permission { path, .. } if path == "/v1/charges"), "{err:?}");
     assert!(err.to_string().contains("rak_charge_read"), "{err}");
     assert!(!err.to_string().contains("RestrictedKey00000000"), "{err}");
     assert!(c.get("/v1/customers", &[]).await.is_ok());
@@ -128,58 +84,26 @@ async fn a_restricted_key_without_permission_names_the_resource() {
 
 #[tokio::test]
 async fn retrieve_is_none_only_for_resource_missing() {
-    let fake = Fake::start(0, Some(&SeedSpec::only_customers(3)), Faults::default())
-        .await
-        .unwrap();
+    let fake = Fake::start(0, Some(&SeedSpec::only_customers(3)), Faults::default()).await.unwrap();
     let c = client(&fake, KEY);
     let id = ids(&fake.objects("customers"))[0].clone();
-    assert_eq!(
-        c.retrieve(&format!("/v1/customers/{id}"))
-            .await
-            .unwrap()
-            .unwrap()["id"],
-        id.as_str()
-    );
-    assert!(
-        c.retrieve("/v1/customers/cus_doesnotexist")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_eq!(c.retrieve(&format!("/v1/customers/{id}")).await.unwrap().unwrap()["id"], id.as_str());
+    assert!(c.retrieve("/v1/customers/cus_doesnotexist").await.unwrap().is_none());
     // a wrong path is a 404 without resource_missing: still "not found", but on a
     // URL that is not an object path; a 400 is an error, and not retried
-    let err = c
-        .get("/v1/customers", &[("limit".into(), "1000".into())])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, StripeError::InvalidRequest { status: 400, param: Some(p), .. } if p == "limit"),
-        "{err:?}"
-    );
+    let err = c.get("/v1/customers", &[("limit".into(), "1000".into())]).await.unwrap_err();
+    assert!(matches!(&err, StripeError::InvalidRequest { status: 400, param: Some(p), .. } if p == "limit"), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_created_slices_return_the_same_set_as_one_sequential_pass() {
-    let fake = Fake::start(0, Some(&SeedSpec::only_customers(5_000)), Faults::default())
-        .await
-        .unwrap();
+    let fake = Fake::start(0, Some(&SeedSpec::only_customers(5_000)), Faults::default()).await.unwrap();
     let c = client(&fake, KEY);
-    let sequential: HashSet<String> = ids(&Pager::new(c.clone(), ListQuery::new("/v1/customers"))
-        .collect_all()
-        .await
-        .unwrap())
-    .into_iter()
-    .collect();
+    let sequential: HashSet<String> =
+        ids(&Pager::new(c.clone(), ListQuery::new("/v1/customers")).collect_all().await.unwrap()).into_iter().collect();
     let spec = SeedSpec::only_customers(0);
-    let slices = CreatedRange::split(
-        spec.anchor - spec.years * 365 * 86_400 - 10,
-        spec.anchor + 10,
-        8,
-    );
-    let queries = slices
-        .into_iter()
-        .map(|r| ListQuery::new("/v1/customers").created(r))
-        .collect();
+    let slices = CreatedRange::split(spec.anchor - spec.years * 365 * 86_400 - 10, spec.anchor + 10, 8);
+    let queries = slices.into_iter().map(|r| ListQuery::new("/v1/customers").created(r)).collect();
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let c2 = c.clone();
     let producer = tokio::spawn(async move { fetch_concurrently(&c2, queries, 4, tx).await });
@@ -195,27 +119,17 @@ async fn concurrent_created_slices_return_the_same_set_as_one_sequential_pass() 
 
 #[tokio::test]
 async fn a_created_range_query_returns_exactly_the_objects_in_range() {
-    let fake = Fake::start(0, Some(&SeedSpec::only_customers(2_000)), Faults::default())
-        .await
-        .unwrap();
+    let fake = Fake::start(0, Some(&SeedSpec::only_customers(2_000)), Faults::default()).await.unwrap();
     let c = client(&fake, KEY);
     let all = fake.objects("customers");
     let mut created: Vec<i64> = all.iter().map(|o| o["created"].as_i64().unwrap()).collect();
     created.sort();
     let (lo, hi) = (created[500], created[1200]);
-    let range = CreatedRange {
-        gt: Some(lo),
-        lte: Some(hi),
-        ..Default::default()
-    };
-    let got: HashSet<String> = ids(
-        &Pager::new(c, ListQuery::new("/v1/customers").created(range))
-            .collect_all()
-            .await
-            .unwrap(),
-    )
-    .into_iter()
-    .collect();
+    let range = CreatedRange { gt: Some(lo), lte: Some(hi), ..Default::default() };
+    let got: HashSet<String> =
+        ids(&Pager::new(c, ListQuery::new("/v1/customers").created(range)).collect_all().await.unwrap())
+            .into_iter()
+            .collect();
     let expected: HashSet<String> = all
         .iter()
         .filter(|o| {
@@ -238,30 +152,19 @@ async fn posts_are_idempotent_under_one_key() {
     assert_eq!(a["id"], b["id"]);
     assert_eq!(fake.count("customers"), 1);
     let other = vec![("email".to_string(), "b@example.com".to_string())];
-    let err = c
-        .post("/v1/customers", &other, Some("key-1"))
-        .await
-        .unwrap_err();
+    let err = c.post("/v1/customers", &other, Some("key-1")).await.unwrap_err();
     assert!(err.to_string().contains("same parameters"), "{err}");
 }
 
 #[tokio::test]
 async fn the_client_rate_limit_keeps_the_fake_from_answering_429() {
-    let faults = Faults {
-        rate_limit: 40.0,
-        ..Faults::default()
-    };
-    let fake = Fake::start(0, Some(&SeedSpec::only_customers(3_000)), faults)
-        .await
-        .unwrap();
+    let faults = Faults { rate_limit: 40.0, ..Faults::default() };
+    let fake = Fake::start(0, Some(&SeedSpec::only_customers(3_000)), faults).await.unwrap();
     let mut cfg = ClientConfig::new(ApiKey::new(KEY).unwrap());
     cfg.base_url = fake.url();
     cfg.max_requests_per_second = 30.0;
     let c = Client::new(cfg).unwrap();
-    let pages = ListQuery {
-        limit: 50,
-        ..ListQuery::new("/v1/customers")
-    };
+    let pages = ListQuery { limit: 50, ..ListQuery::new("/v1/customers") };
     let all = Pager::new(c, pages).collect_all().await.unwrap();
     assert_eq!(all.len(), 3_000);
     let stats = fake.stats();
@@ -282,11 +185,7 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
             let head = String::from_utf8_lossy(&buf[..end]).to_string();
             let len: usize = head
                 .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
                 .unwrap_or(0);
             while buf.len() < end + 4 + len {
                 let n = stream.read(&mut chunk).await.unwrap();
@@ -306,61 +205,28 @@ async fn a_webhook_delivered_by_the_fake_verifies_with_the_core_verifier() {
     let c = client(&fake, KEY);
     let form = vec![
         ("url".to_string(), url),
-        (
-            "enabled_events[]".to_string(),
-            "customer.created".to_string(),
-        ),
-        (
-            "enabled_events[]".to_string(),
-            "customer.updated".to_string(),
-        ),
+        ("enabled_events[]".to_string(), "customer.created".to_string()),
+        ("enabled_events[]".to_string(), "customer.updated".to_string()),
     ];
     let ep = c.post("/v1/webhook_endpoints", &form, None).await.unwrap();
     let secret = ep["secret"].as_str().unwrap().to_string();
     assert!(secret.starts_with("whsec_"));
     // the secret is only shown at creation
-    let again = c
-        .get(
-            &format!("/v1/webhook_endpoints/{}", ep["id"].as_str().unwrap()),
-            &[],
-        )
-        .await
-        .unwrap();
+    let again = c.get(&format!("/v1/webhook_endpoints/{}", ep["id"].as_str().unwrap()), &[]).await.unwrap();
     assert!(again.get("secret").is_none());
     // product events are not subscribed: only the customer event arrives
-    c.post("/v1/products", &[("name".into(), "Widget".into())], None)
-        .await
-        .unwrap();
-    let cus = c
-        .post(
-            "/v1/customers",
-            &[("email".into(), "hook@example.com".into())],
-            None,
-        )
-        .await
-        .unwrap();
+    c.post("/v1/products", &[("name".into(), "Widget".into())], None).await.unwrap();
+    let cus = c.post("/v1/customers", &[("email".into(), "hook@example.com".into())], None).await.unwrap();
 
-    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
     let (head, body) = read_request(&mut stream).await;
-    stream
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await.unwrap();
     let sig = head
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("Stripe-Signature: ")
-                .or_else(|| l.strip_prefix("stripe-signature: "))
-        })
+        .find_map(|l| l.strip_prefix("Stripe-Signature: ").or_else(|| l.strip_prefix("stripe-signature: ")))
         .expect("signed")
         .to_string();
-    assert!(
-        sig.contains(",v0="),
-        "test-mode noise signature present: {sig}"
-    );
+    assert!(sig.contains(",v0="), "test-mode noise signature present: {sig}");
     let t = signature::verify(&body, &sig, &[secret.as_str()], 300, signature::unix_now()).unwrap();
     assert!((signature::unix_now() - t).abs() < 60);
     assert!(signature::verify(&body, &sig, &["whsec_wrong"], 300, signature::unix_now()).is_err());
@@ -369,10 +235,7 @@ async fn a_webhook_delivered_by_the_fake_verifies_with_the_core_verifier() {
     assert_eq!(event["data"]["object"]["id"], cus["id"]);
     assert_eq!(event["object"], "event");
     // and the same event is in /v1/events
-    let events = c
-        .get("/v1/events", &[("type".into(), "customer.*".into())])
-        .await
-        .unwrap();
+    let events = c.get("/v1/events", &[("type".into(), "customer.*".into())]).await.unwrap();
     assert_eq!(events["data"][0]["id"], event["id"]);
 }
 
@@ -384,12 +247,6 @@ async fn create_endpoint_refuses_wildcards_other_than_star() {
         ("url".to_string(), "http://127.0.0.1:1/x".to_string()),
         ("enabled_events[]".to_string(), "customer.*".to_string()),
     ];
-    let err = c
-        .post("/v1/webhook_endpoints", &form, None)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, StripeError::InvalidRequest { param: Some(p), .. } if p == "enabled_events"),
-        "{err:?}"
-    );
+    let err = c.post("/v1/webhook_endpoints", &form, None).await.unwrap_err();
+    assert!(matches!(&err, StripeError::InvalidRequest { param: Some(p), .. } if p == "enabled_events"), "{err:?}");
 }

@@ -21,10 +21,7 @@ pub fn error_body(kind: &str, code: Option<&str>, message: &str, param: Option<&
     let mut e = json!({"type": kind, "message": message});
     if let Some(c) = code {
         e["code"] = json!(c);
-        e["doc_url"] = json!(format!(
-            "https://stripe.com/docs/error-codes/{}",
-            c.replace('_', "-")
-        ));
+        e["doc_url"] = json!(format!("https://stripe.com/docs/error-codes/{}", c.replace('_', "-")));
     }
     if let Some(p) = param {
         e["param"] = json!(p);
@@ -38,10 +35,7 @@ pub struct ApiErr(pub u16, pub String);
 type ApiResult = Result<Value, ApiErr>;
 
 fn invalid(message: &str, param: Option<&str>) -> ApiErr {
-    ApiErr(
-        400,
-        error_body("invalid_request_error", None, message, param),
-    )
+    ApiErr(400, error_body("invalid_request_error", None, message, param))
 }
 
 fn missing(object: &str, id: &str, param: &str) -> ApiErr {
@@ -57,10 +51,7 @@ fn missing(object: &str, id: &str, param: &str) -> ApiErr {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Stripe embeds at most this many items of a nested list.
@@ -88,13 +79,7 @@ pub fn render(obj: &Value) -> Value {
 }
 
 /// Handles one API request; returns status and JSON text.
-pub fn handle(
-    inner: &Inner,
-    method: &str,
-    path_q: &str,
-    body: &str,
-    caller: &Caller,
-) -> (u16, String) {
+pub fn handle(inner: &Inner, method: &str, path_q: &str, body: &str, caller: &Caller) -> (u16, String) {
     let (path, query) = path_q.split_once('?').unwrap_or((path_q, ""));
     let mut params = form::decode(query);
     if method == "POST"
@@ -104,19 +89,10 @@ pub fn handle(
     }
     // Idempotency: same key + same request replays the saved answer; a different
     // request with the same key is an error.
-    let idem = if method == "POST" {
-        caller.idempotency_key.clone()
-    } else {
-        None
-    };
+    let idem = if method == "POST" { caller.idempotency_key.clone() } else { None };
     let fingerprint = format!("{method} {path} {body}");
     if let Some(k) = &idem {
-        let saved = inner
-            .idempotency
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(k)
-            .cloned();
+        let saved = inner.idempotency.lock().unwrap_or_else(|p| p.into_inner()).get(k).cloned();
         if let Some((fp, status, text)) = saved {
             if fp == fingerprint {
                 return (status, text);
@@ -139,12 +115,7 @@ pub fn handle(
         Some(&"v1") => route(inner, method, &segs[1..], &params, caller),
         _ => Err(ApiErr(
             404,
-            error_body(
-                "invalid_request_error",
-                None,
-                &format!("Unrecognized request URL ({method}: {path})."),
-                None,
-            ),
+            error_body("invalid_request_error", None, &format!("Unrecognized request URL ({method}: {path})."), None),
         )),
     };
     let (status, text) = match result {
@@ -154,11 +125,7 @@ pub fn handle(
     if let Some(k) = idem
         && (status == 200 || status >= 500)
     {
-        inner
-            .idempotency
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(k, (fingerprint, status, text.clone()));
+        inner.idempotency.lock().unwrap_or_else(|p| p.into_inner()).insert(k, (fingerprint, status, text.clone()));
     }
     (status, text)
 }
@@ -166,90 +133,39 @@ pub fn handle(
 fn route(inner: &Inner, method: &str, segs: &[&str], params: &Value, caller: &Caller) -> ApiResult {
     let mut store = inner.store.lock().unwrap_or_else(|p| p.into_inner());
     let store = &mut *store;
-    let mut m = Mutation {
-        inner,
-        caller,
-        events: Vec::new(),
-    };
+    let mut m = Mutation { inner, caller, events: Vec::new() };
     let r = match (method, segs) {
         ("GET", ["account"]) => Ok(
             json!({"id": "acct_1FakePlatform0000", "object": "account", "country": "DE", "default_currency": "eur", "type": "standard", "charges_enabled": true, "payouts_enabled": true, "details_submitted": true}),
         ),
-        (
-            "GET",
-            [
-                "customers",
-                cid,
-                sub @ ("balance_transactions" | "payment_methods"),
-            ],
-        ) => {
+        ("GET", ["customers", cid, sub @ ("balance_transactions" | "payment_methods")]) => {
             if store.col("customers").get(cid).is_none() {
                 return Err(missing("customer", cid, "customer"));
             }
-            let col = if *sub == "balance_transactions" {
-                "customer_balance_transactions"
-            } else {
-                "payment_methods"
-            };
+            let col = if *sub == "balance_transactions" { "customer_balance_transactions" } else { "payment_methods" };
             let url = format!("/v1/customers/{cid}/{sub}");
-            list(
-                store,
-                kind(col).expect("kind"),
-                params,
-                Some(cid),
-                &url,
-                &[],
-            )
+            list(store, kind(col).expect("kind"), params, Some(cid), &url, &[])
         }
-        (
-            "GET",
-            [
-                "customers",
-                cid,
-                sub @ ("balance_transactions" | "payment_methods"),
-                id,
-            ],
-        ) => {
-            let col = if *sub == "balance_transactions" {
-                "customer_balance_transactions"
-            } else {
-                "payment_methods"
-            };
+        ("GET", ["customers", cid, sub @ ("balance_transactions" | "payment_methods"), id]) => {
+            let col = if *sub == "balance_transactions" { "customer_balance_transactions" } else { "payment_methods" };
             match store.col(col).get(id) {
                 Some(o) if o["customer"] == *cid => Ok(render(o)),
                 _ => Err(missing(
-                    if *sub == "balance_transactions" {
-                        "customer balance transaction"
-                    } else {
-                        "payment_method"
-                    },
+                    if *sub == "balance_transactions" { "customer balance transaction" } else { "payment_method" },
                     id,
                     "id",
                 )),
             }
         }
-        ("GET", ["invoices", id, "lines"]) => sub_list(
-            store,
-            "invoices",
-            id,
-            "lines",
-            params,
-            &format!("/v1/invoices/{id}/lines"),
-        ),
-        ("GET", ["credit_notes", id, "lines"]) => sub_list(
-            store,
-            "credit_notes",
-            id,
-            "lines",
-            params,
-            &format!("/v1/credit_notes/{id}/lines"),
-        ),
+        ("GET", ["invoices", id, "lines"]) => {
+            sub_list(store, "invoices", id, "lines", params, &format!("/v1/invoices/{id}/lines"))
+        }
+        ("GET", ["credit_notes", id, "lines"]) => {
+            sub_list(store, "credit_notes", id, "lines", params, &format!("/v1/credit_notes/{id}/lines"))
+        }
         ("GET", ["subscription_items"]) => {
             let Some(sub) = str_param(params, "subscription") else {
-                return Err(invalid(
-                    "Missing required param: subscription.",
-                    Some("subscription"),
-                ));
+                return Err(invalid("Missing required param: subscription.", Some("subscription")));
             };
             let sub = sub.to_string();
             sub_list(
@@ -263,25 +179,13 @@ fn route(inner: &Inner, method: &str, segs: &[&str], params: &Value, caller: &Ca
         }
         ("GET", ["payment_methods"]) => {
             let Some(c) = str_param(params, "customer").map(str::to_string) else {
-                return Err(invalid(
-                    "You must provide a customer to list payment methods.",
-                    Some("customer"),
-                ));
+                return Err(invalid("You must provide a customer to list payment methods.", Some("customer")));
             };
-            list(
-                store,
-                kind("payment_methods").expect("kind"),
-                params,
-                Some(&c),
-                "/v1/payment_methods",
-                &["customer"],
-            )
+            list(store, kind("payment_methods").expect("kind"), params, Some(&c), "/v1/payment_methods", &["customer"])
         }
         ("GET", ["events"]) => list_events(store, params),
         ("GET", ["events", id]) => match store.col("events").get(id) {
-            Some(e) if e["created"].as_i64().unwrap_or(0) >= now() - EVENT_RETENTION_SECS => {
-                Ok(e.clone())
-            }
+            Some(e) if e["created"].as_i64().unwrap_or(0) >= now() - EVENT_RETENTION_SECS => Ok(e.clone()),
             _ => Err(missing("event", id, "id")),
         },
         ("GET", [col]) if listable(col) => {
@@ -292,12 +196,7 @@ fn route(inner: &Inner, method: &str, segs: &[&str], params: &Value, caller: &Ca
             let k = kind(col).expect("checked");
             match store.col(col).get(id) {
                 Some(o) => Ok(render(o)),
-                None => match inner
-                    .deleted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(*id)
-                {
+                None => match inner.deleted.lock().unwrap_or_else(|p| p.into_inner()).get(*id) {
                     Some(stub) => Ok(stub.clone()),
                     None => Err(missing(k.object, id, "id")),
                 },
@@ -305,22 +204,17 @@ fn route(inner: &Inner, method: &str, segs: &[&str], params: &Value, caller: &Ca
         }
         ("POST", ["webhook_endpoints"]) => webhooks::create_endpoint(inner, store, params),
         ("POST", ["webhook_endpoints", id]) => webhooks::update_endpoint(store, id, params),
-        ("DELETE", ["webhook_endpoints", id]) => {
-            match store.col_mut("webhook_endpoints").remove(id) {
-                Some(_) => Ok(json!({"id": id, "object": "webhook_endpoint", "deleted": true})),
-                None => Err(missing("webhook_endpoint", id, "id")),
-            }
-        }
+        ("DELETE", ["webhook_endpoints", id]) => match store.col_mut("webhook_endpoints").remove(id) {
+            Some(_) => Ok(json!({"id": id, "object": "webhook_endpoint", "deleted": true})),
+            None => Err(missing("webhook_endpoint", id, "id")),
+        },
         ("POST", _) | ("DELETE", _) => m.mutate(store, method, segs, params),
         _ => Err(ApiErr(
             404,
             error_body(
                 "invalid_request_error",
                 None,
-                &format!(
-                    "Unrecognized request URL ({method}: /v1/{}).",
-                    segs.join("/")
-                ),
+                &format!("Unrecognized request URL ({method}: /v1/{}).", segs.join("/")),
                 None,
             ),
         )),
@@ -333,10 +227,7 @@ fn route(inner: &Inner, method: &str, segs: &[&str], params: &Value, caller: &Ca
 }
 
 fn listable(col: &str) -> bool {
-    !matches!(
-        col,
-        "customer_balance_transactions" | "payment_methods" | "events"
-    ) && kind(col).is_some()
+    !matches!(col, "customer_balance_transactions" | "payment_methods" | "events") && kind(col).is_some()
 }
 
 fn parse_limit(params: &Value) -> Result<usize, ApiErr> {
@@ -344,10 +235,7 @@ fn parse_limit(params: &Value) -> Result<usize, ApiErr> {
         None => Ok(10),
         Some(Value::String(s)) => match s.parse::<i64>() {
             Ok(n) if (1..=100).contains(&n) => Ok(n as usize),
-            Ok(_) => Err(invalid(
-                "Invalid integer: limit must be between 1 and 100.",
-                Some("limit"),
-            )),
+            Ok(_) => Err(invalid("Invalid integer: limit must be between 1 and 100.", Some("limit"))),
             Err(_) => Err(invalid(&format!("Invalid integer: {s}"), Some("limit"))),
         },
         _ => Err(invalid("Invalid integer", Some("limit"))),
@@ -358,9 +246,7 @@ fn parse_limit(params: &Value) -> Result<usize, ApiErr> {
 fn parse_range(params: &Value, name: &str) -> Result<(i64, i64), ApiErr> {
     let bad = || {
         invalid(
-            &format!(
-                "Invalid {name}: must be an integer Unix timestamp or a hash of gt, gte, lt, lte."
-            ),
+            &format!("Invalid {name}: must be an integer Unix timestamp or a hash of gt, gte, lt, lte."),
             Some(name),
         )
     };
@@ -381,10 +267,7 @@ fn parse_range(params: &Value, name: &str) -> Result<(i64, i64), ApiErr> {
                     "lt" => hi = hi.min(t.saturating_sub(1)),
                     "lte" => hi = hi.min(t),
                     _ => {
-                        return Err(invalid(
-                            &format!("Received unknown parameter: {name}[{op}]"),
-                            Some(name),
-                        ));
+                        return Err(invalid(&format!("Received unknown parameter: {name}[{op}]"), Some(name)));
                     }
                 }
             }
@@ -400,23 +283,14 @@ fn check_known(params: &Value, allowed: &[&str]) -> Result<(), ApiErr> {
             if !allowed.contains(&k.as_str())
                 && !["limit", "starting_after", "ending_before", "expand"].contains(&k.as_str())
             {
-                return Err(invalid(
-                    &format!("Received unknown parameter: {k}"),
-                    Some(k),
-                ));
+                return Err(invalid(&format!("Received unknown parameter: {k}"), Some(k)));
             }
         }
     }
     Ok(())
 }
 
-fn cursor(
-    store: &Store,
-    col: &str,
-    object: &str,
-    params: &Value,
-    name: &str,
-) -> Result<Option<Key>, ApiErr> {
+fn cursor(store: &Store, col: &str, object: &str, params: &Value, name: &str) -> Result<Option<Key>, ApiErr> {
     match str_param(params, name) {
         None => Ok(None),
         Some(id) => store.col(col).key_of(id).map(Some).ok_or_else(|| {
@@ -438,14 +312,7 @@ fn list_envelope(url: &str, data: Vec<Value>, has_more: bool) -> Value {
 }
 
 /// A list of one collection with Stripe's parameters and the kind's filters.
-fn list(
-    store: &Store,
-    k: &Kind,
-    params: &Value,
-    customer: Option<&str>,
-    url: &str,
-    extra: &[&str],
-) -> ApiResult {
+fn list(store: &Store, k: &Kind, params: &Value, customer: Option<&str>, url: &str, extra: &[&str]) -> ApiResult {
     let mut allowed: Vec<&str> = k.filters.iter().map(|f| f.0).collect();
     allowed.extend_from_slice(extra);
     if k.path != "payment_methods" && k.path != "webhook_endpoints" {
@@ -469,15 +336,45 @@ fn list(
         created: parse_range(params, "created")?,
         customer: customer.map(str::to_string),
     };
+    // enumerated filters: Stripe refuses values outside the documented set
+    const ENUMS: &[(&str, &str, &[&str])] = &[
+        ("invoices", "status", &["draft", "open", "paid", "uncollectible", "void"]),
+        ("payouts", "status", &["pending", "paid", "failed", "canceled"]),
+        ("prices", "type", &["one_time", "recurring"]),
+        (
+            "subscriptions",
+            "status",
+            &[
+                "active",
+                "all",
+                "canceled",
+                "ended",
+                "incomplete",
+                "incomplete_expired",
+                "past_due",
+                "paused",
+                "trialing",
+                "unpaid",
+            ],
+        ),
+        ("invoices", "collection_method", &["charge_automatically", "send_invoice"]),
+        ("subscriptions", "collection_method", &["charge_automatically", "send_invoice"]),
+    ];
+    for (col, param, allowed) in ENUMS {
+        if *col == k.path
+            && let Some(v) = str_param(params, param)
+            && !allowed.contains(&v)
+        {
+            return Err(invalid(&format!("Invalid {param}: must be one of {}", allowed.join(", ")), Some(param)));
+        }
+    }
     let mut wanted: Vec<(&str, String, Match)> = Vec::new();
     for (param, path, how) in k.filters {
         if *param == "customer" && customer.is_some() {
             continue;
         }
         if let Some(v) = params.get(*param) {
-            let v = v
-                .as_str()
-                .ok_or_else(|| invalid(&format!("Invalid {param}"), Some(param)))?;
+            let v = v.as_str().ok_or_else(|| invalid(&format!("Invalid {param}"), Some(param)))?;
             if *how == Match::Bool && v != "true" && v != "false" {
                 return Err(invalid(&format!("Invalid boolean: {v}"), Some(param)));
             }
@@ -485,11 +382,8 @@ fn list(
         }
     }
     // what a plain list leaves out
-    let sub_status = if k.path == "subscriptions" {
-        Some(str_param(params, "status").unwrap_or("").to_string())
-    } else {
-        None
-    };
+    let sub_status =
+        if k.path == "subscriptions" { Some(str_param(params, "status").unwrap_or("").to_string()) } else { None };
     let only_active_prices = k.path == "prices" && params.get("active").is_none();
     let keep = |o: &Value| {
         for (path, v, how) in &wanted {
@@ -517,11 +411,7 @@ fn list(
         !(only_active_prices && o["active"] != true)
     };
     let (page, has_more) = store.col(k.path).page(&lp, k.created_field, &keep);
-    Ok(list_envelope(
-        url,
-        page.into_iter().map(render).collect(),
-        has_more,
-    ))
+    Ok(list_envelope(url, page.into_iter().map(render).collect(), has_more))
 }
 
 fn list_events(store: &Store, params: &Value) -> ApiResult {
@@ -530,16 +420,10 @@ fn list_events(store: &Store, params: &Value) -> ApiResult {
     let types = list_param(params, "types");
     let one = str_param(params, "type").map(str::to_string);
     if one.is_some() && !types.is_empty() {
-        return Err(invalid(
-            "You may only specify one of these parameters: type, types.",
-            Some("type"),
-        ));
+        return Err(invalid("You may only specify one of these parameters: type, types.", Some("type")));
     }
     if types.len() > 20 {
-        return Err(invalid(
-            "types may contain at most 20 event types.",
-            Some("types"),
-        ));
+        return Err(invalid("types may contain at most 20 event types.", Some("types")));
     }
     let (lo, hi) = parse_range(params, "created")?;
     let lp = ListParams {
@@ -560,72 +444,38 @@ fn list_events(store: &Store, params: &Value) -> ApiResult {
         type_ok && (types.is_empty() || types.iter().any(|x| x == t))
     };
     let (page, has_more) = store.col("events").page(&lp, "created", &keep);
-    Ok(list_envelope(
-        "/v1/events",
-        page.into_iter().cloned().collect(),
-        has_more,
-    ))
+    Ok(list_envelope("/v1/events", page.into_iter().cloned().collect(), has_more))
 }
 
 /// Pages a nested list (`invoice.lines`) stored in full inside its parent.
-fn sub_list(
-    store: &Store,
-    col: &str,
-    id: &str,
-    field: &str,
-    params: &Value,
-    url: &str,
-) -> ApiResult {
+fn sub_list(store: &Store, col: &str, id: &str, field: &str, params: &Value, url: &str) -> ApiResult {
     check_known(params, &["subscription"])?;
     let limit = parse_limit(params)?;
     let k = kind(col).expect("kind");
-    let parent = store
-        .col(col)
-        .get(id)
-        .ok_or_else(|| missing(k.object, id, "id"))?;
-    let items: &[Value] = parent[field]["data"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[]);
+    let parent = store.col(col).get(id).ok_or_else(|| missing(k.object, id, "id"))?;
+    let items: &[Value] = parent[field]["data"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     let start = match str_param(params, "starting_after") {
         Some(after) => items
             .iter()
             .position(|i| i["id"] == after)
             .map(|p| p + 1)
-            .ok_or_else(|| {
-                invalid(
-                    &format!("No such line item: '{after}'"),
-                    Some("starting_after"),
-                )
-            })?,
+            .ok_or_else(|| invalid(&format!("No such line item: '{after}'"), Some("starting_after")))?,
         None => 0,
     };
     let end = (start + limit).min(items.len());
-    Ok(list_envelope(
-        url,
-        items[start..end].to_vec(),
-        end < items.len(),
-    ))
+    Ok(list_envelope(url, items[start..end].to_vec(), end < items.len()))
 }
 
 // ---------------------------------------------------------------- mutations
 
 /// Field types for updates: how a form string becomes JSON.
 fn typed(field: &str, v: &Value) -> Result<Value, ApiErr> {
-    const INTS: &[&str] = &[
-        "amount",
-        "balance",
-        "unit_amount",
-        "quantity",
-        "due_date",
-        "days_until_due",
-    ];
+    const INTS: &[&str] = &["amount", "balance", "unit_amount", "quantity", "due_date", "days_until_due"];
     const BOOLS: &[&str] = &["active", "cancel_at_period_end", "disabled", "livemode"];
     match v {
-        Value::String(s) if INTS.contains(&field) => s
-            .parse::<i64>()
-            .map(|n| json!(n))
-            .map_err(|_| invalid(&format!("Invalid integer: {s}"), Some(field))),
+        Value::String(s) if INTS.contains(&field) => {
+            s.parse::<i64>().map(|n| json!(n)).map_err(|_| invalid(&format!("Invalid integer: {s}"), Some(field)))
+        }
         Value::String(s) if BOOLS.contains(&field) => match s.as_str() {
             "true" => Ok(json!(true)),
             "false" => Ok(json!(false)),
@@ -647,10 +497,7 @@ fn apply(obj: &mut Value, params: &Value, allowed: &[&str]) -> Result<Map<String
             continue;
         }
         if !allowed.contains(&k.as_str()) {
-            return Err(invalid(
-                &format!("Received unknown parameter: {k}"),
-                Some(k),
-            ));
+            return Err(invalid(&format!("Received unknown parameter: {k}"), Some(k)));
         }
         if k == "metadata" {
             let Value::Object(changes) = v else {
@@ -692,10 +539,7 @@ fn required<'a>(params: &'a Value, name: &str) -> Result<&'a str, ApiErr> {
 fn int_param(params: &Value, name: &str) -> Result<Option<i64>, ApiErr> {
     match str_param(params, name) {
         None => Ok(None),
-        Some(s) => s
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| invalid(&format!("Invalid integer: {s}"), Some(name))),
+        Some(s) => s.parse::<i64>().map(Some).map_err(|_| invalid(&format!("Invalid integer: {s}"), Some(name))),
     }
 }
 
@@ -715,8 +559,7 @@ impl Mutation<'_> {
     }
 
     fn event(&mut self, t: &str, obj: &Value, prev: Option<Map<String, Value>>) {
-        self.events
-            .push((t.to_string(), render(obj), prev.map(Value::Object)));
+        self.events.push((t.to_string(), render(obj), prev.map(Value::Object)));
     }
 
     /// Updates an object and records `<type>` when anything changed.
@@ -730,11 +573,7 @@ impl Mutation<'_> {
         event: Option<&str>,
     ) -> ApiResult {
         let k = kind(col).expect("kind");
-        let mut obj = store
-            .col(col)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| missing(k.object, id, "id"))?;
+        let mut obj = store.col(col).get(id).cloned().ok_or_else(|| missing(k.object, id, "id"))?;
         let prev = apply(&mut obj, params, allowed)?;
         if col == "products" && !prev.is_empty() {
             obj["updated"] = json!(now());
@@ -748,13 +587,7 @@ impl Mutation<'_> {
         Ok(render(&obj))
     }
 
-    fn mutate(
-        &mut self,
-        store: &mut Store,
-        method: &str,
-        segs: &[&str],
-        params: &Value,
-    ) -> ApiResult {
+    fn mutate(&mut self, store: &mut Store, method: &str, segs: &[&str], params: &Value) -> ApiResult {
         let t = now();
         match (method, segs) {
             ("POST", ["customers"]) => {
@@ -763,19 +596,7 @@ impl Mutation<'_> {
                 c["name"] = Value::Null;
                 c["metadata"] = json!({});
                 c["delinquent"] = json!(false);
-                apply(
-                    &mut c,
-                    params,
-                    &[
-                        "email",
-                        "name",
-                        "description",
-                        "phone",
-                        "metadata",
-                        "balance",
-                        "currency",
-                    ],
-                )?;
+                apply(&mut c, params, &["email", "name", "description", "phone", "metadata", "balance", "currency"])?;
                 store.add(c.clone());
                 self.event("customer.created", &c, None);
                 Ok(render(&c))
@@ -785,21 +606,11 @@ impl Mutation<'_> {
                 "customers",
                 id,
                 params,
-                &[
-                    "email",
-                    "name",
-                    "description",
-                    "phone",
-                    "metadata",
-                    "balance",
-                ],
+                &["email", "name", "description", "phone", "metadata", "balance"],
                 Some("customer.updated"),
             ),
             ("DELETE", ["customers", id]) => {
-                let c = store
-                    .col_mut("customers")
-                    .remove(id)
-                    .ok_or_else(|| missing("customer", id, "id"))?;
+                let c = store.col_mut("customers").remove(id).ok_or_else(|| missing("customer", id, "id"))?;
                 // Stripe cancels the customer's subscriptions; their payment methods
                 // and balance history are no longer reachable.
                 let subs: Vec<Value> = store
@@ -814,11 +625,7 @@ impl Mutation<'_> {
                     s["canceled_at"] = json!(t);
                     s["ended_at"] = json!(t);
                     store.col_mut("subscriptions").replace(s.clone());
-                    self.event(
-                        "customer.subscription.deleted",
-                        &s,
-                        prev.as_object().cloned(),
-                    );
+                    self.event("customer.subscription.deleted", &s, prev.as_object().cloned());
                 }
                 for col in ["payment_methods", "customer_balance_transactions"] {
                     let ids: Vec<String> = store
@@ -832,11 +639,7 @@ impl Mutation<'_> {
                     }
                 }
                 let stub = json!({"id": id, "object": "customer", "deleted": true});
-                self.inner
-                    .deleted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.to_string(), stub.clone());
+                self.inner.deleted.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), stub.clone());
                 self.event("customer.deleted", &c, None);
                 Ok(stub)
             }
@@ -844,20 +647,11 @@ impl Mutation<'_> {
                 let amount = int_param(params, "amount")?
                     .ok_or_else(|| invalid("Missing required param: amount.", Some("amount")))?;
                 let currency = required(params, "currency")?.to_string();
-                let mut c = store
-                    .col("customers")
-                    .get(cid)
-                    .cloned()
-                    .ok_or_else(|| missing("customer", cid, "customer"))?;
+                let mut c =
+                    store.col("customers").get(cid).cloned().ok_or_else(|| missing("customer", cid, "customer"))?;
                 let old = c["balance"].as_i64().unwrap_or(0);
-                let mut tx = objects::customer_balance_transaction(
-                    &mut self.rng(),
-                    t,
-                    cid,
-                    amount,
-                    old + amount,
-                    &currency,
-                );
+                let mut tx =
+                    objects::customer_balance_transaction(&mut self.rng(), t, cid, amount, old + amount, &currency);
                 tx["description"] = params.get("description").cloned().unwrap_or(Value::Null);
                 store.add(tx.clone());
                 c["balance"] = json!(old + amount);
@@ -872,18 +666,7 @@ impl Mutation<'_> {
                 let mut p = objects::product(&mut self.rng(), t, &name);
                 p["active"] = json!(true);
                 p["description"] = Value::Null;
-                apply(
-                    &mut p,
-                    params,
-                    &[
-                        "name",
-                        "active",
-                        "description",
-                        "metadata",
-                        "shippable",
-                        "url",
-                    ],
-                )?;
+                apply(&mut p, params, &["name", "active", "description", "metadata", "shippable", "url"])?;
                 store.add(p.clone());
                 self.event("product.created", &p, None);
                 Ok(render(&p))
@@ -893,14 +676,7 @@ impl Mutation<'_> {
                 "products",
                 id,
                 params,
-                &[
-                    "name",
-                    "active",
-                    "description",
-                    "metadata",
-                    "default_price",
-                    "url",
-                ],
+                &["name", "active", "description", "metadata", "default_price", "url"],
                 Some("product.updated"),
             ),
             ("DELETE", ["products", id]) => {
@@ -922,9 +698,8 @@ impl Mutation<'_> {
                 if store.col("products").get(&product).is_none() {
                     return Err(missing("product", &product, "product"));
                 }
-                let amount = int_param(params, "unit_amount")?.ok_or_else(|| {
-                    invalid("Missing required param: unit_amount.", Some("unit_amount"))
-                })?;
+                let amount = int_param(params, "unit_amount")?
+                    .ok_or_else(|| invalid("Missing required param: unit_amount.", Some("unit_amount")))?;
                 let currency = required(params, "currency")?.to_string();
                 let recurring = params.get("recurring").is_some();
                 let mut p = objects::price(&mut self.rng(), t, &product, amount, recurring, true);
@@ -932,13 +707,8 @@ impl Mutation<'_> {
                 if let Some(iv) = params.get("recurring").and_then(|r| r.get("interval")) {
                     p["recurring"]["interval"] = iv.clone();
                 }
-                let rest: Value =
-                    strip(params, &["product", "unit_amount", "currency", "recurring"]);
-                apply(
-                    &mut p,
-                    &rest,
-                    &["active", "nickname", "metadata", "lookup_key"],
-                )?;
+                let rest: Value = strip(params, &["product", "unit_amount", "currency", "recurring"]);
+                apply(&mut p, &rest, &["active", "nickname", "metadata", "lookup_key"])?;
                 store.add(p.clone());
                 self.event("price.created", &p, None);
                 Ok(render(&p))
@@ -956,11 +726,7 @@ impl Mutation<'_> {
                 if store.col("customers").get(&customer).is_none() {
                     return Err(missing("customer", &customer, "customer"));
                 }
-                let items = params
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
+                let items = params.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
                 if items.is_empty() {
                     return Err(invalid("Missing required param: items.", Some("items")));
                 }
@@ -969,42 +735,19 @@ impl Mutation<'_> {
                 let mut data = Vec::new();
                 for (i, it) in items.iter().enumerate() {
                     let pid = it.get("price").and_then(Value::as_str).ok_or_else(|| {
-                        invalid(
-                            "Missing required param: items[0][price].",
-                            Some(&format!("items[{i}][price]")),
-                        )
+                        invalid("Missing required param: items[0][price].", Some(&format!("items[{i}][price]")))
                     })?;
                     let price = store
                         .col("prices")
                         .get(pid)
                         .cloned()
                         .ok_or_else(|| missing("price", pid, &format!("items[{i}][price]")))?;
-                    let q = it
-                        .get("quantity")
-                        .and_then(Value::as_str)
-                        .and_then(|q| q.parse().ok())
-                        .unwrap_or(1);
-                    data.push(objects::subscription_item(
-                        &mut self.rng(),
-                        t,
-                        &sid,
-                        &price,
-                        q,
-                        (t, t + 30 * 86_400),
-                    ));
+                    let q = it.get("quantity").and_then(Value::as_str).and_then(|q| q.parse().ok()).unwrap_or(1);
+                    data.push(objects::subscription_item(&mut self.rng(), t, &sid, &price, q, (t, t + 30 * 86_400)));
                 }
                 s["items"]["data"] = Value::Array(data);
                 let rest = strip(params, &["customer", "items"]);
-                apply(
-                    &mut s,
-                    &rest,
-                    &[
-                        "metadata",
-                        "collection_method",
-                        "description",
-                        "cancel_at_period_end",
-                    ],
-                )?;
+                apply(&mut s, &rest, &["metadata", "collection_method", "description", "cancel_at_period_end"])?;
                 store.add(s.clone());
                 self.event("customer.subscription.created", &s, None);
                 Ok(render(&s))
@@ -1014,26 +757,14 @@ impl Mutation<'_> {
                 "subscriptions",
                 id,
                 params,
-                &[
-                    "metadata",
-                    "cancel_at_period_end",
-                    "description",
-                    "collection_method",
-                    "days_until_due",
-                ],
+                &["metadata", "cancel_at_period_end", "description", "collection_method", "days_until_due"],
                 Some("customer.subscription.updated"),
             ),
             ("DELETE", ["subscriptions", id]) => {
-                let mut s = store
-                    .col("subscriptions")
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| missing("subscription", id, "id"))?;
+                let mut s =
+                    store.col("subscriptions").get(id).cloned().ok_or_else(|| missing("subscription", id, "id"))?;
                 if s["status"] == "canceled" {
-                    return Err(invalid(
-                        &format!("No such subscription: '{id}' (it is already canceled)"),
-                        Some("id"),
-                    ));
+                    return Err(invalid(&format!("No such subscription: '{id}' (it is already canceled)"), Some("id")));
                 }
                 let mut prev = Map::new();
                 prev.insert("status".into(), s["status"].clone());
@@ -1054,32 +785,15 @@ impl Mutation<'_> {
                     .map(|c| c["currency"].as_str().unwrap_or("usd").to_string())
                     .ok_or_else(|| missing("customer", &customer, "customer"))?;
                 let sub = str_param(params, "subscription").map(str::to_string);
-                let mut inv = objects::invoice(
-                    &mut self.rng(),
-                    t,
-                    &customer,
-                    sub.as_deref(),
-                    "draft",
-                    &cur,
-                    0,
-                );
+                let mut inv = objects::invoice(&mut self.rng(), t, &customer, sub.as_deref(), "draft", &cur, 0);
                 inv["billing_reason"] = json!("manual");
                 inv["period_start"] = json!(t);
                 inv["period_end"] = json!(t);
-                let rest = strip(
-                    params,
-                    &["customer", "subscription", "pending_invoice_items_behavior"],
-                );
+                let rest = strip(params, &["customer", "subscription", "pending_invoice_items_behavior"]);
                 apply(
                     &mut inv,
                     &rest,
-                    &[
-                        "description",
-                        "metadata",
-                        "collection_method",
-                        "days_until_due",
-                        "due_date",
-                    ],
+                    &["description", "metadata", "collection_method", "days_until_due", "due_date"],
                 )?;
                 store.add(inv.clone());
                 self.event("invoice.created", &inv, None);
@@ -1090,21 +804,11 @@ impl Mutation<'_> {
                 "invoices",
                 id,
                 params,
-                &[
-                    "description",
-                    "metadata",
-                    "collection_method",
-                    "due_date",
-                    "days_until_due",
-                ],
+                &["description", "metadata", "collection_method", "due_date", "days_until_due"],
                 Some("invoice.updated"),
             ),
             ("DELETE", ["invoices", id]) => {
-                let inv = store
-                    .col("invoices")
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| missing("invoice", id, "id"))?;
+                let inv = store.col("invoices").get(id).cloned().ok_or_else(|| missing("invoice", id, "id"))?;
                 if inv["status"] != "draft" {
                     return Err(invalid("You can only delete draft invoices.", None));
                 }
@@ -1112,14 +816,9 @@ impl Mutation<'_> {
                 self.event("invoice.deleted", &inv, None);
                 Ok(json!({"id": id, "object": "invoice", "deleted": true}))
             }
-            (
-                "POST",
-                [
-                    "invoices",
-                    id,
-                    action @ ("finalize" | "pay" | "void" | "mark_uncollectible"),
-                ],
-            ) => self.invoice_action(store, id, action, t),
+            ("POST", ["invoices", id, action @ ("finalize" | "pay" | "void" | "mark_uncollectible")]) => {
+                self.invoice_action(store, id, action, t)
+            }
             ("POST", ["invoiceitems"]) => {
                 let customer = required(params, "customer")?.to_string();
                 let cur = store
@@ -1140,16 +839,10 @@ impl Mutation<'_> {
                 );
                 ii["description"] = params.get("description").cloned().unwrap_or(Value::Null);
                 if let Some(iid) = &invoice {
-                    let mut inv = store
-                        .col("invoices")
-                        .get(iid)
-                        .cloned()
-                        .ok_or_else(|| missing("invoice", iid, "invoice"))?;
+                    let mut inv =
+                        store.col("invoices").get(iid).cloned().ok_or_else(|| missing("invoice", iid, "invoice"))?;
                     if inv["status"] != "draft" {
-                        return Err(invalid(
-                            "You can only add invoice items to draft invoices.",
-                            Some("invoice"),
-                        ));
+                        return Err(invalid("You can only add invoice items to draft invoices.", Some("invoice")));
                     }
                     let parent = json!({"type": "invoice_item_details", "invoice_item_details": {"invoice_item": ii["id"], "proration": false}, "subscription_item_details": null});
                     let line = objects::line_item(
@@ -1158,10 +851,7 @@ impl Mutation<'_> {
                         amount,
                         inv["currency"].as_str().unwrap_or("usd"),
                         (t, t),
-                        ii["description"]
-                            .as_str()
-                            .unwrap_or("Invoice item")
-                            .to_string(),
+                        ii["description"].as_str().unwrap_or("Invoice item").to_string(),
                         parent,
                     );
                     let prev_total = inv["total"].clone();
@@ -1182,33 +872,19 @@ impl Mutation<'_> {
                 Ok(render(&ii))
             }
             // Stripe removed invoiceitem.updated: updates record no event.
-            ("POST", ["invoiceitems", id]) => self.update(
-                store,
-                "invoiceitems",
-                id,
-                params,
-                &["description", "metadata", "amount"],
-                None,
-            ),
+            ("POST", ["invoiceitems", id]) => {
+                self.update(store, "invoiceitems", id, params, &["description", "metadata", "amount"], None)
+            }
             ("DELETE", ["invoiceitems", id]) => {
-                let ii = store
-                    .col("invoiceitems")
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| missing("invoiceitem", id, "id"))?;
+                let ii = store.col("invoiceitems").get(id).cloned().ok_or_else(|| missing("invoiceitem", id, "id"))?;
                 if let Some(iid) = ii["invoice"].as_str()
                     && let Some(mut inv) = store.col("invoices").get(iid).cloned()
                 {
                     if inv["status"] != "draft" {
-                        return Err(invalid(
-                            "You can only delete invoice items of draft invoices.",
-                            None,
-                        ));
+                        return Err(invalid("You can only delete invoice items of draft invoices.", None));
                     }
                     if let Some(a) = inv["lines"]["data"].as_array_mut() {
-                        a.retain(|l| {
-                            l["parent"]["invoice_item_details"]["invoice_item"] != ii["id"]
-                        });
+                        a.retain(|l| l["parent"]["invoice_item_details"]["invoice_item"] != ii["id"]);
                     }
                     objects::total_invoice(&mut inv);
                     store.col_mut("invoices").replace(inv.clone());
@@ -1229,15 +905,7 @@ impl Mutation<'_> {
                     return Err(missing("customer", c, "customer"));
                 }
                 let txn = self.rng().id("txn_");
-                let mut ch = objects::charge(
-                    &mut self.rng(),
-                    t,
-                    customer.as_deref(),
-                    amount,
-                    &currency,
-                    &txn,
-                    None,
-                );
+                let mut ch = objects::charge(&mut self.rng(), t, customer.as_deref(), amount, &currency, &txn, None);
                 for (k, v) in [
                     ("paid", json!(true)),
                     ("captured", json!(true)),
@@ -1267,29 +935,18 @@ impl Mutation<'_> {
                 self.event("charge.succeeded", &ch, None);
                 Ok(render(&ch))
             }
-            ("POST", ["charges", id]) => self.update(
-                store,
-                "charges",
-                id,
-                params,
-                &["description", "metadata"],
-                Some("charge.updated"),
-            ),
+            ("POST", ["charges", id]) => {
+                self.update(store, "charges", id, params, &["description", "metadata"], Some("charge.updated"))
+            }
             ("POST", ["refunds"]) => {
                 let cid = required(params, "charge")?.to_string();
-                let mut ch = store
-                    .col("charges")
-                    .get(&cid)
-                    .cloned()
-                    .ok_or_else(|| missing("charge", &cid, "charge"))?;
-                let left = ch["amount"].as_i64().unwrap_or(0)
-                    - ch["amount_refunded"].as_i64().unwrap_or(0);
+                let mut ch =
+                    store.col("charges").get(&cid).cloned().ok_or_else(|| missing("charge", &cid, "charge"))?;
+                let left = ch["amount"].as_i64().unwrap_or(0) - ch["amount_refunded"].as_i64().unwrap_or(0);
                 let amount = int_param(params, "amount")?.unwrap_or(left);
                 if amount <= 0 || amount > left {
                     return Err(invalid(
-                        &format!(
-                            "Refund amount ({amount}) is greater than unrefunded amount on charge ({left})"
-                        ),
+                        &format!("Refund amount ({amount}) is greater than unrefunded amount on charge ({left})"),
                         Some("amount"),
                     ));
                 }
@@ -1331,22 +988,16 @@ impl Mutation<'_> {
                 if store.col("customers").get(&customer).is_none() {
                     return Err(missing("customer", &customer, "customer"));
                 }
-                let mut pm = store
-                    .col("payment_methods")
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| missing("payment_method", id, "id"))?;
+                let mut pm =
+                    store.col("payment_methods").get(id).cloned().ok_or_else(|| missing("payment_method", id, "id"))?;
                 pm["customer"] = json!(customer);
                 store.col_mut("payment_methods").replace(pm.clone());
                 self.event("payment_method.attached", &pm, None);
                 Ok(render(&pm))
             }
             ("POST", ["payment_methods", id, "detach"]) => {
-                let mut pm = store
-                    .col("payment_methods")
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| missing("payment_method", id, "id"))?;
+                let mut pm =
+                    store.col("payment_methods").get(id).cloned().ok_or_else(|| missing("payment_method", id, "id"))?;
                 if pm["customer"].is_null() {
                     return Err(invalid(
                         "The payment method you provided is not attached to a customer so detachment is impossible.",
@@ -1365,10 +1016,7 @@ impl Mutation<'_> {
                 error_body(
                     "invalid_request_error",
                     None,
-                    &format!(
-                        "Unrecognized request URL ({method}: /v1/{}).",
-                        segs.join("/")
-                    ),
+                    &format!("Unrecognized request URL ({method}: /v1/{}).", segs.join("/")),
                     None,
                 ),
             )),
@@ -1376,11 +1024,7 @@ impl Mutation<'_> {
     }
 
     fn invoice_action(&mut self, store: &mut Store, id: &str, action: &str, t: i64) -> ApiResult {
-        let mut inv = store
-            .col("invoices")
-            .get(id)
-            .cloned()
-            .ok_or_else(|| missing("invoice", id, "id"))?;
+        let mut inv = store.col("invoices").get(id).cloned().ok_or_else(|| missing("invoice", id, "id"))?;
         let status = inv["status"].as_str().unwrap_or("").to_string();
         let mut prev = Map::new();
         prev.insert("status".into(), json!(status));
@@ -1445,10 +1089,7 @@ impl Mutation<'_> {
                 "invoice.marked_uncollectible"
             }
             _ => {
-                return Err(invalid(
-                    &format!("You can't {action} an invoice with status {status}."),
-                    None,
-                ));
+                return Err(invalid(&format!("You can't {action} an invoice with status {status}."), None));
             }
         };
         store.col_mut("invoices").replace(inv.clone());

@@ -58,13 +58,9 @@ fn insert(node: &mut Value, path: &[String], value: Value) {
     }
     let next_is_array = rest[0].is_empty() || rest[0].parse::<usize>().is_ok();
     let child = match node {
-        Value::Object(m) => m.entry(first.clone()).or_insert_with(|| {
-            if next_is_array {
-                Value::Array(Vec::new())
-            } else {
-                Value::Object(Map::new())
-            }
-        }),
+        Value::Object(m) => m
+            .entry(first.clone())
+            .or_insert_with(|| if next_is_array { Value::Array(Vec::new()) } else { Value::Object(Map::new()) }),
         Value::Array(a) => {
             // `items[0][price]`: the index picks (or creates) the element
             let idx = first.parse::<usize>().unwrap_or(a.len());
@@ -103,10 +99,7 @@ pub fn str_param<'a>(params: &'a Value, key: &str) -> Option<&'a str> {
 /// A list parameter given as `key[]=a&key[]=b`, `key[0]=a` or a single `key=a`.
 pub fn list_param(params: &Value, key: &str) -> Vec<String> {
     match params.get(key) {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
         Some(Value::String(s)) => vec![s.clone()],
         _ => Vec::new(),
     }
@@ -130,17 +123,8 @@ mod tests {
         );
         assert_eq!(decode("types[0]=a&types[1]=b")["types"], json!(["a", "b"]));
         assert_eq!(decode("t=a&t=b")["t"], json!(["a", "b"]));
-        assert_eq!(
-            list_param(
-                &decode("enabled_events[]=a&enabled_events[]=b"),
-                "enabled_events"
-            ),
-            vec!["a", "b"]
-        );
-        assert_eq!(
-            list_param(&decode("enabled_events[0]=*"), "enabled_events"),
-            vec!["*"]
-        );
+        assert_eq!(list_param(&decode("enabled_events[]=a&enabled_events[]=b"), "enabled_events"), vec!["a", "b"]);
+        assert_eq!(list_param(&decode("enabled_events[0]=*"), "enabled_events"), vec!["*"]);
         assert_eq!(decode(""), json!({}));
         // malformed keys never panic
         let _ = decode("a[=1&[]=2&a]]=3&b[0][=4&c[x][]=5");

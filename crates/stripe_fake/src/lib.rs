@@ -96,6 +96,17 @@ pub struct Stats {
     pub by_path: BTreeMap<String, u64>,
     /// By status code (0 = dropped connection).
     pub by_status: BTreeMap<u16, u64>,
+    /// `METHOD /path?query` of the latest requests (at most [`Stats::LOG_MAX`]).
+    pub log: Vec<String>,
+}
+
+impl Stats {
+    pub const LOG_MAX: usize = 100_000;
+
+    /// Logged requests whose `METHOD /path?query` starts with `prefix`.
+    pub fn matching(&self, prefix: &str) -> Vec<&String> {
+        self.log.iter().filter(|l| l.starts_with(prefix)).collect()
+    }
 }
 
 /// Webhook delivery counters and, per event id, whether a delivery got a 2xx.
@@ -136,10 +147,7 @@ impl Inner {
     }
 
     pub fn faults(&self) -> Faults {
-        self.faults
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.faults.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -153,11 +161,7 @@ pub struct Fake {
 impl Fake {
     /// Starts the fake on `127.0.0.1:port` (0 = any free port) inside the current
     /// tokio runtime, seeded as `seed` describes.
-    pub async fn start(
-        port: u16,
-        seed: Option<&SeedSpec>,
-        faults: Faults,
-    ) -> std::io::Result<Fake> {
+    pub async fn start(port: u16, seed: Option<&SeedSpec>, faults: Faults) -> std::io::Result<Fake> {
         let mut store = Store::new();
         if let Some(spec) = seed {
             objects::seed(&mut store, spec);
@@ -190,35 +194,25 @@ impl Fake {
 
     /// Starts the fake on its own thread with its own runtime (for callers that
     /// are not async, like Postgres end-to-end tests).
-    pub fn start_background(
-        port: u16,
-        seed: Option<SeedSpec>,
-        faults: Faults,
-    ) -> std::io::Result<Fake> {
+    pub fn start_background(port: u16, seed: Option<SeedSpec>, faults: Faults) -> std::io::Result<Fake> {
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("stripe-fake".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let r = Fake::start(port, seed.as_ref(), faults).await;
-                    let ok = r.is_ok();
-                    let _ = tx.send(r);
-                    if ok {
-                        std::future::pending::<()>().await;
-                    }
-                });
-            })?;
+        std::thread::Builder::new().name("stripe-fake".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let r = Fake::start(port, seed.as_ref(), faults).await;
+                let ok = r.is_ok();
+                let _ = tx.send(r);
+                if ok {
+                    std::future::pending::<()>().await;
+                }
+            });
+        })?;
         rx.recv().map_err(std::io::Error::other)?
     }
 
@@ -236,11 +230,7 @@ impl Fake {
     }
 
     pub fn stats(&self) -> Stats {
-        self.inner
-            .stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn reset_stats(&self) {
@@ -248,33 +238,17 @@ impl Fake {
     }
 
     pub fn deliveries(&self) -> DeliveryLog {
-        self.inner
-            .deliveries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.deliveries.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Number of objects in a collection (`customers`).
     pub fn count(&self, collection: &str) -> usize {
-        self.inner
-            .store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .col(collection)
-            .len()
+        self.inner.store.lock().unwrap_or_else(|p| p.into_inner()).col(collection).len()
     }
 
     /// Every object of a collection, complete (nested lists not truncated), newest first.
     pub fn objects(&self, collection: &str) -> Vec<Value> {
-        self.inner
-            .store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .col(collection)
-            .values()
-            .cloned()
-            .collect()
+        self.inner.store.lock().unwrap_or_else(|p| p.into_inner()).col(collection).values().cloned().collect()
     }
 
     /// Runs one API call in-process, as if it came over HTTP with a valid key:

@@ -82,21 +82,13 @@ struct Args {
 }
 
 fn seed_spec(a: &Args) -> Result<SeedSpec, String> {
-    let mut s = if a.only_customers {
-        SeedSpec::only_customers(a.customers)
-    } else {
-        SeedSpec::scaled(a.customers)
-    };
+    let mut s = if a.only_customers { SeedSpec::only_customers(a.customers) } else { SeedSpec::scaled(a.customers) };
     s.seed = a.seed;
     s.anchor = a.anchor;
     s.max_lines = a.max_lines.max(1);
     for c in &a.counts {
-        let (name, n) = c
-            .split_once('=')
-            .ok_or_else(|| format!("--count takes NAME=N, got {c}"))?;
-        let n: usize = n
-            .parse()
-            .map_err(|_| format!("--count {name}: {n} is not a number"))?;
+        let (name, n) = c.split_once('=').ok_or_else(|| format!("--count takes NAME=N, got {c}"))?;
+        let n: usize = n.parse().map_err(|_| format!("--count {name}: {n} is not a number"))?;
         let slot = match name {
             "products" => &mut s.products,
             "subscriptions" => &mut s.subscriptions,
@@ -142,10 +134,7 @@ fn main() {
         webhook_max_attempts: args.webhook_max_attempts,
         ..Faults::default()
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     rt.block_on(async move {
         let seed = (args.customers > 0).then_some(&spec);
         let fake = match Fake::start(args.port, seed, faults).await {
@@ -156,8 +145,8 @@ fn main() {
             }
         };
         println!("stripe-fake listening on {}", fake.url());
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal handler");
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = sigterm.recv() => {}

@@ -28,11 +28,7 @@ impl Rng {
     }
 
     pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        if hi <= lo {
-            lo
-        } else {
-            lo + self.below((hi - lo) as u64 + 1) as i64
-        }
+        if hi <= lo { lo } else { lo + self.below((hi - lo) as u64 + 1) as i64 }
     }
 
     pub fn chance(&mut self, p: f64) -> bool {
@@ -55,13 +51,11 @@ impl Rng {
     }
 }
 
-const FIRST: &[&str] = &[
-    "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken", "Radia", "Linus",
-    "Frances", "John",
-];
+const FIRST: &[&str] =
+    &["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken", "Radia", "Linus", "Frances", "John"];
 const LAST: &[&str] = &[
-    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Hamilton", "Thompson",
-    "Perlman", "Torvalds", "Allen", "Backus",
+    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Hamilton", "Thompson", "Perlman", "Torvalds",
+    "Allen", "Backus",
 ];
 const CURRENCIES: &[&str] = &["usd", "usd", "usd", "eur", "gbp"];
 const PRODUCTS: &[&str] = &[
@@ -152,11 +146,7 @@ impl SeedSpec {
 }
 
 fn metadata(rng: &mut Rng) -> Value {
-    if rng.chance(0.3) {
-        json!({"crm_id": format!("crm-{}", rng.below(1_000_000))})
-    } else {
-        json!({})
-    }
+    if rng.chance(0.3) { json!({"crm_id": format!("crm-{}", rng.below(1_000_000))}) } else { json!({}) }
 }
 
 pub fn customer(rng: &mut Rng, created: i64, email: Option<String>, name: Option<String>) -> Value {
@@ -164,12 +154,7 @@ pub fn customer(rng: &mut Rng, created: i64, email: Option<String>, name: Option
     let first = *rng.pick(FIRST);
     let last = *rng.pick(LAST);
     let email = email.unwrap_or_else(|| {
-        format!(
-            "{}.{}.{}@example.com",
-            first.to_lowercase(),
-            last.to_lowercase(),
-            rng.below(100_000)
-        )
+        format!("{}.{}.{}@example.com", first.to_lowercase(), last.to_lowercase(), rng.below(100_000))
     });
     json!({
         "id": id, "object": "customer",
@@ -195,14 +180,7 @@ pub fn product(rng: &mut Rng, created: i64, name: &str) -> Value {
     })
 }
 
-pub fn price(
-    rng: &mut Rng,
-    created: i64,
-    product: &str,
-    unit_amount: i64,
-    recurring: bool,
-    active: bool,
-) -> Value {
+pub fn price(rng: &mut Rng, created: i64, product: &str, unit_amount: i64, recurring: bool, active: bool) -> Value {
     json!({
         "id": rng.id("price_"), "object": "price", "active": active, "billing_scheme": "per_unit",
         "created": created, "currency": "usd", "custom_unit_amount": null, "livemode": false,
@@ -297,21 +275,15 @@ pub fn invoice(
 
 /// Recomputes an invoice's totals from its (complete) lines.
 pub fn total_invoice(inv: &mut Value) {
-    let total: i64 = inv["lines"]["data"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|l| l["amount"].as_i64()).sum())
-        .unwrap_or(0);
+    let total: i64 =
+        inv["lines"]["data"].as_array().map(|a| a.iter().filter_map(|l| l["amount"].as_i64()).sum()).unwrap_or(0);
     let paid = inv["status"] == "paid";
     inv["subtotal"] = json!(total);
     inv["total"] = json!(total);
     inv["total_excluding_tax"] = json!(total);
     inv["amount_due"] = json!(total);
     inv["amount_paid"] = json!(if paid { total } else { 0 });
-    inv["amount_remaining"] = json!(if paid || inv["status"] == "void" {
-        0
-    } else {
-        total
-    });
+    inv["amount_remaining"] = json!(if paid || inv["status"] == "void" { 0 } else { total });
 }
 
 pub fn invoice_item(
@@ -367,11 +339,7 @@ pub fn balance_transaction(
     source: &str,
     kind: &str,
 ) -> Value {
-    let fee = if kind == "charge" {
-        amount * 29 / 1000 + 30
-    } else {
-        0
-    };
+    let fee = if kind == "charge" { amount * 29 / 1000 + 30 } else { 0 };
     json!({
         "id": id, "object": "balance_transaction", "amount": amount, "available_on": created + 2 * 86_400,
         "balance_type": "payments", "created": created, "currency": currency, "description": null,
@@ -484,14 +452,7 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
             let pc = rng.range(created, end);
             let amount = 500 * (1 + rng.below(40) as i64);
             let active = j == 0 || !rng.chance(0.5);
-            let pr = price(
-                &mut rng,
-                pc,
-                p["id"].as_str().unwrap(),
-                amount,
-                j != 2,
-                active,
-            );
+            let pr = price(&mut rng, pc, p["id"].as_str().unwrap(), amount, j != 2, active);
             if j == 0 {
                 p["default_price"] = pr["id"].clone();
             }
@@ -505,15 +466,10 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
     for _ in 0..spec.customers {
         let created = t(&mut rng);
         let c = customer(&mut rng, created, None, None);
-        customers.push((
-            c["id"].as_str().unwrap().to_string(),
-            created,
-            c["currency"].as_str().unwrap().to_string(),
-        ));
+        customers.push((c["id"].as_str().unwrap().to_string(), created, c["currency"].as_str().unwrap().to_string()));
         store.add(c);
     }
-    let pick_customer =
-        |rng: &mut Rng| customers[rng.below(customers.len() as u64) as usize].clone();
+    let pick_customer = |rng: &mut Rng| customers[rng.below(customers.len() as u64) as usize].clone();
 
     for i in 0..spec.payment_methods.min(spec.customers * 3) {
         let (cid, cc, _) = if spec.customers > 0 {
@@ -529,18 +485,11 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
             let (cid, cc, cur) = pick_customer(&mut rng);
             let created = rng.range(cc, end);
             let amount = -(100 * (1 + rng.below(50) as i64));
-            let bal = store
-                .col("customers")
-                .get(&cid)
-                .and_then(|c| c["balance"].as_i64())
-                .unwrap_or(0)
-                + amount;
+            let bal = store.col("customers").get(&cid).and_then(|c| c["balance"].as_i64()).unwrap_or(0) + amount;
             if let Some(c) = store.col_mut("customers").get_mut(&cid) {
                 c["balance"] = json!(bal);
             }
-            store.add(customer_balance_transaction(
-                &mut rng, created, &cid, amount, bal, &cur,
-            ));
+            store.add(customer_balance_transaction(&mut rng, created, &cid, amount, bal, &cur));
         }
     }
 
@@ -551,30 +500,18 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
             let (cid, cc, _) = pick_customer(&mut rng);
             let created = rng.range(cc, end);
             let status = *rng.pick(&[
-                "active", "active", "active", "active", "past_due", "trialing", "canceled",
-                "canceled", "unpaid",
+                "active", "active", "active", "active", "past_due", "trialing", "canceled", "canceled", "unpaid",
             ]);
             let ended = rng.range(created, end);
             let mut s = subscription(&mut rng, created, &cid, status, ended);
             let sid = s["id"].as_str().unwrap().to_string();
             // a few subscriptions have more items than Stripe embeds (10)
-            let n_items = if rng.chance(0.02) {
-                12 + rng.below(5) as usize
-            } else {
-                1 + rng.below(3) as usize
-            };
+            let n_items = if rng.chance(0.02) { 12 + rng.below(5) as usize } else { 1 + rng.below(3) as usize };
             let mut items = Vec::new();
             for _ in 0..n_items {
                 let pr = (*rng.pick(&recurring)).clone();
                 let q = 1 + rng.below(5) as i64;
-                items.push(subscription_item(
-                    &mut rng,
-                    created,
-                    &sid,
-                    &pr,
-                    q,
-                    (end - 30 * 86_400, end),
-                ));
+                items.push(subscription_item(&mut rng, created, &sid, &pr, q, (end - 30 * 86_400, end)));
             }
             s["items"]["data"] = Value::Array(items.clone());
             subs.push((sid, cid, created, items));
@@ -596,25 +533,8 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
                 (cid, cc, None)
             };
             let created = rng.range(cc, end);
-            let status = *rng.pick(&[
-                "paid",
-                "paid",
-                "paid",
-                "paid",
-                "open",
-                "draft",
-                "void",
-                "uncollectible",
-            ]);
-            let mut inv = invoice(
-                &mut rng,
-                created,
-                &cid,
-                sub.as_deref(),
-                status,
-                "usd",
-                number,
-            );
+            let status = *rng.pick(&["paid", "paid", "paid", "paid", "open", "draft", "void", "uncollectible"]);
+            let mut inv = invoice(&mut rng, created, &cid, sub.as_deref(), status, "usd", number);
             let iid = inv["id"].as_str().unwrap().to_string();
             let n_lines = 1 + rng.below(spec.max_lines.max(1) as u64) as usize;
             let mut lines = Vec::with_capacity(n_lines);
@@ -673,20 +593,8 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
         let created = rng.range(cc, end);
         let amount = 100 * (1 + rng.below(500) as i64);
         let txn_id = rng.id("txn_");
-        let desc = if i % 7 == 0 {
-            Some(format!("Order #{}", 10_000 + i))
-        } else {
-            None
-        };
-        let ch = charge(
-            &mut rng,
-            created,
-            cust.as_deref(),
-            amount,
-            "usd",
-            &txn_id,
-            desc,
-        );
+        let desc = if i % 7 == 0 { Some(format!("Order #{}", 10_000 + i)) } else { None };
+        let ch = charge(&mut rng, created, cust.as_deref(), amount, "usd", &txn_id, desc);
         if ch["paid"] == true && txns < spec.balance_transactions {
             txns += 1;
             store.add(balance_transaction(
@@ -747,15 +655,7 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
         if txns < spec.balance_transactions {
             txns += 1;
             let id = rng.id("txn_");
-            store.add(balance_transaction(
-                &mut rng,
-                id,
-                created,
-                -amount,
-                "usd",
-                p["id"].as_str().unwrap(),
-                "payout",
-            ));
+            store.add(balance_transaction(&mut rng, id, created, -amount, "usd", p["id"].as_str().unwrap(), "payout"));
         }
         store.add(p);
     }
@@ -765,15 +665,7 @@ pub fn seed(store: &mut Store, spec: &SeedSpec) {
         let id = rng.id("txn_");
         let src = rng.id("adj_");
         let amount = 100 * rng.range(-50, 50);
-        store.add(balance_transaction(
-            &mut rng,
-            id,
-            created,
-            amount,
-            "usd",
-            &src,
-            "adjustment",
-        ));
+        store.add(balance_transaction(&mut rng, id, created, amount, "usd", &src, "adjustment"));
     }
     for _ in 0..spec.accounts {
         let created = t(&mut rng);

@@ -41,10 +41,7 @@ pub async fn serve(inner: Arc<Inner>, listener: TcpListener) {
         let inner = inner.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(inner.clone(), req));
-            let _ = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
@@ -57,29 +54,16 @@ fn respond(status: u16, body: String, request_id: &str) -> Response<Full<Bytes>>
         .body(Full::new(Bytes::from(body)))
         .expect("valid response");
     if status == 429 || status >= 500 {
-        r.headers_mut()
-            .insert("Stripe-Should-Retry", "true".parse().expect("header"));
+        r.headers_mut().insert("Stripe-Should-Retry", "true".parse().expect("header"));
     }
     r
 }
 
-async fn handle(
-    inner: Arc<Inner>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Dropped> {
+async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
     let method = req.method().as_str().to_string();
-    let path_q = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    let path_q = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let path = req.uri().path().to_string();
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let auth = header("authorization");
     let idem = header("idempotency-key");
     let body = match Limited::new(req.into_body(), 4 << 20).collect().await {
@@ -87,12 +71,7 @@ async fn handle(
         Err(_) => {
             return Ok(respond(
                 413,
-                error_body(
-                    "invalid_request_error",
-                    None,
-                    "Request body too large",
-                    None,
-                ),
+                error_body("invalid_request_error", None, "Request body too large", None),
                 "req_fake",
             ));
         }
@@ -112,6 +91,9 @@ async fn handle(
         s.requests_total += 1;
         *s.by_path.entry(format!("{method} {path}")).or_default() += 1;
         *s.by_status.entry(status).or_default() += 1;
+        if s.log.len() < crate::Stats::LOG_MAX {
+            s.log.push(format!("{method} {}", percent_decode(&path_q)));
+        }
     };
     match status {
         Gate::Drop => {
@@ -146,14 +128,28 @@ enum Gate {
     Pass(String),
 }
 
+/// `%5B` → `[` (for readable request logs).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn tail(key: &str) -> String {
-    key.chars()
-        .rev()
-        .take(4)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect()
+    key.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect()
 }
 
 /// Latency, then authentication, then the fault dice and the rate limit.
@@ -178,10 +174,8 @@ async fn api_status(inner: &Inner, f: &Faults, auth: Option<&str>) -> Gate {
             );
         }
     };
-    let valid_shape = ["sk_test_", "sk_live_", "rk_test_", "rk_live_"]
-        .iter()
-        .any(|p| key.starts_with(p))
-        && key.len() > 10;
+    let valid_shape =
+        ["sk_test_", "sk_live_", "rk_test_", "rk_live_"].iter().any(|p| key.starts_with(p)) && key.len() > 10;
     if !valid_shape || f.bad_keys.iter().any(|k| *k == key) {
         let masked = format!("{}****{}", &key[..key.len().min(8)], tail(&key));
         return Gate::Answer(
@@ -208,24 +202,11 @@ async fn api_status(inner: &Inner, f: &Faults, auth: Option<&str>) -> Gate {
     if f.rate_limited_rate > 0.0 && inner.roll() < f.rate_limited_rate {
         return Gate::Answer(
             429,
-            error_body(
-                "invalid_request_error",
-                Some("rate_limit"),
-                "Request rate limit exceeded.",
-                None,
-            ),
+            error_body("invalid_request_error", Some("rate_limit"), "Request rate limit exceeded.", None),
         );
     }
     if f.error_rate > 0.0 && inner.roll() < f.error_rate {
-        return Gate::Answer(
-            500,
-            error_body(
-                "api_error",
-                None,
-                "Something went wrong on Stripe's end.",
-                None,
-            ),
-        );
+        return Gate::Answer(500, error_body("api_error", None, "Something went wrong on Stripe's end.", None));
     }
     Gate::Pass(key)
 }
@@ -250,9 +231,7 @@ fn parse_auth(h: &str) -> Option<String> {
         return Some(k.trim().to_string());
     }
     let b = h.strip_prefix("Basic ")?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(b.trim())
-        .ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(b.trim()).ok()?;
     let s = String::from_utf8(decoded).ok()?;
     Some(s.split(':').next().unwrap_or_default().to_string())
 }

@@ -33,13 +33,7 @@ pub struct Kind {
 }
 
 pub static KINDS: &[Kind] = &[
-    Kind {
-        path: "accounts",
-        object: "account",
-        prefix: "acct_",
-        created_field: "created",
-        filters: &[],
-    },
+    Kind { path: "accounts", object: "account", prefix: "acct_", created_field: "created", filters: &[] },
     Kind {
         path: "balance_transactions",
         object: "balance_transaction",
@@ -57,20 +51,14 @@ pub static KINDS: &[Kind] = &[
         object: "charge",
         prefix: "ch_",
         created_field: "created",
-        filters: &[
-            ("customer", "customer", Match::Eq),
-            ("payment_intent", "payment_intent", Match::Eq),
-        ],
+        filters: &[("customer", "customer", Match::Eq), ("payment_intent", "payment_intent", Match::Eq)],
     },
     Kind {
         path: "credit_notes",
         object: "credit_note",
         prefix: "cn_",
         created_field: "created",
-        filters: &[
-            ("customer", "customer", Match::Eq),
-            ("invoice", "invoice", Match::Eq),
-        ],
+        filters: &[("customer", "customer", Match::Eq), ("invoice", "invoice", Match::Eq)],
     },
     Kind {
         path: "customers",
@@ -91,20 +79,14 @@ pub static KINDS: &[Kind] = &[
         object: "payment_method",
         prefix: "pm_",
         created_field: "created",
-        filters: &[
-            ("type", "type", Match::Eq),
-            ("customer", "customer", Match::Eq),
-        ],
+        filters: &[("type", "type", Match::Eq), ("customer", "customer", Match::Eq)],
     },
     Kind {
         path: "disputes",
         object: "dispute",
         prefix: "dp_",
         created_field: "created",
-        filters: &[
-            ("charge", "charge", Match::Eq),
-            ("payment_intent", "payment_intent", Match::Eq),
-        ],
+        filters: &[("charge", "charge", Match::Eq), ("payment_intent", "payment_intent", Match::Eq)],
     },
     Kind {
         path: "invoices",
@@ -114,11 +96,7 @@ pub static KINDS: &[Kind] = &[
         filters: &[
             ("customer", "customer", Match::Eq),
             ("status", "status", Match::Eq),
-            (
-                "subscription",
-                "parent.subscription_details.subscription",
-                Match::Eq,
-            ),
+            ("subscription", "parent.subscription_details.subscription", Match::Eq),
             ("collection_method", "collection_method", Match::Eq),
         ],
     },
@@ -127,20 +105,14 @@ pub static KINDS: &[Kind] = &[
         object: "invoiceitem",
         prefix: "ii_",
         created_field: "date",
-        filters: &[
-            ("customer", "customer", Match::Eq),
-            ("invoice", "invoice", Match::Eq),
-        ],
+        filters: &[("customer", "customer", Match::Eq), ("invoice", "invoice", Match::Eq)],
     },
     Kind {
         path: "payouts",
         object: "payout",
         prefix: "po_",
         created_field: "created",
-        filters: &[
-            ("status", "status", Match::Eq),
-            ("destination", "destination", Match::Eq),
-        ],
+        filters: &[("status", "status", Match::Eq), ("destination", "destination", Match::Eq)],
     },
     Kind {
         path: "prices",
@@ -170,28 +142,16 @@ pub static KINDS: &[Kind] = &[
         object: "refund",
         prefix: "re_",
         created_field: "created",
-        filters: &[
-            ("charge", "charge", Match::Eq),
-            ("payment_intent", "payment_intent", Match::Eq),
-        ],
+        filters: &[("charge", "charge", Match::Eq), ("payment_intent", "payment_intent", Match::Eq)],
     },
     Kind {
         path: "subscriptions",
         object: "subscription",
         prefix: "sub_",
         created_field: "created",
-        filters: &[
-            ("customer", "customer", Match::Eq),
-            ("collection_method", "collection_method", Match::Eq),
-        ],
+        filters: &[("customer", "customer", Match::Eq), ("collection_method", "collection_method", Match::Eq)],
     },
-    Kind {
-        path: "events",
-        object: "event",
-        prefix: "evt_",
-        created_field: "created",
-        filters: &[],
-    },
+    Kind { path: "events", object: "event", prefix: "evt_", created_field: "created", filters: &[] },
     Kind {
         path: "webhook_endpoints",
         object: "webhook_endpoint",
@@ -260,10 +220,7 @@ impl Collection {
         let id = obj["id"].as_str().expect("objects have ids").to_string();
         let key = (Reverse(created), Reverse(seq));
         if let Some(c) = obj.get("customer").and_then(Value::as_str) {
-            self.by_customer
-                .entry(c.to_string())
-                .or_default()
-                .insert(key);
+            self.by_customer.entry(c.to_string()).or_default().insert(key);
         }
         self.keys.insert(id, key);
         self.objects.insert(key, obj);
@@ -275,16 +232,9 @@ impl Collection {
         let Some(key) = self.keys.get(&id).copied() else {
             return;
         };
-        let old_customer = self
-            .objects
-            .get(&key)
-            .and_then(|o| o.get("customer"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let new_customer = obj
-            .get("customer")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let old_customer =
+            self.objects.get(&key).and_then(|o| o.get("customer")).and_then(Value::as_str).map(str::to_string);
+        let new_customer = obj.get("customer").and_then(Value::as_str).map(str::to_string);
         if old_customer != new_customer {
             if let Some(c) = old_customer
                 && let Some(set) = self.by_customer.get_mut(&c)
@@ -315,12 +265,7 @@ impl Collection {
 
     /// One page: up to `limit` objects passing `keep`, newest first, and whether
     /// more exist in the paging direction.
-    pub fn page(
-        &self,
-        p: &ListParams,
-        created_field: &str,
-        keep: &dyn Fn(&Value) -> bool,
-    ) -> (Vec<&Value>, bool) {
+    pub fn page(&self, p: &ListParams, created_field: &str, keep: &dyn Fn(&Value) -> bool) -> (Vec<&Value>, bool) {
         let (lo, hi) = p.created;
         let in_range = |v: &Value| {
             let c = v.get(created_field).and_then(Value::as_i64).unwrap_or(0);
@@ -334,10 +279,7 @@ impl Collection {
         let keys: Box<dyn Iterator<Item = Key> + '_> = match (&p.customer, p.ending_before) {
             (Some(c), None) => {
                 let set = self.by_customer.get(c);
-                let start = p
-                    .starting_after
-                    .map(Bound::Excluded)
-                    .unwrap_or(Bound::Included(hi_key));
+                let start = p.starting_after.map(Bound::Excluded).unwrap_or(Bound::Included(hi_key));
                 match set {
                     Some(s) if start_le(&start, &lo_key) => {
                         Box::new(s.range((start, Bound::Included(lo_key))).copied())
@@ -346,24 +288,15 @@ impl Collection {
                 }
             }
             (Some(c), Some(before)) => match self.by_customer.get(c) {
-                Some(s) if hi_key < before => Box::new(
-                    s.range((Bound::Included(hi_key), Bound::Excluded(before)))
-                        .rev()
-                        .copied(),
-                ),
+                Some(s) if hi_key < before => {
+                    Box::new(s.range((Bound::Included(hi_key), Bound::Excluded(before))).rev().copied())
+                }
                 _ => Box::new(std::iter::empty()),
             },
             (None, None) => {
-                let start = p
-                    .starting_after
-                    .map(Bound::Excluded)
-                    .unwrap_or(Bound::Included(hi_key));
+                let start = p.starting_after.map(Bound::Excluded).unwrap_or(Bound::Included(hi_key));
                 if start_le(&start, &lo_key) {
-                    Box::new(
-                        self.objects
-                            .range((start, Bound::Included(lo_key)))
-                            .map(|(k, _)| *k),
-                    )
+                    Box::new(self.objects.range((start, Bound::Included(lo_key))).map(|(k, _)| *k))
                 } else {
                     Box::new(std::iter::empty())
                 }
@@ -371,10 +304,7 @@ impl Collection {
             (None, Some(before)) => {
                 if hi_key < before {
                     Box::new(
-                        self.objects
-                            .range((Bound::Included(hi_key), Bound::Excluded(before)))
-                            .rev()
-                            .map(|(k, _)| *k),
+                        self.objects.range((Bound::Included(hi_key), Bound::Excluded(before))).rev().map(|(k, _)| *k),
                     )
                 } else {
                     Box::new(std::iter::empty())
@@ -437,10 +367,7 @@ impl Store {
     pub fn add(&mut self, obj: Value) {
         let object = obj["object"].as_str().unwrap_or_default();
         let kind = kind_of_object(object).unwrap_or_else(|| panic!("no collection for {object}"));
-        let created = obj
-            .get(kind.created_field)
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
+        let created = obj.get(kind.created_field).and_then(Value::as_i64).unwrap_or(0);
         self.seq += 1;
         let seq = self.seq;
         self.col_mut(kind.path).insert(created, seq, obj);
@@ -463,43 +390,26 @@ mod tests {
         for i in 0..n {
             let cust = if i % 2 == 0 { "cus_even" } else { "cus_odd" };
             // two objects per second: ties on created are ordered by insertion
-            c.insert(
-                i / 2,
-                i as u64,
-                json!({"id": format!("x_{i}"), "created": i / 2, "customer": cust}),
-            );
+            c.insert(i / 2, i as u64, json!({"id": format!("x_{i}"), "created": i / 2, "customer": cust}));
         }
         c
     }
 
     fn ids(v: &[&Value]) -> Vec<String> {
-        v.iter()
-            .map(|o| o["id"].as_str().unwrap().to_string())
-            .collect()
+        v.iter().map(|o| o["id"].as_str().unwrap().to_string()).collect()
     }
 
     #[test]
     fn pages_newest_first_with_cursor_and_ranges() {
         let c = col_with(10);
         let all = |_: &Value| true;
-        let p = ListParams {
-            limit: 3,
-            created: (i64::MIN, i64::MAX),
-            ..Default::default()
-        };
+        let p = ListParams { limit: 3, created: (i64::MIN, i64::MAX), ..Default::default() };
         let (page, more) = c.page(&p, "created", &all);
         assert_eq!(ids(&page), ["x_9", "x_8", "x_7"]);
         assert!(more);
-        let p2 = ListParams {
-            starting_after: c.key_of("x_7"),
-            ..p.clone()
-        };
+        let p2 = ListParams { starting_after: c.key_of("x_7"), ..p.clone() };
         assert_eq!(ids(&c.page(&p2, "created", &all).0), ["x_6", "x_5", "x_4"]);
-        let r = ListParams {
-            limit: 100,
-            created: (1, 2),
-            ..Default::default()
-        };
+        let r = ListParams { limit: 100, created: (1, 2), ..Default::default() };
         let (page, more) = c.page(&r, "created", &all);
         assert_eq!(ids(&page), ["x_5", "x_4", "x_3", "x_2"]);
         assert!(!more);
@@ -518,15 +428,8 @@ mod tests {
             created: (i64::MIN, i64::MAX),
             ..Default::default()
         };
-        assert_eq!(
-            ids(&c.page(&cust, "created", &all).0),
-            ["x_9", "x_7", "x_5", "x_3", "x_1"]
-        );
-        let empty = ListParams {
-            limit: 100,
-            created: (5, 4),
-            ..Default::default()
-        };
+        assert_eq!(ids(&c.page(&cust, "created", &all).0), ["x_9", "x_7", "x_5", "x_3", "x_1"]);
+        let empty = ListParams { limit: 100, created: (5, 4), ..Default::default() };
         assert!(c.page(&empty, "created", &all).0.is_empty());
     }
 }

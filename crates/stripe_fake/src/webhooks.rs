@@ -124,17 +124,11 @@ pub fn signature_header(payload: &str, secret: &str, t: i64) -> String {
     // Stripe adds a fake v0 signature to test-mode events; receivers must ignore it.
     let mut noise = Hmac::<Sha256>::new_from_slice(b"v0-noise").expect("key");
     noise.update(payload.as_bytes());
-    format!(
-        "t={t},v1={v1},v0={}",
-        hex::encode(noise.finalize().into_bytes())
-    )
+    format!("t={t},v1={v1},v0={}", hex::encode(noise.finalize().into_bytes()))
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Records an event and queues its deliveries.
@@ -146,11 +140,7 @@ pub fn emit(
     previous: Option<Value>,
     caller: &Caller,
 ) {
-    let id = inner
-        .rng
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .id("evt_");
+    let id = inner.rng.lock().unwrap_or_else(|p| p.into_inner()).id("evt_");
     let t = now();
     let mut data = json!({ "object": object });
     if let Some(p) = previous {
@@ -160,16 +150,9 @@ pub fn emit(
         .col("webhook_endpoints")
         .values()
         .filter(|e| e["status"] == "enabled")
-        .filter(|e| {
-            e["enabled_events"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x == "*" || x == event_type))
-        })
+        .filter(|e| e["enabled_events"].as_array().is_some_and(|a| a.iter().any(|x| x == "*" || x == event_type)))
         .map(|e| {
-            (
-                e["url"].as_str().unwrap_or_default().to_string(),
-                e["_secret"].as_str().unwrap_or_default().to_string(),
-            )
+            (e["url"].as_str().unwrap_or_default().to_string(), e["_secret"].as_str().unwrap_or_default().to_string())
         })
         .collect();
     let event = json!({
@@ -181,12 +164,7 @@ pub fn emit(
     let payload = Arc::new(event.to_string());
     store.add(event);
     for (url, secret) in endpoints {
-        let _ = inner.delivery_tx.send(Delivery {
-            event_id: id.clone(),
-            url,
-            secret,
-            payload: payload.clone(),
-        });
+        let _ = inner.delivery_tx.send(Delivery { event_id: id.clone(), url, secret, payload: payload.clone() });
     }
 }
 
@@ -236,15 +214,7 @@ fn validate_url(url: &str) -> Result<(), ApiErr> {
 
 pub fn create_endpoint(inner: &Inner, store: &mut Store, params: &Value) -> Result<Value, ApiErr> {
     let url = str_param(params, "url").ok_or_else(|| {
-        ApiErr(
-            400,
-            error_body(
-                "invalid_request_error",
-                None,
-                "Missing required param: url.",
-                Some("url"),
-            ),
-        )
+        ApiErr(400, error_body("invalid_request_error", None, "Missing required param: url.", Some("url")))
     })?;
     validate_url(url)?;
     let events = validate_events(params)?;
@@ -276,21 +246,17 @@ pub fn create_endpoint(inner: &Inner, store: &mut Store, params: &Value) -> Resu
 }
 
 pub fn update_endpoint(store: &mut Store, id: &str, params: &Value) -> Result<Value, ApiErr> {
-    let mut ep = store
-        .col("webhook_endpoints")
-        .get(id)
-        .cloned()
-        .ok_or_else(|| {
-            ApiErr(
-                404,
-                error_body(
-                    "invalid_request_error",
-                    Some("resource_missing"),
-                    &format!("No such webhook_endpoint: '{id}'"),
-                    Some("id"),
-                ),
-            )
-        })?;
+    let mut ep = store.col("webhook_endpoints").get(id).cloned().ok_or_else(|| {
+        ApiErr(
+            404,
+            error_body(
+                "invalid_request_error",
+                Some("resource_missing"),
+                &format!("No such webhook_endpoint: '{id}'"),
+                Some("id"),
+            ),
+        )
+    })?;
     if let Some(url) = str_param(params, "url") {
         validate_url(url)?;
         ep["url"] = json!(url);
@@ -310,29 +276,16 @@ pub fn update_endpoint(store: &mut Store, id: &str, params: &Value) -> Result<Va
 
 /// Takes queued deliveries and runs each as its own task (bounded concurrency),
 /// with the configured delay, shuffle, duplication and retries.
-pub async fn deliver_loop(
-    inner: Arc<Inner>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Delivery>,
-) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(
-        inner.faults().webhook_concurrency.max(1),
-    ));
+pub async fn deliver_loop(inner: Arc<Inner>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Delivery>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(inner.faults().webhook_concurrency.max(1)));
     while let Some(d) = rx.recv().await {
         let f = inner.faults();
-        let copies = if f.webhook_duplicate_rate > 0.0 && inner.roll() < f.webhook_duplicate_rate {
-            2
-        } else {
-            1
-        };
+        let copies = if f.webhook_duplicate_rate > 0.0 && inner.roll() < f.webhook_duplicate_rate { 2 } else { 1 };
         for _ in 0..copies {
             let inner = inner.clone();
             let d = d.clone();
             let permits = permits.clone();
-            let extra = if f.webhook_shuffle_ms > 0 {
-                (inner.roll() * f.webhook_shuffle_ms as f64) as u64
-            } else {
-                0
-            };
+            let extra = if f.webhook_shuffle_ms > 0 { (inner.roll() * f.webhook_shuffle_ms as f64) as u64 } else { 0 };
             let delay = Duration::from_millis(f.webhook_delay_ms + extra);
             tokio::spawn(async move {
                 if !delay.is_zero() {
@@ -358,10 +311,7 @@ async fn deliver(inner: &Inner, d: &Delivery) {
             .post(&d.url)
             .header("Content-Type", "application/json; charset=utf-8")
             .header("Stripe-Signature", header)
-            .header(
-                "User-Agent",
-                "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
-            )
+            .header("User-Agent", "Stripe/1.0 (+https://stripe.com/docs/webhooks)")
             .body(d.payload.as_ref().clone())
             .send()
             .await;
@@ -380,17 +330,11 @@ async fn deliver(inner: &Inner, d: &Delivery) {
             return;
         }
         if attempt >= f.webhook_max_attempts.max(1) {
-            inner
-                .deliveries
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .gave_up += 1;
+            inner.deliveries.lock().unwrap_or_else(|p| p.into_inner()).gave_up += 1;
             return;
         }
-        let backoff = f
-            .webhook_retry_base_ms
-            .saturating_mul(1u64 << (attempt - 1).min(20))
-            .min(f.webhook_retry_max_ms.max(1));
+        let backoff =
+            f.webhook_retry_base_ms.saturating_mul(1u64 << (attempt - 1).min(20)).min(f.webhook_retry_max_ms.max(1));
         tokio::time::sleep(Duration::from_millis(backoff)).await;
     }
 }

@@ -1,0 +1,79 @@
+//! SQL text generated from the resource registry: foreign tables, their comments,
+//! and identifier/literal quoting.
+
+use stripe_core::resources::{ColType, RESOURCES, Resource};
+
+/// `"name"` with inner quotes doubled.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'` with inner quotes doubled (standard_conforming_strings is on since 9.1).
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The columns of a resource's tables: (name, SQL type, comment), in order.
+pub fn columns(r: &Resource) -> Vec<(&'static str, &'static str, String)> {
+    let mut cols = vec![
+        ("id", "text", format!("Stripe id of the {} (prefix {}).", r.object.replace('_', " "), r.id_prefix)),
+        ("created", ColType::Timestamp.sql(), format!("When the object was created (Stripe's {}).", r.created_field)),
+    ];
+    cols.extend(r.columns.iter().map(|c| (c.name, c.ty.sql(), c.comment.to_string())));
+    cols.push(("attrs", "jsonb", "The whole Stripe object as the API returns it.".to_string()));
+    cols
+}
+
+/// `CREATE FOREIGN TABLE` for one resource.
+pub fn foreign_table(r: &Resource, schema: &str, table: &str, server: &str) -> String {
+    let cols: Vec<String> = columns(r).iter().map(|(n, t, _)| format!("{} {t}", ident(n))).collect();
+    format!(
+        "CREATE FOREIGN TABLE IF NOT EXISTS {}.{} ({}) SERVER {} OPTIONS (resource {})",
+        ident(schema),
+        ident(table),
+        cols.join(", "),
+        ident(server),
+        literal(r.name)
+    )
+}
+
+/// `COMMENT` statements for a resource's foreign or materialized table.
+pub fn comments(r: &Resource, kind: &str, schema: &str, table: &str, what: &str) -> Vec<String> {
+    let q = format!("{}.{}", ident(schema), ident(table));
+    let mut out = vec![format!("COMMENT ON {kind} {q} IS {}", literal(&format!("{} {what}", r.comment)))];
+    for (name, _, comment) in columns(r) {
+        out.push(format!("COMMENT ON COLUMN {q}.{} IS {}", ident(name), literal(&comment)));
+    }
+    out
+}
+
+/// Table name of a resource under a prefix.
+pub fn table_name(prefix: &str, r: &Resource) -> String {
+    format!("{prefix}{}", r.name)
+}
+
+/// Every resource's foreign table, filtered by IMPORT FOREIGN SCHEMA's lists by Postgres.
+pub fn import_statements(schema: &str, server: &str, prefix: &str) -> Vec<String> {
+    RESOURCES.iter().map(|r| foreign_table(r, schema, &table_name(prefix, r), server)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stripe_core::lookup;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn foreign_table_has_id_first_typed_columns_and_attrs_last() {
+        let sql = foreign_table(lookup("price").unwrap(), "stripe_api", "price", "stripe_default");
+        assert!(sql.starts_with("CREATE FOREIGN TABLE IF NOT EXISTS \"stripe_api\".\"price\" (\"id\" text, \"created\" timestamptz, \"product\" text, \"active\" boolean"), "{sql}");
+        assert!(sql.contains("\"unit_amount\" bigint"));
+        assert!(sql.ends_with("\"attrs\" jsonb) SERVER \"stripe_default\" OPTIONS (resource 'price')"), "{sql}");
+        assert_eq!(import_statements("s", "srv", "x_").len(), 15);
+    }
+}

@@ -1,0 +1,263 @@
+//! Sources: connected Stripe accounts. `stripe_sync.add_source` creates the
+//! server, the user mapping holding the key, and the foreign tables;
+//! `stripe_sync.drop_source` removes them. The key lives only in the user mapping
+//! (for PUBLIC), which Postgres shows to superusers and the server owner only.
+
+use crate::ddl::{self, ident, literal};
+use crate::error::SyncError;
+use crate::fdw::options::check_api_version;
+use pgrx::prelude::*;
+use pgrx::{PgSqlErrorCode, Spi};
+use std::collections::HashMap;
+use std::ffi::CStr;
+use stripe_core::client::validate_base_url;
+use stripe_core::{ApiKey, Client, ClientConfig, resources};
+
+/// Name of the foreign server of a source.
+pub fn server_name(source: &str) -> String {
+    format!("stripe_sync_{source}")
+}
+
+/// Options of a catalog `List` of `DefElem`s.
+///
+/// # Safety
+/// `list` must be a valid options list (or null).
+pub unsafe fn options_of(list: *mut pg_sys::List) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    if list.is_null() {
+        return out;
+    }
+    unsafe {
+        for i in 0..(*list).length {
+            let def = (*(*list).elements.add(i as usize)).ptr_value as *mut pg_sys::DefElem;
+            let name = CStr::from_ptr((*def).defname).to_string_lossy().into_owned();
+            let value = CStr::from_ptr(pg_sys::defGetString(def)).to_string_lossy().into_owned();
+            out.insert(name, value);
+        }
+    }
+    out
+}
+
+/// The API key for a server: the current user's (or PUBLIC's) user mapping first,
+/// then the server's own `api_key` option.
+fn api_key_for_server(server_oid: pg_sys::Oid, server_options: &HashMap<String, String>) -> Result<ApiKey, SyncError> {
+    let mapped = unsafe {
+        let exists = |user: pg_sys::Oid| {
+            pg_sys::SearchSysCacheExists(
+                pg_sys::SysCacheIdentifier::USERMAPPINGUSERSERVER as i32,
+                pg_sys::Datum::from(user),
+                pg_sys::Datum::from(server_oid),
+                pg_sys::Datum::from(0),
+                pg_sys::Datum::from(0),
+            )
+        };
+        if exists(pg_sys::GetUserId()) || exists(pg_sys::InvalidOid) {
+            let um = pg_sys::GetUserMapping(pg_sys::GetUserId(), server_oid);
+            options_of((*um).options).remove("api_key")
+        } else {
+            None
+        }
+    };
+    let key = mapped.or_else(|| server_options.get("api_key").cloned()).ok_or_else(|| {
+        SyncError::new(PgSqlErrorCode::ERRCODE_FDW_OPTION_NAME_NOT_FOUND, "no Stripe API key for this server").hint(
+            "CREATE USER MAPPING FOR PUBLIC SERVER ... OPTIONS (api_key 'sk_...'), or use stripe_sync.add_source.",
+        )
+    })?;
+    ApiKey::new(&key).map_err(SyncError::from)
+}
+
+/// A client for a `stripe_sync_fdw` server.
+pub fn client_for_server(server_oid: pg_sys::Oid, options: &HashMap<String, String>) -> Result<Client, SyncError> {
+    let key = api_key_for_server(server_oid, options)?;
+    let live = format!("{key:?}").contains("_live_");
+    let mut cfg = ClientConfig::new(key);
+    if let Some(u) = options.get("api_url") {
+        cfg.base_url = u.clone();
+    }
+    if let Some(v) = options.get("api_version") {
+        cfg.api_version = v.clone();
+    }
+    cfg.account = options.get("account").cloned();
+    // Stripe allows about 100 requests/s in live mode and 25 in test mode
+    cfg.max_requests_per_second = match options.get("max_requests_per_second") {
+        Some(v) => v.parse().unwrap_or(20.0),
+        None if live => 80.0,
+        None => 20.0,
+    };
+    Client::new(cfg).map_err(SyncError::from)
+}
+
+fn check_name(what: &str, v: &str, allow_empty: bool) -> Result<(), SyncError> {
+    let ok = (allow_empty || !v.is_empty())
+        && v.len() <= 40
+        && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !v.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(SyncError::invalid(format!("invalid {what} \"{v}\"")).hint(format!(
+            "A {what} is up to 40 lower-case letters, digits and underscores, not starting with a digit."
+        )))
+    }
+}
+
+fn exists(sql: &str, arg: &str) -> bool {
+    Spi::get_one_with_args::<bool>(sql, &[arg.into()]).ok().flatten().unwrap_or(false)
+}
+
+/// Connects a Stripe account: creates server `stripe_sync_<name>`, a user mapping
+/// for PUBLIC with the key, schema `<schema>_api` with the 15 foreign tables
+/// (`<table_prefix><resource>`), and records the source.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern]
+fn add_source(
+    api_key: &str,
+    name: default!(&str, "'default'"),
+    schema: default!(&str, "'stripe'"),
+    table_prefix: default!(&str, "''"),
+    account: default!(Option<&str>, "NULL"),
+    api_url: default!(&str, "'https://api.stripe.com'"),
+    api_version: default!(Option<&str>, "NULL"),
+    max_requests_per_second: default!(Option<f64>, "NULL"),
+) -> String {
+    add(api_key, name, schema, table_prefix, account, api_url, api_version, max_requests_per_second)
+        .unwrap_or_else(|e| e.raise())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn add(
+    api_key: &str,
+    name: &str,
+    schema: &str,
+    prefix: &str,
+    account: Option<&str>,
+    api_url: &str,
+    api_version: Option<&str>,
+    rps: Option<f64>,
+) -> Result<String, SyncError> {
+    // validate everything before changing anything
+    ApiKey::new(api_key)
+        .map_err(|e| SyncError::from(e).hint("Use a secret key (sk_...) or a restricted key (rk_...)."))?;
+    check_name("source name", name, false)?;
+    check_name("schema", schema, false)?;
+    check_name("table prefix", prefix, true)?;
+    let base = validate_base_url(api_url).map_err(SyncError::from)?;
+    if let Some(a) = account {
+        crate::fdw::options::check(crate::fdw::options::Target::Server, "account", a)?;
+    }
+    if let Some(v) = api_version {
+        check_api_version(v).map_err(SyncError::invalid)?;
+    }
+    if let Some(r) = rps {
+        crate::fdw::options::check(crate::fdw::options::Target::Server, "max_requests_per_second", &r.to_string())?;
+    }
+    if exists("SELECT EXISTS (SELECT FROM stripe_sync._sources WHERE name = $1)", name) {
+        return Err(SyncError::new(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("source \"{name}\" already exists"),
+        )
+        .hint("Choose another name, or remove it first with stripe_sync.drop_source."));
+    }
+    let server = server_name(name);
+    if exists("SELECT EXISTS (SELECT FROM pg_foreign_server WHERE srvname = $1)", &server) {
+        return Err(SyncError::new(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("server \"{server}\" already exists"),
+        )
+        .hint("Drop that server, or choose another source name."));
+    }
+    let api_schema = format!("{schema}_api");
+    let mut opts = vec![format!("api_url {}", literal(&base))];
+    if let Some(v) = api_version {
+        opts.push(format!("api_version {}", literal(v)));
+    }
+    if let Some(a) = account {
+        opts.push(format!("account {}", literal(a)));
+    }
+    if let Some(r) = rps {
+        opts.push(format!("max_requests_per_second {}", literal(&r.to_string())));
+    }
+    let run =
+        |sql: &str| Spi::run(sql).map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
+    run(&format!(
+        "CREATE SERVER {} FOREIGN DATA WRAPPER stripe_sync_fdw OPTIONS ({})",
+        ident(&server),
+        opts.join(", ")
+    ))?;
+    run(&format!(
+        "COMMENT ON SERVER {} IS {}",
+        ident(&server),
+        literal(&format!("Stripe account of stripe_sync source \"{name}\"."))
+    ))?;
+    run(&format!(
+        "CREATE USER MAPPING FOR PUBLIC SERVER {} OPTIONS (api_key {})",
+        ident(&server),
+        literal(api_key.trim())
+    ))?;
+    run(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(&api_schema)))?;
+    run(&format!(
+        "IMPORT FOREIGN SCHEMA stripe FROM SERVER {} INTO {} OPTIONS (table_prefix {})",
+        ident(&server),
+        ident(&api_schema),
+        literal(prefix)
+    ))?;
+    for r in resources::RESOURCES {
+        let table = ddl::table_name(prefix, r);
+        for c in ddl::comments(r, "FOREIGN TABLE", &api_schema, &table, "Live from the Stripe API (stripe_sync).") {
+            run(&c)?;
+        }
+    }
+    Spi::run_with_args(
+        "INSERT INTO stripe_sync._sources (name, server_name, schema_name, table_prefix, account, api_url, api_version) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[name.into(), server.as_str().into(), schema.into(), prefix.into(), account.into(), base.as_str().into(), api_version.into()],
+    )
+    .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
+    Ok(name.to_string())
+}
+
+/// Removes a source: its server, user mapping and foreign tables.
+#[pg_extern]
+fn drop_source(name: &str) -> bool {
+    drop(name).unwrap_or_else(|e| e.raise())
+}
+
+fn drop(name: &str) -> Result<bool, SyncError> {
+    let row = Spi::get_two_with_args::<String, String>(
+        "SELECT server_name, schema_name FROM stripe_sync._sources WHERE name = $1",
+        &[name.into()],
+    );
+    let (Some(server), Some(schema)) = row.unwrap_or((None, None)) else {
+        let known: Vec<String> = Spi::get_one::<Vec<String>>(
+            "SELECT coalesce(array_agg(name ORDER BY name), '{}') FROM stripe_sync._sources",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        return Err(SyncError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("source \"{name}\" does not exist"),
+        )
+        .hint(if known.is_empty() {
+            "There are no sources; see stripe_sync.sources.".to_string()
+        } else {
+            format!("Existing sources: {}.", known.join(", "))
+        }));
+    };
+    let run =
+        |sql: &str| Spi::run(sql).map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
+    run(&format!("DROP SERVER IF EXISTS {} CASCADE", ident(&server)))?;
+    let api_schema = format!("{schema}_api");
+    let empty = Spi::get_one_with_args::<bool>(
+        "SELECT NOT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1)",
+        &[api_schema.as_str().into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if empty {
+        run(&format!("DROP SCHEMA IF EXISTS {}", ident(&api_schema)))?;
+    }
+    Spi::run_with_args("DELETE FROM stripe_sync._sources WHERE name = $1", &[name.into()])
+        .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
+    Ok(true)
+}
