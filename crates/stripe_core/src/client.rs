@@ -168,6 +168,13 @@ impl Client {
 
     /// `GET path?query`.
     pub async fn get(&self, path: &str, query: &[(String, String)]) -> Result<Value, StripeError> {
+        self.send(Method::Get, path, query).await.map(|(v, _)| v)
+    }
+
+    /// `GET path?query`, with Stripe's clock at the answer (its `Date` header, in
+    /// unix seconds; our clock if absent). Rows written from the answer are stamped
+    /// with it, on the same clock as event `created` times.
+    pub async fn get_dated(&self, path: &str, query: &[(String, String)]) -> Result<(Value, i64), StripeError> {
         self.send(Method::Get, path, query).await
     }
 
@@ -188,11 +195,11 @@ impl Client {
                 self.seq.fetch_add(1, Ordering::Relaxed)
             ),
         };
-        self.send(Method::Post(form.to_vec(), key), path, &[]).await
+        self.send(Method::Post(form.to_vec(), key), path, &[]).await.map(|(v, _)| v)
     }
 
     pub async fn delete(&self, path: &str) -> Result<Value, StripeError> {
-        self.send(Method::Delete, path, &[]).await
+        self.send(Method::Delete, path, &[]).await.map(|(v, _)| v)
     }
 
     /// Retrieves one object; `Ok(None)` only on Stripe's `resource_missing` 404
@@ -206,7 +213,7 @@ impl Client {
         }
     }
 
-    async fn send(&self, method: Method, path: &str, query: &[(String, String)]) -> Result<Value, StripeError> {
+    async fn send(&self, method: Method, path: &str, query: &[(String, String)]) -> Result<(Value, i64), StripeError> {
         let url = format!("{}{}", self.cfg.base_url, path);
         let mut attempt: u32 = 0;
         loop {
@@ -258,8 +265,16 @@ impl Client {
         }
     }
 
-    async fn read_response(&self, resp: reqwest::Response, path: &str) -> Result<Value, Failure> {
+    async fn read_response(&self, resp: reqwest::Response, path: &str) -> Result<(Value, i64), Failure> {
         let status = resp.status().as_u16();
+        let server_time = resp
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_else(crate::signature::unix_now);
         let should_retry = resp
             .headers()
             .get("Stripe-Should-Retry")
@@ -283,6 +298,7 @@ impl Client {
         };
         if (200..300).contains(&status) {
             return serde_json::from_slice(&body)
+                .map(|v| (v, server_time))
                 .map_err(|e| Failure::Final(StripeError::Decode { message: format!("{path}: {e}") }));
         }
         let (message, code, param) = parse_error_body(&body, status);

@@ -5,6 +5,7 @@
 //! - [`paginate`]: list paging, `created` ranges, concurrent slices.
 //! - [`plan`]: which SQL conditions become which Stripe requests.
 //! - [`listing`]: reading a selection as a bounded stream of pages on its own thread.
+//! - [`sync`]: what a refresh reads: full passes in concurrent `created` ranges, events.
 //! - [`signature`]: `Stripe-Signature` webhook verification.
 //! - [`error`]: typed API errors that never carry a secret.
 
@@ -16,6 +17,7 @@ pub mod plan;
 pub mod ratelimit;
 pub mod resources;
 pub mod signature;
+pub mod sync;
 
 pub use client::{API_VERSION, ApiKey, Client, ClientConfig};
 pub use error::StripeError;

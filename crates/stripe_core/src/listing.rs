@@ -18,8 +18,8 @@ pub type PageResult = Result<Vec<Value>, StripeError>;
 /// Pages buffered between the fetching thread and the reader.
 pub const CHANNEL_PAGES: usize = 4;
 
-/// Sends a page, waiting while the reader is behind; false when the reader is gone.
-async fn send(tx: &SyncSender<PageResult>, mut item: PageResult) -> bool {
+/// Sends an item, waiting while the reader is behind; false when the reader is gone.
+pub async fn send<T>(tx: &SyncSender<T>, mut item: T) -> bool {
     loop {
         match tx.try_send(item) {
             Ok(()) => return true,

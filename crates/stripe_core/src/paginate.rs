@@ -131,6 +131,8 @@ impl ListQuery {
 pub struct Page {
     pub data: Vec<Value>,
     pub has_more: bool,
+    /// Stripe's clock when the page was answered (unix seconds).
+    pub fetched_at: i64,
 }
 
 /// Walks one list page by page; holds at most one page.
@@ -165,9 +167,10 @@ impl Pager {
             return Ok(None);
         }
         let params = self.query.params(self.cursor.as_deref());
-        let mut body = self.client.get(&self.query.path, &params).await?;
+        let (mut body, fetched_at) = self.client.get_dated(&self.query.path, &params).await?;
         self.pages += 1;
-        let page = take_list(&mut body, &self.query.path)?;
+        let mut page = take_list(&mut body, &self.query.path)?;
+        page.fetched_at = fetched_at;
         match page.data.last().and_then(|o| o.get("id")).and_then(Value::as_str) {
             Some(id) => self.cursor = Some(id.to_string()),
             // an empty page cannot be followed: stop even if has_more says otherwise
@@ -196,7 +199,7 @@ pub fn take_list(body: &mut Value, path: &str) -> Result<Page, StripeError> {
     }
     let has_more = body.get("has_more").and_then(Value::as_bool).unwrap_or(false);
     match body.get_mut("data").map(Value::take) {
-        Some(Value::Array(data)) => Ok(Page { data, has_more }),
+        Some(Value::Array(data)) => Ok(Page { data, has_more, fetched_at: 0 }),
         _ => Err(StripeError::Decode { message: format!("{path} answered a list without data") }),
     }
 }

@@ -250,3 +250,100 @@ async fn create_endpoint_refuses_wildcards_other_than_star() {
     let err = c.post("/v1/webhook_endpoints", &form, None).await.unwrap_err();
     assert!(matches!(&err, StripeError::InvalidRequest { param: Some(p), .. } if p == "enabled_events"), "{err:?}");
 }
+
+mod sync_passes {
+    use super::*;
+    use std::sync::mpsc::sync_channel;
+    use stripe_core::sync::{self, FullPass, Msg};
+
+    fn drain(rx: std::sync::mpsc::Receiver<sync::MsgResult>) -> Vec<Msg> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.recv() {
+            out.push(m.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_pass_in_split_ranges_lists_every_object_once_and_covers_the_whole_range() {
+        let fake = Fake::start(0, Some(&SeedSpec::only_customers(6_000)), Faults::default()).await.unwrap();
+        let c = client(&fake, KEY);
+        let r = stripe_core::lookup("customer").unwrap();
+        let hi = sync::newest_created(&c, r).await.unwrap().unwrap();
+        let (tx, rx) = sync_channel(8);
+        let pass = FullPass { resource: r, lo: 0, hi, done: vec![], parallelism: 8 };
+        let producer = tokio::spawn(sync::full_pass(c.clone(), pass, tx));
+        let msgs = tokio::task::spawn_blocking(move || drain(rx)).await.unwrap();
+        producer.await.unwrap();
+        let mut listed = Vec::new();
+        let mut ranges = Vec::new();
+        for m in msgs {
+            match m {
+                Msg::Objects { objects, .. } => listed.extend(ids(&objects)),
+                Msg::RangeDone { lo, hi, seen, .. } => ranges.push((lo, hi, seen)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let unique: HashSet<String> = listed.iter().cloned().collect();
+        let expected: HashSet<String> = ids(&fake.objects("customers")).into_iter().collect();
+        assert_eq!(unique, expected);
+        assert!(listed.len() < expected.len() + 50, "few duplicates: {}", listed.len());
+        assert!(ranges.len() > 4, "the pass was split: {} ranges", ranges.len());
+        ranges.sort_by_key(|r| r.0);
+        assert_eq!(ranges.first().unwrap().0, 0);
+        assert_eq!(ranges.last().unwrap().1, hi);
+        for w in ranges.windows(2) {
+            assert_eq!(w[0].1 + 1, w[1].0, "ranges are contiguous and disjoint");
+        }
+        // every object is in the seen set of the range holding its created time
+        for o in fake.objects("customers") {
+            let t = o["created"].as_i64().unwrap();
+            let r = ranges.iter().find(|r| r.0 <= t && t <= r.1).unwrap();
+            assert!(r.2.iter().any(|id| id == o["id"].as_str().unwrap()));
+        }
+        println!("{} requests for 60 pages of customers in {} ranges", c.requests_sent(), ranges.len());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resumed_pass_lists_only_the_ranges_not_done() {
+        let fake = Fake::start(0, Some(&SeedSpec::only_customers(2_000)), Faults::default()).await.unwrap();
+        let c = client(&fake, KEY);
+        let r = stripe_core::lookup("customer").unwrap();
+        let hi = sync::newest_created(&c, r).await.unwrap().unwrap();
+        let mid = fake.objects("customers")[1000]["created"].as_i64().unwrap();
+        let (tx, rx) = sync_channel(8);
+        let pass = FullPass { resource: r, lo: 0, hi, done: vec![(mid, hi)], parallelism: 4 };
+        tokio::spawn(sync::full_pass(c.clone(), pass, tx));
+        let msgs = tokio::task::spawn_blocking(move || drain(rx)).await.unwrap();
+        let listed: HashSet<String> =
+            msgs.iter().filter_map(|m| if let Msg::Objects { objects, .. } = m { Some(ids(objects)) } else { None }).flatten().collect();
+        let expected: HashSet<String> = fake
+            .objects("customers")
+            .iter()
+            .filter(|o| o["created"].as_i64().unwrap() < mid)
+            .map(|o| o["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(listed, expected);
+    }
+
+    #[tokio::test]
+    async fn truncated_nested_lists_are_completed() {
+        let fake = Fake::start(0, None, Faults::default()).await.unwrap();
+        let c = client(&fake, KEY);
+        let cus = c.post("/v1/customers", &[], None).await.unwrap();
+        let cid = cus["id"].as_str().unwrap().to_string();
+        let inv = c.post("/v1/invoices", &[("customer".into(), cid.clone())], None).await.unwrap();
+        let iid = inv["id"].as_str().unwrap().to_string();
+        for i in 0..35 {
+            let form = vec![("customer".into(), cid.clone()), ("amount".into(), (100 + i).to_string()), ("invoice".into(), iid.clone())];
+            c.post("/v1/invoiceitems", &form, None).await.unwrap();
+        }
+        let mut got = c.get(&format!("/v1/invoices/{iid}"), &[]).await.unwrap();
+        assert_eq!(got["lines"]["data"].as_array().unwrap().len(), 10);
+        sync::complete_nested(&c, stripe_core::lookup("invoice").unwrap(), &mut got).await.unwrap();
+        assert_eq!(got["lines"]["data"].as_array().unwrap().len(), 35);
+        assert_eq!(got["lines"]["has_more"], false);
+        let unique: HashSet<&str> = got["lines"]["data"].as_array().unwrap().iter().map(|l| l["id"].as_str().unwrap()).collect();
+        assert_eq!(unique.len(), 35);
+    }
+}

@@ -1,0 +1,400 @@
+//! What a refresh reads from Stripe, as a stream of messages for the writer:
+//! a full pass split into `created` ranges fetched concurrently (ranges split
+//! further whenever a fetcher is idle), per-customer passes, incremental reads,
+//! and events since a cursor. Objects come with their truncated nested lists
+//! completed. Postgres-free: the writer runs elsewhere.
+
+use crate::client::Client;
+use crate::error::StripeError;
+use crate::listing::send;
+use crate::paginate::{CreatedRange, ListQuery, Pager};
+use crate::plan::Selection;
+use crate::resources::{Resource, Scope};
+use futures_util::stream::{self, StreamExt};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A message from a pass to its writer.
+#[derive(Debug)]
+pub enum Msg {
+    /// Objects to write, stamped with Stripe's clock when their page was answered.
+    Objects { objects: Vec<Value>, stamp: i64 },
+    /// Every object created in `[lo, hi]` was listed (ids in `seen`): rows in that
+    /// range that were not seen and were written before `since` no longer exist.
+    RangeDone { lo: i64, hi: i64, seen: Vec<String>, since: i64 },
+    /// One customer's list is complete (per-customer resources).
+    CustomerDone { customer: String, seen: Vec<String>, since: i64 },
+    /// Every customer up to and including this id is done (a checkpoint).
+    CustomersThrough(String),
+    /// Events, oldest first.
+    Events(Vec<Value>),
+}
+
+pub type MsgResult = Result<Msg, StripeError>;
+
+/// Completes every nested list Stripe truncated (`invoice.lines`, `subscription.items`,
+/// `credit_note.lines`) by paging its `url`.
+pub async fn complete_nested(client: &Client, r: &Resource, obj: &mut Value) -> Result<(), StripeError> {
+    for field in r.nested_lists {
+        let Some(list) = obj.get(*field) else { continue };
+        if list.get("has_more").and_then(Value::as_bool) != Some(true) {
+            continue;
+        }
+        let Some(url) = list.get("url").and_then(Value::as_str) else { continue };
+        let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut q = ListQuery::new(path);
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            q.filters.push((k.into_owned(), v.into_owned()));
+        }
+        q.starting_after = list.get("data").and_then(Value::as_array).and_then(|d| d.last()).and_then(|o| o.get("id")).and_then(Value::as_str).map(str::to_string);
+        let rest = Pager::new(client.clone(), q).collect_all().await?;
+        if let Some(list) = obj.get_mut(*field) {
+            if let Some(Value::Array(data)) = list.get_mut("data") {
+                data.extend(rest);
+            }
+            list["has_more"] = Value::Bool(false);
+        }
+    }
+    Ok(())
+}
+
+async fn complete_all(client: &Client, r: &Resource, objects: &mut [Value]) -> Result<(), StripeError> {
+    if r.nested_lists.is_empty() {
+        return Ok(());
+    }
+    let needs: Vec<usize> = (0..objects.len())
+        .filter(|i| r.nested_lists.iter().any(|f| objects[*i].get(*f).and_then(|l| l.get("has_more")).and_then(Value::as_bool) == Some(true)))
+        .collect();
+    for i in needs {
+        complete_nested(client, r, &mut objects[i]).await?;
+    }
+    Ok(())
+}
+
+fn ids(objects: &[Value]) -> impl Iterator<Item = String> + '_ {
+    objects.iter().filter_map(|o| o.get("id").and_then(Value::as_str).map(str::to_string))
+}
+
+/// The newest `created` of a resource's objects (one request per list variant),
+/// or `None` for an empty account.
+pub async fn newest_created(client: &Client, r: &'static Resource) -> Result<Option<i64>, StripeError> {
+    let mut newest = None;
+    for q in Selection::all(r).list_queries(None) {
+        let page = Pager::new(client.clone(), ListQuery { limit: 1, ..q }).next_page().await?;
+        let t = page.and_then(|p| p.data.first().and_then(|o| o.get(r.created_field)).and_then(Value::as_i64));
+        newest = newest.max(t);
+    }
+    Ok(newest)
+}
+
+/// A full pass over an account-level resource.
+#[derive(Debug, Clone)]
+pub struct FullPass {
+    pub resource: &'static Resource,
+    /// Objects created in `[lo, hi]` are listed.
+    pub lo: i64,
+    pub hi: i64,
+    /// Ranges already done (resuming an interrupted pass).
+    pub done: Vec<(i64, i64)>,
+    pub parallelism: usize,
+}
+
+/// The parts of `[lo, hi]` not covered by `done`.
+pub fn pending_ranges(lo: i64, hi: i64, done: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    let mut done: Vec<(i64, i64)> = done.to_vec();
+    done.sort_unstable();
+    let mut out = Vec::new();
+    let mut next = lo;
+    for (a, b) in done {
+        if b < next {
+            continue;
+        }
+        if a > next {
+            out.push((next, (a - 1).min(hi)));
+        }
+        next = next.max(b.saturating_add(1));
+        if next > hi {
+            break;
+        }
+    }
+    if next <= hi {
+        out.push((next, hi));
+    }
+    out.into_iter().filter(|(a, b)| a <= b).collect()
+}
+
+struct Shared {
+    queue: VecDeque<(i64, i64)>,
+    idle: usize,
+    active: usize,
+}
+
+/// Runs a full pass: ranges are fetched by up to `parallelism` fetchers; a busy
+/// range is split in two whenever a fetcher is idle.
+pub async fn full_pass(client: Client, pass: FullPass, tx: SyncSender<MsgResult>) {
+    let shared = Arc::new(Mutex::new(Shared {
+        queue: pending_ranges(pass.lo, pass.hi, &pass.done).into(),
+        idle: 0,
+        active: 0,
+    }));
+    let failed = Arc::new(Mutex::new(None::<StripeError>));
+    let fetchers = (0..pass.parallelism.max(1)).map(|_| fetcher(&client, pass.resource, &shared, &tx, &failed));
+    futures_util::future::join_all(fetchers).await;
+    let err = failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(e) = err {
+        send(&tx, Err(e)).await;
+    }
+}
+
+async fn fetcher(
+    client: &Client,
+    r: &'static Resource,
+    shared: &Mutex<Shared>,
+    tx: &SyncSender<MsgResult>,
+    failed: &Mutex<Option<StripeError>>,
+) {
+    loop {
+        if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return;
+        }
+        let task = {
+            let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            match s.queue.pop_front() {
+                Some(t) => {
+                    s.active += 1;
+                    Some(t)
+                }
+                None if s.active == 0 => return,
+                None => {
+                    s.idle += 1;
+                    None
+                }
+            }
+        };
+        let Some((lo, hi)) = task else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            shared.lock().unwrap_or_else(|p| p.into_inner()).idle -= 1;
+            continue;
+        };
+        let result = fetch_range(client, r, lo, hi, shared, tx).await;
+        shared.lock().unwrap_or_else(|p| p.into_inner()).active -= 1;
+        match result {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                return;
+            }
+        }
+    }
+}
+
+/// Lists `[lo, hi]` (every list variant); returns false when the writer is gone.
+async fn fetch_range(
+    client: &Client,
+    r: &'static Resource,
+    mut lo: i64,
+    hi: i64,
+    shared: &Mutex<Shared>,
+    tx: &SyncSender<MsgResult>,
+) -> Result<bool, StripeError> {
+    let mut seen = Vec::new();
+    let mut since: Option<i64> = None;
+    for variant in Selection::all(r).list_queries(None) {
+        let mut cursor: Option<String> = None;
+        loop {
+            let q = ListQuery {
+                created: CreatedRange { gte: Some(lo), lte: Some(hi), ..Default::default() },
+                starting_after: cursor.clone(),
+                ..variant.clone()
+            };
+            let mut pager = Pager::new(client.clone(), q);
+            let Some(mut page) = pager.next_page().await? else { break };
+            since = Some(since.map_or(page.fetched_at, |s| s.min(page.fetched_at)));
+            complete_all(client, r, &mut page.data).await?;
+            seen.extend(ids(&page.data));
+            let last_created = page.data.last().and_then(|o| o.get(r.created_field)).and_then(Value::as_i64);
+            cursor = pager.cursor().map(str::to_string);
+            let more = page.has_more;
+            if !page.data.is_empty() && !send(tx, Ok(Msg::Objects { objects: page.data, stamp: page.fetched_at })).await {
+                return Ok(false);
+            }
+            if !more {
+                break;
+            }
+            // hand the older half of what is left to an idle fetcher
+            if let Some(last) = last_created {
+                let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                if s.idle > s.queue.len() && last > lo {
+                    let m = lo + (last - lo + 1) / 2;
+                    if m > lo && m <= last {
+                        s.queue.push_back((lo, m - 1));
+                        lo = m;
+                    }
+                }
+            }
+        }
+    }
+    let since = since.unwrap_or_else(crate::signature::unix_now);
+    Ok(send(tx, Ok(Msg::RangeDone { lo, hi, seen, since })).await)
+}
+
+/// A full pass over a per-customer resource, from after `start_after` in the
+/// customer list; each customer's list is read completely.
+pub async fn per_customer_pass(
+    client: Client,
+    r: &'static Resource,
+    start_after: Option<String>,
+    created: CreatedRange,
+    parallelism: usize,
+    tx: SyncSender<MsgResult>,
+) {
+    if let Err(e) = per_customer_inner(&client, r, start_after, created, parallelism, &tx).await {
+        send(&tx, Err(e)).await;
+    }
+}
+
+async fn per_customer_inner(
+    client: &Client,
+    r: &'static Resource,
+    start_after: Option<String>,
+    created: CreatedRange,
+    parallelism: usize,
+    tx: &SyncSender<MsgResult>,
+) -> Result<(), StripeError> {
+    debug_assert_eq!(r.scope, Scope::PerCustomer);
+    let mut customers = Pager::new(client.clone(), ListQuery { starting_after: start_after, ..ListQuery::new("/v1/customers") });
+    while let Some(page) = customers.next_page().await? {
+        let cids: Vec<String> = ids(&page.data).collect();
+        let mut lists = stream::iter(cids.clone())
+            .map(|cid| async move {
+                let mut sel = Selection::all(r);
+                if r.created_filter {
+                    sel.created = created;
+                }
+                let mut objects = Vec::new();
+                let mut since = i64::MAX;
+                for q in sel.list_queries(Some(&cid)) {
+                    let mut pager = Pager::new(client.clone(), q);
+                    loop {
+                        match pager.next_page().await {
+                            Ok(Some(p)) => {
+                                since = since.min(p.fetched_at);
+                                objects.extend(p.data);
+                            }
+                            Ok(None) => break,
+                            // deleted since it was listed: nothing of it remains
+                            Err(StripeError::NotFound { .. }) => break,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Ok((cid, objects, since))
+            })
+            .buffer_unordered(parallelism.max(1));
+        while let Some(item) = lists.next().await {
+            let (cid, objects, since) = item?;
+            let since = if since == i64::MAX { page.fetched_at } else { since };
+            let seen: Vec<String> = ids(&objects).collect();
+            if !objects.is_empty() && !send(tx, Ok(Msg::Objects { objects, stamp: since })).await {
+                return Ok(());
+            }
+            if !send(tx, Ok(Msg::CustomerDone { customer: cid, seen, since })).await {
+                return Ok(());
+            }
+        }
+        if let Some(last) = cids.last()
+            && !send(tx, Ok(Msg::CustomersThrough(last.clone()))).await
+        {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Objects created after `after` (every list variant), newest first.
+pub async fn created_after(client: Client, r: &'static Resource, after: Option<i64>, parallelism: usize, tx: SyncSender<MsgResult>) {
+    let range = CreatedRange { gt: after, ..Default::default() };
+    if r.scope == Scope::PerCustomer {
+        return per_customer_pass(client, r, None, range, parallelism, tx).await;
+    }
+    let run = async {
+        let mut sel = Selection::all(r);
+        sel.created = range;
+        for q in sel.list_queries(None) {
+            let mut pager = Pager::new(client.clone(), q);
+            while let Some(mut page) = pager.next_page().await? {
+                complete_all(&client, r, &mut page.data).await?;
+                if !page.data.is_empty() && !send(&tx, Ok(Msg::Objects { objects: page.data, stamp: page.fetched_at })).await {
+                    return Ok(());
+                }
+            }
+        }
+        Ok::<(), StripeError>(())
+    };
+    if let Err(e) = run.await {
+        send(&tx, Err(e)).await;
+    }
+}
+
+/// The newest event of these types: (created, id).
+pub async fn newest_event(client: &Client, types: &[&str]) -> Result<Option<(i64, String)>, StripeError> {
+    let mut q = ListQuery { limit: 1, ..ListQuery::new("/v1/events") };
+    q.filters.extend(types.iter().map(|t| ("types[]".to_string(), t.to_string())));
+    let page = Pager::new(client.clone(), q).next_page().await?;
+    Ok(page.and_then(|p| {
+        let e = p.data.first()?;
+        Some((e.get("created")?.as_i64()?, e.get("id")?.as_str()?.to_string()))
+    }))
+}
+
+/// Events of these types created at or after `since`, sent oldest first (in
+/// chunks), with the objects' truncated nested lists completed.
+pub async fn events_since(client: Client, r: &'static Resource, since: i64, tx: SyncSender<MsgResult>) {
+    let run = async {
+        let types: Vec<&str> = r.event_types().collect();
+        let mut all = Vec::new();
+        // Stripe takes at most 20 types per request
+        for chunk in types.chunks(20) {
+            let mut q = ListQuery::new("/v1/events").created(CreatedRange { gte: Some(since), ..Default::default() });
+            q.filters.extend(chunk.iter().map(|t| ("types[]".to_string(), t.to_string())));
+            all.extend(Pager::new(client.clone(), q).collect_all().await?);
+        }
+        // Stripe lists newest first; reversed, then a stable sort by created (which
+        // only matters when several lists were merged) gives oldest first, keeping
+        // Stripe's order within a second
+        all.reverse();
+        all.sort_by_key(|e| e.get("created").and_then(Value::as_i64).unwrap_or(0));
+        for chunk in all.chunks_mut(500) {
+            for e in chunk.iter_mut() {
+                if let Some(obj) = e.get_mut("data").and_then(|d| d.get_mut("object")) {
+                    complete_nested(&client, r, obj).await?;
+                }
+            }
+            if !send(&tx, Ok(Msg::Events(chunk.to_vec()))).await {
+                return Ok(());
+            }
+        }
+        Ok::<(), StripeError>(())
+    };
+    if let Err(e) = run.await {
+        send(&tx, Err(e)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_ranges_are_the_complement_of_done() {
+        assert_eq!(pending_ranges(0, 100, &[]), vec![(0, 100)]);
+        assert_eq!(pending_ranges(0, 100, &[(0, 100)]), vec![]);
+        assert_eq!(pending_ranges(0, 100, &[(10, 20), (50, 60)]), vec![(0, 9), (21, 49), (61, 100)]);
+        assert_eq!(pending_ranges(0, 100, &[(50, 60), (0, 5), (55, 70)]), vec![(6, 49), (71, 100)]);
+        assert_eq!(pending_ranges(0, 10, &[(0, 3), (4, 10)]), vec![]);
+    }
+}
