@@ -38,3 +38,100 @@ COMMENT ON COLUMN stripe_sync.sources.account IS 'Connected account sent as Stri
 COMMENT ON COLUMN stripe_sync.sources.api_url IS 'Root of the Stripe API.';
 COMMENT ON COLUMN stripe_sync.sources.api_version IS 'Stripe-Version sent, if not the pinned default.';
 COMMENT ON COLUMN stripe_sync.sources.created_at IS 'When the source was added.';
+
+CREATE TABLE stripe_sync._sync_state (
+    source                text NOT NULL REFERENCES stripe_sync._sources (name) ON DELETE CASCADE,
+    resource              text NOT NULL,
+    last_mode             text,
+    status                text,
+    started_at            timestamptz,
+    finished_at           timestamptz,
+    rows_inserted         bigint NOT NULL DEFAULT 0,
+    rows_updated          bigint NOT NULL DEFAULT 0,
+    rows_deleted          bigint NOT NULL DEFAULT 0,
+    api_requests          bigint NOT NULL DEFAULT 0,
+    incremental_cursor    bigint,
+    events_cursor_created bigint,
+    events_cursor_id      text,
+    checkpoint            jsonb,
+    progress              jsonb,
+    running_pid           integer,
+    note                  text,
+    last_error            text,
+    last_error_code       text,
+    last_error_hint       text,
+    last_error_at         timestamptz,
+    newest_stamp          bigint,
+    PRIMARY KEY (source, resource)
+);
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync._sync_state', '');
+REVOKE ALL ON stripe_sync._sync_state FROM PUBLIC;
+COMMENT ON TABLE stripe_sync._sync_state IS 'Internal: per source and resource, the last refresh, its cursors, checkpoint and live progress (see stripe_sync.sync_status).';
+COMMENT ON COLUMN stripe_sync._sync_state.source IS 'Source name.';
+COMMENT ON COLUMN stripe_sync._sync_state.resource IS 'Resource name.';
+COMMENT ON COLUMN stripe_sync._sync_state.last_mode IS 'Mode of the last refresh: full, incremental or events.';
+COMMENT ON COLUMN stripe_sync._sync_state.status IS 'running, succeeded, failed or interrupted.';
+COMMENT ON COLUMN stripe_sync._sync_state.started_at IS 'When the last refresh started.';
+COMMENT ON COLUMN stripe_sync._sync_state.finished_at IS 'When the last refresh finished.';
+COMMENT ON COLUMN stripe_sync._sync_state.rows_inserted IS 'Rows inserted by the last refresh.';
+COMMENT ON COLUMN stripe_sync._sync_state.rows_updated IS 'Rows updated by the last refresh.';
+COMMENT ON COLUMN stripe_sync._sync_state.rows_deleted IS 'Rows deleted by the last refresh.';
+COMMENT ON COLUMN stripe_sync._sync_state.api_requests IS 'Stripe API requests of the last refresh.';
+COMMENT ON COLUMN stripe_sync._sync_state.incremental_cursor IS 'Newest created time (unix s) read by incremental refreshes.';
+COMMENT ON COLUMN stripe_sync._sync_state.events_cursor_created IS 'Created time (unix s) of the last event applied by events refreshes.';
+COMMENT ON COLUMN stripe_sync._sync_state.events_cursor_id IS 'Id of the last event applied by events refreshes.';
+COMMENT ON COLUMN stripe_sync._sync_state.checkpoint IS 'Where an interrupted full refresh resumes.';
+COMMENT ON COLUMN stripe_sync._sync_state.progress IS 'Live progress of a running refresh (pages, rows, rate).';
+COMMENT ON COLUMN stripe_sync._sync_state.running_pid IS 'Process doing the refresh while it runs.';
+COMMENT ON COLUMN stripe_sync._sync_state.note IS 'What the last refresh decided on its own (e.g. a full refresh instead of events).';
+COMMENT ON COLUMN stripe_sync._sync_state.last_error IS 'Message of the last failure.';
+COMMENT ON COLUMN stripe_sync._sync_state.last_error_code IS 'SQLSTATE of the last failure.';
+COMMENT ON COLUMN stripe_sync._sync_state.last_error_hint IS 'Hint of the last failure.';
+COMMENT ON COLUMN stripe_sync._sync_state.last_error_at IS 'When the last failure happened.';
+COMMENT ON COLUMN stripe_sync._sync_state.newest_stamp IS 'Newest Stripe time (unix s) of a change applied to the table.';
+
+CREATE TABLE stripe_sync._deleted (
+    source   text NOT NULL,
+    resource text NOT NULL,
+    id       text NOT NULL,
+    stamp    bigint NOT NULL,
+    PRIMARY KEY (source, resource, id)
+);
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync._deleted', '');
+REVOKE ALL ON stripe_sync._deleted FROM PUBLIC;
+COMMENT ON TABLE stripe_sync._deleted IS 'Internal: ids deleted at Stripe, so that an older version arriving late never brings a row back.';
+COMMENT ON COLUMN stripe_sync._deleted.source IS 'Source name.';
+COMMENT ON COLUMN stripe_sync._deleted.resource IS 'Resource name.';
+COMMENT ON COLUMN stripe_sync._deleted.id IS 'Stripe id of the deleted object.';
+COMMENT ON COLUMN stripe_sync._deleted.stamp IS 'Stripe time (unix s) of the deletion.';
+
+CREATE VIEW stripe_sync.sync_status AS
+    SELECT source, resource, last_mode, status, started_at, finished_at, rows_inserted, rows_updated, rows_deleted,
+           api_requests,
+           to_timestamp(incremental_cursor) AS incremental_cursor,
+           events_cursor_id, to_timestamp(events_cursor_created) AS events_cursor_at,
+           checkpoint IS NOT NULL AS resumable,
+           progress, note, last_error, last_error_at,
+           now() - to_timestamp(newest_stamp) AS freshness
+    FROM stripe_sync._sync_state;
+GRANT SELECT ON stripe_sync.sync_status TO PUBLIC;
+COMMENT ON VIEW stripe_sync.sync_status IS 'Per source and resource: the last refresh, its cursors, live progress, last error and freshness.';
+COMMENT ON COLUMN stripe_sync.sync_status.source IS 'Source name.';
+COMMENT ON COLUMN stripe_sync.sync_status.resource IS 'Resource name.';
+COMMENT ON COLUMN stripe_sync.sync_status.last_mode IS 'Mode of the last refresh.';
+COMMENT ON COLUMN stripe_sync.sync_status.status IS 'running, succeeded, failed or interrupted.';
+COMMENT ON COLUMN stripe_sync.sync_status.started_at IS 'When the last refresh started.';
+COMMENT ON COLUMN stripe_sync.sync_status.finished_at IS 'When it finished.';
+COMMENT ON COLUMN stripe_sync.sync_status.rows_inserted IS 'Rows inserted by it.';
+COMMENT ON COLUMN stripe_sync.sync_status.rows_updated IS 'Rows updated by it.';
+COMMENT ON COLUMN stripe_sync.sync_status.rows_deleted IS 'Rows deleted by it.';
+COMMENT ON COLUMN stripe_sync.sync_status.api_requests IS 'Stripe API requests it made.';
+COMMENT ON COLUMN stripe_sync.sync_status.incremental_cursor IS 'Newest created time read by incremental refreshes.';
+COMMENT ON COLUMN stripe_sync.sync_status.events_cursor_id IS 'Last event applied by events refreshes.';
+COMMENT ON COLUMN stripe_sync.sync_status.events_cursor_at IS 'Created time of that event.';
+COMMENT ON COLUMN stripe_sync.sync_status.resumable IS 'An interrupted full refresh will resume from its checkpoint.';
+COMMENT ON COLUMN stripe_sync.sync_status.progress IS 'Live progress while running: pages, rows, objects per second, API requests.';
+COMMENT ON COLUMN stripe_sync.sync_status.note IS 'What the refresh decided on its own.';
+COMMENT ON COLUMN stripe_sync.sync_status.last_error IS 'Message of the last failure.';
+COMMENT ON COLUMN stripe_sync.sync_status.last_error_at IS 'When it happened.';
+COMMENT ON COLUMN stripe_sync.sync_status.freshness IS 'Age of the newest change applied to the table.';

@@ -17,3 +17,5 @@ ALTER FUNCTION stripe_sync.add_source(text, text, text, text, text, text, text, 
 COMMENT ON FUNCTION stripe_sync.add_source(text, text, text, text, text, text, text, double precision) IS
   'Connects a Stripe account: add_source(api_key, name, schema, table_prefix, account, api_url, api_version, max_requests_per_second). Creates server stripe_sync_<name>, a user mapping for PUBLIC holding the key, and the 15 foreign tables in <schema>_api.';
 COMMENT ON FUNCTION stripe_sync.drop_source(text) IS 'Removes a source: its server, user mapping and foreign tables.';
+COMMENT ON FUNCTION stripe_sync.refresh(text, text, text) IS
+  'Brings materialized tables up to date: refresh(resource or ''all'', mode full|incremental|events, source). Runs in a background worker that commits as it goes; an interrupted full refresh resumes. Returns one row per resource.';

@@ -47,6 +47,46 @@ pub fn comments(r: &Resource, kind: &str, schema: &str, table: &str, what: &str)
     out
 }
 
+/// The sync columns every materialized table has after the resource's columns.
+pub const SYNC_COLUMNS: &[(&str, &str, &str)] = &[
+    ("_synced_at", "timestamptz NOT NULL DEFAULT now()", "When stripe_sync last wrote this row."),
+    ("_synced_by", "text NOT NULL", "What wrote it: refresh:full, refresh:incremental, or event:<event id>."),
+    (
+        "_stamp",
+        "bigint NOT NULL",
+        "Stripe's clock (unix seconds) of the version held: the event's created time, or when the page was read. Older versions never overwrite newer ones.",
+    ),
+];
+
+/// `CREATE TABLE`, indexes and comments of a resource's materialized table.
+pub fn materialized_table(r: &Resource, schema: &str, table: &str) -> Vec<String> {
+    let q = format!("{}.{}", ident(schema), ident(table));
+    let mut cols: Vec<String> = columns(r)
+        .iter()
+        .map(|(n, t, _)| match *n {
+            "id" => "\"id\" text PRIMARY KEY".to_string(),
+            "attrs" => "\"attrs\" jsonb NOT NULL".to_string(),
+            _ => format!("{} {t}", ident(n)),
+        })
+        .collect();
+    cols.extend(SYNC_COLUMNS.iter().map(|(n, t, _)| format!("{} {t}", ident(n))));
+    let mut out = vec![format!("CREATE TABLE IF NOT EXISTS {q} ({})", cols.join(", "))];
+    let mut indexed = vec!["created"];
+    indexed.extend(r.columns.iter().filter(|c| c.reference).map(|c| c.name));
+    for col in indexed {
+        out.push(format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {q} ({})",
+            ident(&format!("{table}_{col}_idx")),
+            ident(col)
+        ));
+    }
+    out.extend(comments(r, "TABLE", schema, table, "Kept in sync by stripe_sync (refresh and webhooks)."));
+    for (n, _, c) in SYNC_COLUMNS {
+        out.push(format!("COMMENT ON COLUMN {q}.{} IS {}", ident(n), literal(c)));
+    }
+    out
+}
+
 /// Table name of a resource under a prefix.
 pub fn table_name(prefix: &str, r: &Resource) -> String {
     format!("{prefix}{}", r.name)
@@ -75,5 +115,16 @@ mod tests {
         assert!(sql.contains("\"unit_amount\" bigint"));
         assert!(sql.ends_with("\"attrs\" jsonb) SERVER \"stripe_default\" OPTIONS (resource 'price')"), "{sql}");
         assert_eq!(import_statements("s", "srv", "x_").len(), 15);
+    }
+
+    #[test]
+    fn materialized_tables_have_a_primary_key_sync_columns_and_join_indexes() {
+        let stmts = materialized_table(lookup("invoice").unwrap(), "stripe", "invoice");
+        assert!(stmts[0].contains("\"id\" text PRIMARY KEY"), "{}", stmts[0]);
+        assert!(stmts[0].contains("\"_stamp\" bigint NOT NULL"));
+        let idx: Vec<&String> = stmts.iter().filter(|s| s.starts_with("CREATE INDEX")).collect();
+        assert!(idx.iter().any(|s| s.contains("(\"customer\")")));
+        assert!(idx.iter().any(|s| s.contains("(\"subscription\")")));
+        assert!(idx.iter().any(|s| s.contains("(\"created\")")));
     }
 }

@@ -5,6 +5,8 @@
 //! - [`fdw`]: the foreign data wrapper `stripe_sync_fdw`.
 //! - [`source`]: `add_source` / `drop_source`: connected accounts.
 //! - [`ddl`]: SQL generated from the resource registry.
+//! - [`refresh`]: `stripe_sync.refresh` and its background worker.
+//! - [`apply`]: writing objects into materialized tables (stamps, tombstones).
 //! - [`threads`]: threads with signals blocked.
 //! - [`worker`]: the background worker (webhooks).
 //! - [`guc`]: settings.
@@ -13,10 +15,12 @@
 use pgrx::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub mod apply;
 pub mod ddl;
 pub mod error;
 pub mod fdw;
 pub mod guc;
+pub mod refresh;
 pub mod source;
 pub mod threads;
 pub mod worker;

@@ -87,6 +87,25 @@ pub fn client_for_server(server_oid: pg_sys::Oid, options: &HashMap<String, Stri
     Client::new(cfg).map_err(SyncError::from)
 }
 
+/// A client for a source, from its server's options and user mapping.
+pub fn client_for_source(name: &str) -> Result<Client, SyncError> {
+    let server = Spi::get_one_with_args::<String>(
+        "SELECT server_name FROM stripe_sync._sources WHERE name = $1",
+        &[name.into()],
+    )
+    .ok()
+    .flatten()
+    .ok_or_else(|| {
+        SyncError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("source \"{name}\" does not exist"))
+    })?;
+    let cname = std::ffi::CString::new(server).map_err(|_| SyncError::invalid("bad server name"))?;
+    let (oid, options) = unsafe {
+        let srv = pg_sys::GetForeignServerByName(cname.as_ptr(), false);
+        ((*srv).serverid, options_of((*srv).options))
+    };
+    client_for_server(oid, &options)
+}
+
 fn check_name(what: &str, v: &str, allow_empty: bool) -> Result<(), SyncError> {
     let ok = (allow_empty || !v.is_empty())
         && v.len() <= 40
@@ -207,6 +226,13 @@ fn add(
             run(&c)?;
         }
     }
+    // the materialized tables: ordinary tables (not extension members), kept by drop_source
+    run(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))?;
+    for r in resources::RESOURCES {
+        for stmt in ddl::materialized_table(r, schema, &ddl::table_name(prefix, r)) {
+            run(&stmt)?;
+        }
+    }
     Spi::run_with_args(
         "INSERT INTO stripe_sync._sources (name, server_name, schema_name, table_prefix, account, api_url, api_version) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[name.into(), server.as_str().into(), schema.into(), prefix.into(), account.into(), base.as_str().into(), api_version.into()],
@@ -215,7 +241,8 @@ fn add(
     Ok(name.to_string())
 }
 
-/// Removes a source: its server, user mapping and foreign tables.
+/// Removes a source: its server, user mapping, foreign tables and sync state.
+/// The materialized tables are kept: they are your data.
 #[pg_extern]
 fn drop_source(name: &str) -> bool {
     drop(name).unwrap_or_else(|e| e.raise())
@@ -259,5 +286,10 @@ fn drop(name: &str) -> Result<bool, SyncError> {
     }
     Spi::run_with_args("DELETE FROM stripe_sync._sources WHERE name = $1", &[name.into()])
         .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
+    Spi::run_with_args("DELETE FROM stripe_sync._deleted WHERE source = $1", &[name.into()])
+        .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
+    pgrx::notice!(
+        "source \"{name}\" removed; its materialized tables in schema \"{schema}\" are kept (drop them yourself if you no longer need the data)"
+    );
     Ok(true)
 }

@@ -19,3 +19,29 @@ pub fn spawn_blocked(name: &str, job: Box<dyn FnOnce() + Send>) -> io::Result<()
         spawned.map(|_| ())
     }
 }
+
+/// Runs a future to completion on a thread of its own (signals blocked, with a
+/// current-thread tokio runtime), while the calling Postgres thread waits and
+/// runs `check` every 100 ms (for interrupts). Nothing Postgres happens in `fut`.
+pub fn block_on<T: Send + 'static>(
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+    mut check: impl FnMut(),
+) -> io::Result<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    spawn_blocked(
+        "stripe_sync http",
+        Box::new(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let _ = tx.send(rt.map(|rt| rt.block_on(fut)));
+        }),
+    )?;
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(r) => return r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => check(),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(io::Error::other("the HTTP thread ended without an answer"));
+            }
+        }
+    }
+}

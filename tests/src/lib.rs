@@ -110,7 +110,7 @@ impl Cluster {
             conf.push_str(&format!("shared_preload_libraries = '{}'\n", cfg.preload.join(",")));
         }
         if cfg.preload.contains(&"pg_cron") {
-            conf.push_str("cron.database_name = 'postgres'\n");
+            conf.push_str("cron.database_name = 'postgres'\ncron.use_background_workers = on\n");
         }
         for (k, v) in &cfg.settings {
             conf.push_str(&format!("{k} = {v}\n"));
@@ -269,4 +269,45 @@ pub fn memory_kb(pid: i32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// How a materialized table differs from the fake's objects.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Diff {
+    /// In the fake, not in the table.
+    pub missing: Vec<String>,
+    /// In the table, not in the fake.
+    pub extra: Vec<String>,
+    /// In both, with different attrs.
+    pub stale: Vec<String>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty() && self.stale.is_empty()
+    }
+
+    pub fn summary(&self) -> String {
+        format!("{} missing / {} extra / {} stale", self.missing.len(), self.extra.len(), self.stale.len())
+    }
+}
+
+/// Compares `schema.resource` with the fake's complete objects.
+pub fn compare(c: &mut postgres::Client, fake: &Fake, schema: &str, resource: &str) -> Diff {
+    let mut expected: std::collections::HashMap<String, serde_json::Value> = fake_objects(fake, resource)
+        .into_iter()
+        .map(|o| (o["id"].as_str().unwrap_or_default().to_string(), o))
+        .collect();
+    let mut d = Diff::default();
+    for row in c.query(&format!("SELECT id, attrs FROM {schema}.{resource}"), &[]).expect("read the table") {
+        let id: String = row.get(0);
+        let attrs: serde_json::Value = row.get(1);
+        match expected.remove(&id) {
+            None => d.extra.push(id),
+            Some(o) if o != attrs => d.stale.push(id),
+            Some(_) => {}
+        }
+    }
+    d.missing = expected.into_keys().collect();
+    d
 }

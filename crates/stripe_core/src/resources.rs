@@ -96,6 +96,11 @@ pub struct Resource {
     pub nested_lists: &'static [&'static str],
     /// Webhook/event types that carry this resource, with their effect.
     pub events: &'static [(&'static str, EventEffect)],
+    /// Whether events report every creation, change and deletion, so a table can
+    /// follow them (not for balance transactions and customer balance
+    /// transactions, which have no events, nor connected accounts, which only have
+    /// `account.updated`; invoice items report no updates since 2024-04-10).
+    pub events_complete: bool,
     pub comment: &'static str,
 }
 
@@ -161,6 +166,7 @@ pub static RESOURCES: &[Resource] = &[
         ],
         nested_lists: &[],
         events: &[("account.updated", Upsert)],
+        events_complete: false,
         comment: "Connected accounts of a Connect platform (empty for other accounts).",
     },
     Resource {
@@ -188,6 +194,7 @@ pub static RESOURCES: &[Resource] = &[
         ],
         nested_lists: &[],
         events: &[],
+        events_complete: false,
         comment: "Balance transactions: every movement of funds in the Stripe balance.",
     },
     Resource {
@@ -226,6 +233,7 @@ pub static RESOURCES: &[Resource] = &[
             ("charge.succeeded", Upsert),
             ("charge.updated", Upsert),
         ],
+        events_complete: true,
         comment: "Charges: attempts to move money into the Stripe account.",
     },
     Resource {
@@ -251,6 +259,7 @@ pub static RESOURCES: &[Resource] = &[
         ],
         nested_lists: &["lines"],
         events: &[("credit_note.created", Upsert), ("credit_note.updated", Upsert), ("credit_note.voided", Upsert)],
+        events_complete: true,
         comment: "Credit notes issued against invoices.",
     },
     Resource {
@@ -275,6 +284,7 @@ pub static RESOURCES: &[Resource] = &[
         ],
         nested_lists: &[],
         events: &[("customer.created", Upsert), ("customer.updated", Upsert), ("customer.deleted", Delete)],
+        events_complete: true,
         comment: "Customers of the Stripe account.",
     },
     Resource {
@@ -301,6 +311,7 @@ pub static RESOURCES: &[Resource] = &[
         nested_lists: &[],
         // Stripe sends no event for these; a balance change shows as customer.updated.
         events: &[],
+        events_complete: false,
         comment: "Changes to customers' credit balances (listed per customer).",
     },
     Resource {
@@ -328,6 +339,7 @@ pub static RESOURCES: &[Resource] = &[
             ("payment_method.automatically_updated", Upsert),
             ("payment_method.detached", Detach),
         ],
+        events_complete: true,
         comment: "Payment methods attached to customers (listed per customer).",
     },
     Resource {
@@ -358,6 +370,7 @@ pub static RESOURCES: &[Resource] = &[
             ("charge.dispute.funds_reinstated", Upsert),
             ("charge.dispute.funds_withdrawn", Upsert),
         ],
+        events_complete: true,
         comment: "Disputes (chargebacks) raised against charges.",
     },
     Resource {
@@ -413,6 +426,7 @@ pub static RESOURCES: &[Resource] = &[
             ("invoice.voided", Upsert),
             ("invoice.will_be_due", Upsert),
         ],
+        events_complete: true,
         comment: "Invoices, with all their line items in attrs->'lines'.",
     },
     Resource {
@@ -436,6 +450,7 @@ pub static RESOURCES: &[Resource] = &[
         ],
         nested_lists: &[],
         events: &[("invoiceitem.created", Upsert), ("invoiceitem.deleted", Delete)],
+        events_complete: true,
         comment: "Invoice items: one-off charges added to invoices.",
     },
     Resource {
@@ -473,6 +488,7 @@ pub static RESOURCES: &[Resource] = &[
             ("payout.paid", Upsert),
             ("payout.reconciliation_completed", Upsert),
         ],
+        events_complete: true,
         comment: "Payouts from the Stripe balance to bank accounts or cards.",
     },
     Resource {
@@ -500,6 +516,7 @@ pub static RESOURCES: &[Resource] = &[
         ],
         nested_lists: &[],
         events: &[("price.created", Upsert), ("price.updated", Upsert), ("price.deleted", Delete)],
+        events_complete: true,
         comment: "Prices, active and inactive.",
     },
     Resource {
@@ -522,6 +539,7 @@ pub static RESOURCES: &[Resource] = &[
         ],
         nested_lists: &[],
         events: &[("product.created", Upsert), ("product.updated", Upsert), ("product.deleted", Delete)],
+        events_complete: true,
         comment: "Products sold.",
     },
     Resource {
@@ -550,6 +568,7 @@ pub static RESOURCES: &[Resource] = &[
             ("refund.failed", Upsert),
             ("charge.refund.updated", Upsert),
         ],
+        events_complete: true,
         comment: "Refunds of charges.",
     },
     Resource {
@@ -588,6 +607,7 @@ pub static RESOURCES: &[Resource] = &[
             ("customer.subscription.pending_update_expired", Upsert),
             ("customer.subscription.trial_will_end", Upsert),
         ],
+        events_complete: true,
         comment: "Subscriptions, including canceled ones.",
     },
 ];

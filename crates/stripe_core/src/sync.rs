@@ -49,7 +49,13 @@ pub async fn complete_nested(client: &Client, r: &Resource, obj: &mut Value) -> 
         for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
             q.filters.push((k.into_owned(), v.into_owned()));
         }
-        q.starting_after = list.get("data").and_then(Value::as_array).and_then(|d| d.last()).and_then(|o| o.get("id")).and_then(Value::as_str).map(str::to_string);
+        q.starting_after = list
+            .get("data")
+            .and_then(Value::as_array)
+            .and_then(|d| d.last())
+            .and_then(|o| o.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let rest = Pager::new(client.clone(), q).collect_all().await?;
         if let Some(list) = obj.get_mut(*field) {
             if let Some(Value::Array(data)) = list.get_mut("data") {
@@ -66,7 +72,11 @@ async fn complete_all(client: &Client, r: &Resource, objects: &mut [Value]) -> R
         return Ok(());
     }
     let needs: Vec<usize> = (0..objects.len())
-        .filter(|i| r.nested_lists.iter().any(|f| objects[*i].get(*f).and_then(|l| l.get("has_more")).and_then(Value::as_bool) == Some(true)))
+        .filter(|i| {
+            r.nested_lists
+                .iter()
+                .any(|f| objects[*i].get(*f).and_then(|l| l.get("has_more")).and_then(Value::as_bool) == Some(true))
+        })
         .collect();
     for i in needs {
         complete_nested(client, r, &mut objects[i]).await?;
@@ -135,11 +145,8 @@ struct Shared {
 /// Runs a full pass: ranges are fetched by up to `parallelism` fetchers; a busy
 /// range is split in two whenever a fetcher is idle.
 pub async fn full_pass(client: Client, pass: FullPass, tx: SyncSender<MsgResult>) {
-    let shared = Arc::new(Mutex::new(Shared {
-        queue: pending_ranges(pass.lo, pass.hi, &pass.done).into(),
-        idle: 0,
-        active: 0,
-    }));
+    let shared =
+        Arc::new(Mutex::new(Shared { queue: pending_ranges(pass.lo, pass.hi, &pass.done).into(), idle: 0, active: 0 }));
     let failed = Arc::new(Mutex::new(None::<StripeError>));
     let fetchers = (0..pass.parallelism.max(1)).map(|_| fetcher(&client, pass.resource, &shared, &tx, &failed));
     futures_util::future::join_all(fetchers).await;
@@ -219,7 +226,8 @@ async fn fetch_range(
             let last_created = page.data.last().and_then(|o| o.get(r.created_field)).and_then(Value::as_i64);
             cursor = pager.cursor().map(str::to_string);
             let more = page.has_more;
-            if !page.data.is_empty() && !send(tx, Ok(Msg::Objects { objects: page.data, stamp: page.fetched_at })).await {
+            if !page.data.is_empty() && !send(tx, Ok(Msg::Objects { objects: page.data, stamp: page.fetched_at })).await
+            {
                 return Ok(false);
             }
             if !more {
@@ -266,7 +274,8 @@ async fn per_customer_inner(
     tx: &SyncSender<MsgResult>,
 ) -> Result<(), StripeError> {
     debug_assert_eq!(r.scope, Scope::PerCustomer);
-    let mut customers = Pager::new(client.clone(), ListQuery { starting_after: start_after, ..ListQuery::new("/v1/customers") });
+    let mut customers =
+        Pager::new(client.clone(), ListQuery { starting_after: start_after, ..ListQuery::new("/v1/customers") });
     while let Some(page) = customers.next_page().await? {
         let cids: Vec<String> = ids(&page.data).collect();
         let mut lists = stream::iter(cids.clone())
@@ -316,7 +325,13 @@ async fn per_customer_inner(
 }
 
 /// Objects created after `after` (every list variant), newest first.
-pub async fn created_after(client: Client, r: &'static Resource, after: Option<i64>, parallelism: usize, tx: SyncSender<MsgResult>) {
+pub async fn created_after(
+    client: Client,
+    r: &'static Resource,
+    after: Option<i64>,
+    parallelism: usize,
+    tx: SyncSender<MsgResult>,
+) {
     let range = CreatedRange { gt: after, ..Default::default() };
     if r.scope == Scope::PerCustomer {
         return per_customer_pass(client, r, None, range, parallelism, tx).await;
@@ -328,7 +343,9 @@ pub async fn created_after(client: Client, r: &'static Resource, after: Option<i
             let mut pager = Pager::new(client.clone(), q);
             while let Some(mut page) = pager.next_page().await? {
                 complete_all(&client, r, &mut page.data).await?;
-                if !page.data.is_empty() && !send(&tx, Ok(Msg::Objects { objects: page.data, stamp: page.fetched_at })).await {
+                if !page.data.is_empty()
+                    && !send(&tx, Ok(Msg::Objects { objects: page.data, stamp: page.fetched_at })).await
+                {
                     return Ok(());
                 }
             }
@@ -352,10 +369,15 @@ pub async fn newest_event(client: &Client, types: &[&str]) -> Result<Option<(i64
 }
 
 /// Events of these types created at or after `since`, sent oldest first (in
-/// chunks), with the objects' truncated nested lists completed.
-pub async fn events_since(client: Client, r: &'static Resource, since: i64, tx: SyncSender<MsgResult>) {
+/// chunks), with the truncated nested lists of `r`'s objects completed.
+pub async fn events_since(
+    client: Client,
+    r: &'static Resource,
+    types: Vec<String>,
+    since: i64,
+    tx: SyncSender<MsgResult>,
+) {
     let run = async {
-        let types: Vec<&str> = r.event_types().collect();
         let mut all = Vec::new();
         // Stripe takes at most 20 types per request
         for chunk in types.chunks(20) {
@@ -370,7 +392,9 @@ pub async fn events_since(client: Client, r: &'static Resource, since: i64, tx: 
         all.sort_by_key(|e| e.get("created").and_then(Value::as_i64).unwrap_or(0));
         for chunk in all.chunks_mut(500) {
             for e in chunk.iter_mut() {
-                if let Some(obj) = e.get_mut("data").and_then(|d| d.get_mut("object")) {
+                if let Some(obj) = e.get_mut("data").and_then(|d| d.get_mut("object"))
+                    && obj.get("object").and_then(Value::as_str) == Some(r.object)
+                {
                     complete_nested(&client, r, obj).await?;
                 }
             }

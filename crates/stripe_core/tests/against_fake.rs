@@ -315,8 +315,11 @@ mod sync_passes {
         let pass = FullPass { resource: r, lo: 0, hi, done: vec![(mid, hi)], parallelism: 4 };
         tokio::spawn(sync::full_pass(c.clone(), pass, tx));
         let msgs = tokio::task::spawn_blocking(move || drain(rx)).await.unwrap();
-        let listed: HashSet<String> =
-            msgs.iter().filter_map(|m| if let Msg::Objects { objects, .. } = m { Some(ids(objects)) } else { None }).flatten().collect();
+        let listed: HashSet<String> = msgs
+            .iter()
+            .filter_map(|m| if let Msg::Objects { objects, .. } = m { Some(ids(objects)) } else { None })
+            .flatten()
+            .collect();
         let expected: HashSet<String> = fake
             .objects("customers")
             .iter()
@@ -335,7 +338,11 @@ mod sync_passes {
         let inv = c.post("/v1/invoices", &[("customer".into(), cid.clone())], None).await.unwrap();
         let iid = inv["id"].as_str().unwrap().to_string();
         for i in 0..35 {
-            let form = vec![("customer".into(), cid.clone()), ("amount".into(), (100 + i).to_string()), ("invoice".into(), iid.clone())];
+            let form = vec![
+                ("customer".into(), cid.clone()),
+                ("amount".into(), (100 + i).to_string()),
+                ("invoice".into(), iid.clone()),
+            ];
             c.post("/v1/invoiceitems", &form, None).await.unwrap();
         }
         let mut got = c.get(&format!("/v1/invoices/{iid}"), &[]).await.unwrap();
@@ -343,7 +350,8 @@ mod sync_passes {
         sync::complete_nested(&c, stripe_core::lookup("invoice").unwrap(), &mut got).await.unwrap();
         assert_eq!(got["lines"]["data"].as_array().unwrap().len(), 35);
         assert_eq!(got["lines"]["has_more"], false);
-        let unique: HashSet<&str> = got["lines"]["data"].as_array().unwrap().iter().map(|l| l["id"].as_str().unwrap()).collect();
+        let unique: HashSet<&str> =
+            got["lines"]["data"].as_array().unwrap().iter().map(|l| l["id"].as_str().unwrap()).collect();
         assert_eq!(unique.len(), 35);
     }
 }

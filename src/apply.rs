@@ -1,0 +1,259 @@
+//! Writing Stripe objects into materialized tables, by the rules shared by
+//! refreshes, the events catch-up and webhooks:
+//! - a version replaces a row only if it is not older (`_stamp`, Stripe's clock)
+//!   and differs (unchanged rows are not touched: no dead tuples);
+//! - a deletion removes the row and leaves a tombstone, so an older version
+//!   arriving late never brings it back;
+//! - applying the same thing twice is harmless.
+
+use crate::ddl::{ident, literal};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::{JsonB, PgSqlErrorCode};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use stripe_core::resources::{ColType, Resource};
+
+use crate::error::SyncError;
+
+/// One version of an object to write.
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub object: Value,
+    /// Stripe's clock of this version (unix seconds).
+    pub stamp: i64,
+    /// What wrote it (`refresh:full`, `event:evt_...`).
+    pub by: String,
+}
+
+/// Rows changed by one write.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub inserted: i64,
+    pub updated: i64,
+    pub deleted: i64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, o: Counts) {
+        self.inserted += o.inserted;
+        self.updated += o.updated;
+        self.deleted += o.deleted;
+    }
+}
+
+/// What an upsert did, and the ids it could not decide: a different version
+/// with the same stamp (Stripe's clock has whole seconds). Those must be
+/// fetched from the API and written again as `fetch:` versions, which win ties.
+#[derive(Debug, Default, Clone)]
+pub struct Upserted {
+    pub counts: Counts,
+    pub ties: Vec<String>,
+}
+
+/// A materialized table and the statements that write it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub resource: &'static Resource,
+    pub source: String,
+    table: String,
+    upsert: String,
+    delete_ids: String,
+}
+
+fn spi_err(e: pgrx::spi::Error) -> SyncError {
+    SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string())
+}
+
+/// SQL expression extracting a column from object `o`.
+fn extract(ty: ColType, path: &str) -> String {
+    let parts: Vec<&str> = path.split('.').collect();
+    let text = format!("o #>> {}", literal(&format!("{{{}}}", parts.join(","))));
+    match ty {
+        ColType::Text => text,
+        ColType::BigInt => format!("({text})::bigint"),
+        ColType::Bool => format!("({text})::boolean"),
+        ColType::Timestamp => format!("to_timestamp(({text})::bigint)"),
+    }
+}
+
+impl Target {
+    pub fn new(resource: &'static Resource, source: &str, schema: &str, table: &str) -> Target {
+        let q = format!("{}.{}", ident(schema), ident(table));
+        let mut names = vec!["id".to_string(), "created".to_string()];
+        let mut exprs = vec!["o->>'id'".to_string(), extract(ColType::Timestamp, resource.created_field)];
+        for c in resource.columns {
+            names.push(ident(c.name));
+            exprs.push(extract(c.ty, c.path));
+        }
+        let sets: Vec<String> = names.iter().skip(1).map(|n| format!("{n} = EXCLUDED.{n}")).collect();
+        let upsert = format!(
+            "WITH input AS (
+                SELECT e->'o' AS o, (e->>'s')::bigint AS s, e->>'b' AS b FROM jsonb_array_elements($1) e
+             ), written AS (
+                INSERT INTO {q} AS t ({names}, attrs, _synced_at, _synced_by, _stamp)
+                SELECT {exprs}, o, now(), b, s FROM input
+                WHERE NOT EXISTS (SELECT 1 FROM stripe_sync._deleted d
+                                  WHERE d.source = $2 AND d.resource = $3 AND d.id = input.o->>'id' AND d.stamp >= input.s)
+                ON CONFLICT (id) DO UPDATE SET {sets}, attrs = EXCLUDED.attrs, _synced_at = EXCLUDED._synced_at,
+                    _synced_by = EXCLUDED._synced_by, _stamp = EXCLUDED._stamp
+                WHERE t.attrs IS DISTINCT FROM EXCLUDED.attrs
+                  AND (t._stamp < EXCLUDED._stamp OR (t._stamp = EXCLUDED._stamp AND EXCLUDED._synced_by LIKE 'fetch%'))
+                RETURNING (xmax = 0) AS inserted
+             ), ties AS (
+                SELECT input.o->>'id' AS id FROM input JOIN {q} t ON t.id = input.o->>'id'
+                WHERE t._stamp = input.s AND t.attrs IS DISTINCT FROM input.o AND input.b NOT LIKE 'fetch%'
+             )
+             SELECT (SELECT count(*) FILTER (WHERE inserted) FROM written), (SELECT count(*) FILTER (WHERE NOT inserted) FROM written),
+                    (SELECT coalesce(array_agg(id), '{{}}') FROM ties)",
+            names = names.join(", "),
+            exprs = exprs.join(", "),
+            sets = sets.join(", "),
+        );
+        let delete_ids = format!(
+            "WITH input AS (
+                SELECT e->>'id' AS id, (e->>'s')::bigint AS s FROM jsonb_array_elements($1) e
+             ), gone AS (
+                DELETE FROM {q} t USING input WHERE t.id = input.id AND t._stamp <= input.s RETURNING t.id
+             ), tomb AS (
+                INSERT INTO stripe_sync._deleted AS d (source, resource, id, stamp) SELECT $2, $3, id, s FROM input
+                ON CONFLICT (source, resource, id) DO UPDATE SET stamp = greatest(d.stamp, EXCLUDED.stamp)
+             )
+             SELECT count(*) FROM gone"
+        );
+        Target { resource, source: source.to_string(), table: q, upsert, delete_ids }
+    }
+
+    /// The qualified table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Upserts versions (the newest per id, when an id comes twice).
+    pub fn upsert(&self, c: &mut SpiClient, versions: Vec<Version>) -> Result<Upserted, SyncError> {
+        if versions.is_empty() {
+            return Ok(Upserted::default());
+        }
+        let mut latest: HashMap<String, usize> = HashMap::new();
+        for (i, v) in versions.iter().enumerate() {
+            let id = v.object.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            match latest.get(&id) {
+                Some(j) if versions[*j].stamp > v.stamp => {}
+                _ => {
+                    latest.insert(id, i);
+                }
+            }
+        }
+        let mut keep: Vec<usize> = latest.into_values().collect();
+        keep.sort_unstable();
+        let input: Vec<Value> = keep
+            .into_iter()
+            .map(|i| json!({"o": versions[i].object, "s": versions[i].stamp, "b": versions[i].by}))
+            .collect();
+        let row = c
+            .update(
+                &self.upsert,
+                None,
+                &[JsonB(Value::Array(input)).into(), self.source.as_str().into(), self.resource.name.into()],
+            )
+            .map_err(spi_err)?;
+        let first = row.first();
+        let (ins, upd, ties) = first.get_three::<i64, i64, Vec<String>>().map_err(spi_err)?;
+        Ok(Upserted {
+            counts: Counts { inserted: ins.unwrap_or(0), updated: upd.unwrap_or(0), deleted: 0 },
+            ties: ties.unwrap_or_default(),
+        })
+    }
+
+    /// Deletes rows by id (each with the stamp of its deletion) and records tombstones.
+    pub fn delete(&self, c: &mut SpiClient, ids: &[(String, i64)]) -> Result<Counts, SyncError> {
+        if ids.is_empty() {
+            return Ok(Counts::default());
+        }
+        let input: Vec<Value> = ids.iter().map(|(id, s)| json!({"id": id, "s": s})).collect();
+        let row = c
+            .update(
+                &self.delete_ids,
+                None,
+                &[JsonB(Value::Array(input)).into(), self.source.as_str().into(), self.resource.name.into()],
+            )
+            .map_err(spi_err)?;
+        let n = row.first().get_one::<i64>().map_err(spi_err)?.unwrap_or(0);
+        Ok(Counts { deleted: n, ..Default::default() })
+    }
+
+    /// Deletes the rows of `[lo, hi]` (created) that a complete listing did not
+    /// return, among those written before the listing began (`since`).
+    pub fn delete_unseen_in_range(
+        &self,
+        c: &mut SpiClient,
+        lo: i64,
+        hi: i64,
+        since: i64,
+        seen: Vec<String>,
+    ) -> Result<Counts, SyncError> {
+        let cond = "created >= to_timestamp($1) AND created <= to_timestamp($2) AND _stamp < $3 AND NOT (id = ANY($4))";
+        self.delete_where(c, cond, vec![lo.into(), hi.into(), since.into(), seen.into()], since)
+    }
+
+    /// Deletes one customer's rows that its complete list did not return.
+    pub fn delete_unseen_of_customer(
+        &self,
+        c: &mut SpiClient,
+        customer: &str,
+        since: i64,
+        seen: Vec<String>,
+    ) -> Result<Counts, SyncError> {
+        let cond = "customer = $1 AND _stamp < $2 AND NOT (id = ANY($3))";
+        self.delete_where(c, cond, vec![customer.into(), since.into(), seen.into()], since)
+    }
+
+    /// Deletes every row of a deleted customer.
+    pub fn delete_of_customer(&self, c: &mut SpiClient, customer: &str, stamp: i64) -> Result<Counts, SyncError> {
+        self.delete_where(c, "customer = $1 AND _stamp <= $2", vec![customer.into(), stamp.into()], stamp)
+    }
+
+    /// Deletes rows of customers that no longer exist (not among `customers`).
+    pub fn delete_orphans(&self, c: &mut SpiClient, since: i64, customers: Vec<String>) -> Result<Counts, SyncError> {
+        self.delete_where(c, "_stamp < $1 AND NOT (customer = ANY($2))", vec![since.into(), customers.into()], since)
+    }
+
+    /// Deletes rows matching `cond` (over `args` as $1..$n) and records tombstones stamped `stamp`.
+    fn delete_where(
+        &self,
+        c: &mut SpiClient,
+        cond: &str,
+        mut args: Vec<pgrx::datum::DatumWithOid>,
+        stamp: i64,
+    ) -> Result<Counts, SyncError> {
+        let n = args.len();
+        let sql = format!(
+            "WITH gone AS (DELETE FROM {t} WHERE {cond} RETURNING id), tomb AS (
+                INSERT INTO stripe_sync._deleted AS d (source, resource, id, stamp) SELECT ${src}, ${res}, id, ${st} FROM gone
+                ON CONFLICT (source, resource, id) DO UPDATE SET stamp = greatest(d.stamp, EXCLUDED.stamp)
+             ) SELECT count(*) FROM gone",
+            t = self.table,
+            st = n + 1,
+            src = n + 2,
+            res = n + 3,
+        );
+        args.extend([stamp.into(), self.source.as_str().into(), self.resource.name.into()]);
+        let row = c.update(&sql, None, &args).map_err(spi_err)?;
+        Ok(Counts { deleted: row.first().get_one::<i64>().map_err(spi_err)?.unwrap_or(0), ..Default::default() })
+    }
+}
+
+/// The materialized table of a resource for a source: (schema, table).
+pub fn table_of(source: &str, r: &Resource) -> Result<(String, String), SyncError> {
+    let row = Spi::get_two_with_args::<String, String>(
+        "SELECT schema_name, table_prefix FROM stripe_sync._sources WHERE name = $1",
+        &[source.into()],
+    )
+    .map_err(spi_err)?;
+    match row {
+        (Some(schema), Some(prefix)) => Ok((schema, crate::ddl::table_name(&prefix, r))),
+        _ => {
+            Err(SyncError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("source \"{source}\" does not exist")))
+        }
+    }
+}

@@ -1,0 +1,753 @@
+//! The refresh worker: reads from Stripe on a thread of its own (stripe_core's
+//! passes) and writes batches in its own committed transactions, with live
+//! progress and a checkpoint in `stripe_sync._sync_state`.
+
+use crate::apply::{Counts, Target, Version, table_of};
+use crate::error::SyncError;
+use crate::{source, threads};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgSqlErrorCode, PgTryBuilder};
+use serde_json::{Value, json};
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
+use std::time::{Duration, Instant};
+use stripe_core::resources::{self, EventEffect, Resource, Scope};
+use stripe_core::sync::{self, FullPass, Msg, MsgResult};
+use stripe_core::{Client, StripeError};
+
+/// Objects written per transaction.
+const BATCH: usize = 1000;
+/// Events older than this are gone from Stripe (30 days), with a margin.
+const EVENT_RETENTION_SECS: i64 = 30 * 86_400 - 3_600;
+
+/// What a worker is asked to do (passed in bgw_extra).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub db: u32,
+    pub user: u32,
+    pub caller: i32,
+    pub source: String,
+    pub resource: String,
+    pub mode: String,
+    /// The caller's stripe_sync.max_parallel_requests.
+    pub parallelism: usize,
+}
+
+impl Job {
+    pub fn encode(&self) -> String {
+        format!(
+            "{} {} {} {} {} {} {}",
+            self.db, self.user, self.caller, self.source, self.resource, self.mode, self.parallelism
+        )
+    }
+
+    pub fn decode(s: &str) -> Option<Job> {
+        let mut it = s.split(' ');
+        Some(Job {
+            db: it.next()?.parse().ok()?,
+            user: it.next()?.parse().ok()?,
+            caller: it.next()?.parse().ok()?,
+            source: it.next()?.to_string(),
+            resource: it.next()?.to_string(),
+            mode: it.next()?.to_string(),
+            parallelism: it.next()?.parse().ok()?,
+        })
+    }
+}
+
+/// How a refresh ended early.
+#[derive(Debug)]
+enum Stop {
+    Failed(SyncError),
+    /// SIGTERM or the caller went away: the checkpoint stays for the next call.
+    Interrupted(&'static str),
+}
+
+impl From<SyncError> for Stop {
+    fn from(e: SyncError) -> Stop {
+        Stop::Failed(e)
+    }
+}
+
+impl From<StripeError> for Stop {
+    fn from(e: StripeError) -> Stop {
+        Stop::Failed(e.into())
+    }
+}
+
+/// SQLSTATE text of a code (`HV00N`).
+pub fn sqlstate_text(code: PgSqlErrorCode) -> String {
+    let n = code as i32;
+    (0..5).map(|i| char::from(b'0' + ((n >> (6 * i)) & 0x3f) as u8)).collect()
+}
+
+fn tx<R>(f: impl FnOnce() -> R) -> R {
+    BackgroundWorker::transaction(AssertUnwindSafe(f))
+}
+
+fn spi_err(e: pgrx::spi::Error) -> SyncError {
+    SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string())
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn stripe_sync_refresh_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let Some(job) = Job::decode(BackgroundWorker::get_extra()) else {
+        log!("stripe_sync refresh worker: bad job description");
+        return;
+    };
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(job.db)), Some(pg_sys::Oid::from(job.user)));
+    let job2 = job.clone();
+    let outcome = PgTryBuilder::new(AssertUnwindSafe(move || run(&job2)))
+        .catch_others(|e| {
+            let msg = match &e {
+                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
+                    r.message().to_string()
+                }
+                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+            };
+            Err(Stop::Failed(SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, msg)))
+        })
+        .execute();
+    let (status, err) = match outcome {
+        Ok(()) => return,
+        Err(Stop::Interrupted(why)) => (
+            "interrupted",
+            SyncError::new(PgSqlErrorCode::ERRCODE_QUERY_CANCELED, format!("interrupted ({why})"))
+                .hint("Call stripe_sync.refresh again: a full refresh resumes from its checkpoint."),
+        ),
+        Err(Stop::Failed(e)) => ("failed", e),
+    };
+    unsafe { pg_sys::AbortCurrentTransaction() };
+    tx(|| {
+        let r = Spi::run_with_args(
+            "UPDATE stripe_sync._sync_state SET status = $3, finished_at = now(), running_pid = NULL, last_error = $4,
+                    last_error_code = $5, last_error_hint = $6, last_error_at = now()
+             WHERE source = $1 AND resource = $2",
+            &[
+                job.source.as_str().into(),
+                job.resource.as_str().into(),
+                status.into(),
+                err.message.as_str().into(),
+                sqlstate_text(err.code).as_str().into(),
+                err.hint.as_deref().into(),
+            ],
+        );
+        if let Err(e) = r {
+            log!("stripe_sync refresh worker: cannot record the failure: {e}");
+        }
+    });
+}
+
+/// Everything a refresh needs, loaded once.
+struct Ctx {
+    job: Job,
+    r: &'static Resource,
+    client: Client,
+    target: Target,
+    started: Instant,
+    requests_at_start: u64,
+    counts: Counts,
+    objects: u64,
+    parallelism: usize,
+}
+
+impl Ctx {
+    fn interrupted(&self) -> Option<&'static str> {
+        if BackgroundWorker::sigterm_received() {
+            return Some("the worker was asked to stop");
+        }
+        if unsafe { libc::kill(self.job.caller, 0) } != 0 {
+            return Some("the calling session ended");
+        }
+        None
+    }
+
+    fn api_requests(&self) -> i64 {
+        (self.client.requests_sent() - self.requests_at_start) as i64
+    }
+
+    /// Runs `f` in a transaction with an SPI connection, also recording progress.
+    fn write<R>(
+        &mut self,
+        f: impl FnOnce(&mut Ctx, &mut pgrx::spi::SpiClient) -> Result<R, SyncError>,
+    ) -> Result<R, SyncError> {
+        tx(|| {
+            Spi::connect_mut(|c| {
+                let out = f(self, c)?;
+                let secs = self.started.elapsed().as_secs_f64().max(0.001);
+                let progress = json!({
+                    "objects": self.objects,
+                    "rows_inserted": self.counts.inserted,
+                    "rows_updated": self.counts.updated,
+                    "rows_deleted": self.counts.deleted,
+                    "api_requests": self.api_requests(),
+                    "objects_per_second": (self.objects as f64 / secs).round(),
+                    "seconds": (secs * 10.0).round() / 10.0,
+                });
+                c.update(
+                    "UPDATE stripe_sync._sync_state SET progress = $3, rows_inserted = $4, rows_updated = $5, rows_deleted = $6,
+                            api_requests = $7 WHERE source = $1 AND resource = $2",
+                    None,
+                    &[
+                        self.job.source.as_str().into(),
+                        self.r.name.into(),
+                        JsonB(progress).into(),
+                        self.counts.inserted.into(),
+                        self.counts.updated.into(),
+                        self.counts.deleted.into(),
+                        self.api_requests().into(),
+                    ],
+                )
+                .map_err(spi_err)?;
+                Ok(out)
+            })
+        })
+    }
+
+    /// Writes versions; ties are fetched from the API and written as `fetch:` versions.
+    fn flush(&mut self, batch: &mut Vec<Version>) -> Result<(), Stop> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let versions = std::mem::take(batch);
+        self.objects += versions.len() as u64;
+        let newest = versions.iter().map(|v| v.stamp).max();
+        let target = self.target.clone();
+        let up = self.write(|ctx, c| {
+            let up = target.upsert(c, versions)?;
+            ctx.counts += up.counts;
+            set_newest(c, &ctx.job, newest)?;
+            Ok(up)
+        })?;
+        if !up.ties.is_empty() {
+            self.settle(up.ties)?;
+        }
+        Ok(())
+    }
+
+    /// Fetches objects whose version could not be decided and writes what Stripe has now.
+    fn settle(&mut self, ids: Vec<String>) -> Result<(), Stop> {
+        let client = self.client.clone();
+        let r = self.r;
+        let fetched = self.http(async move {
+            let mut out = Vec::new();
+            for id in ids {
+                let path = match stripe_core::plan::retrieve_path(r, &id, None) {
+                    Some(p) => p,
+                    None => continue,
+                };
+                let (got, stamp) = match client.get_dated(&path, &[]).await {
+                    Ok((v, t)) if v.get("deleted").and_then(Value::as_bool) != Some(true) => (Some(v), t),
+                    Ok((_, t)) => (None, t),
+                    Err(StripeError::NotFound { .. }) => (None, stripe_core::signature::unix_now()),
+                    Err(e) => return Err(e),
+                };
+                let got = match got {
+                    Some(mut v) => {
+                        sync::complete_nested(&client, r, &mut v).await?;
+                        Some(v)
+                    }
+                    None => None,
+                };
+                out.push((id, got, stamp));
+            }
+            Ok(out)
+        })??;
+        let target = self.target.clone();
+        self.write(|ctx, c| {
+            let mut gone = Vec::new();
+            let mut versions = Vec::new();
+            for (id, obj, stamp) in fetched {
+                match obj {
+                    Some(o) => versions.push(Version { object: o, stamp, by: "fetch:tie".into() }),
+                    None => gone.push((id, stamp)),
+                }
+            }
+            ctx.counts += target.upsert(c, versions)?.counts;
+            ctx.counts += target.delete(c, &gone)?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Runs HTTP work off the main thread, stopping if interrupted.
+    fn http<T: Send + 'static>(&self, fut: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, Stop> {
+        let caller = self.job.caller;
+        let mut stop = None;
+        let r = threads::block_on(fut, || {
+            if BackgroundWorker::sigterm_received() || unsafe { libc::kill(caller, 0) } != 0 {
+                stop = Some(());
+            }
+        })
+        .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
+        if stop.is_some() {
+            return Err(Stop::Interrupted("asked to stop while waiting for Stripe"));
+        }
+        Ok(r)
+    }
+
+    /// Starts a pass on its own thread; returns the receiving end.
+    fn spawn_pass(
+        &self,
+        pass: impl FnOnce(
+            Client,
+            std::sync::mpsc::SyncSender<MsgResult>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + 'static,
+    ) -> Result<Receiver<MsgResult>, Stop> {
+        let (tx, rx) = sync_channel(8);
+        let client = self.client.clone();
+        threads::spawn_blocked(
+            "stripe_sync refresh",
+            Box::new(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    rt.block_on(pass(client, tx));
+                }
+            }),
+        )
+        .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
+        Ok(rx)
+    }
+
+    /// Feeds every message of a pass to `on`, checking for interruption.
+    fn consume(
+        &mut self,
+        rx: Receiver<MsgResult>,
+        mut on: impl FnMut(&mut Ctx, Msg) -> Result<(), Stop>,
+    ) -> Result<(), Stop> {
+        loop {
+            if let Some(why) = self.interrupted() {
+                return Err(Stop::Interrupted(why));
+            }
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(msg)) => on(self, msg)?,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+    }
+}
+
+fn set_newest(c: &mut pgrx::spi::SpiClient, job: &Job, newest: Option<i64>) -> Result<(), SyncError> {
+    if let Some(n) = newest {
+        c.update(
+            "UPDATE stripe_sync._sync_state SET newest_stamp = greatest(newest_stamp, $3) WHERE source = $1 AND resource = $2",
+            None,
+            &[job.source.as_str().into(), job.resource.as_str().into(), n.into()],
+        )
+        .map_err(spi_err)?;
+    }
+    Ok(())
+}
+
+fn state_value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    job: &Job,
+    column: &str,
+) -> Result<Option<T>, SyncError> {
+    Spi::get_one_with_args::<T>(
+        &format!("SELECT {column} FROM stripe_sync._sync_state WHERE source = $1 AND resource = $2"),
+        &[job.source.as_str().into(), job.resource.as_str().into()],
+    )
+    .map_err(spi_err)
+}
+
+fn set_state(job: &Job, assignments: &str, args: Vec<pgrx::datum::DatumWithOid>) -> Result<(), SyncError> {
+    let mut all: Vec<pgrx::datum::DatumWithOid> = vec![job.source.as_str().into(), job.resource.as_str().into()];
+    all.extend(args);
+    Spi::run_with_args(
+        &format!("UPDATE stripe_sync._sync_state SET {assignments} WHERE source = $1 AND resource = $2"),
+        &all,
+    )
+    .map_err(spi_err)
+}
+
+fn run(job: &Job) -> Result<(), Stop> {
+    let r = resources::lookup(&job.resource).map_err(|e| SyncError::invalid(e.to_string()))?;
+    let (client, target) = tx(|| -> Result<_, SyncError> {
+        Spi::run_with_args(
+            "INSERT INTO stripe_sync._sync_state AS s (source, resource, last_mode, status, started_at, finished_at, running_pid,
+                    rows_inserted, rows_updated, rows_deleted, api_requests, note, last_error, progress)
+             VALUES ($1, $2, $3, 'running', now(), NULL, pg_backend_pid(), 0, 0, 0, 0, NULL, NULL, NULL)
+             ON CONFLICT (source, resource) DO UPDATE SET last_mode = $3, status = 'running', started_at = now(), finished_at = NULL,
+                    running_pid = pg_backend_pid(), rows_inserted = 0, rows_updated = 0, rows_deleted = 0, api_requests = 0,
+                    note = NULL, last_error = NULL, last_error_code = NULL, last_error_hint = NULL, progress = NULL",
+            &[job.source.as_str().into(), job.resource.as_str().into(), job.mode.as_str().into()],
+        )
+        .map_err(spi_err)?;
+        let client = source::client_for_source(&job.source)?;
+        let (schema, table) = table_of(&job.source, r)?;
+        Ok((client, Target::new(r, &job.source, &schema, &table)))
+    })?;
+    let parallelism = job.parallelism.max(1);
+    let mut ctx = Ctx {
+        job: job.clone(),
+        r,
+        requests_at_start: client.requests_sent(),
+        client,
+        target,
+        started: Instant::now(),
+        counts: Counts::default(),
+        objects: 0,
+        parallelism,
+    };
+    match job.mode.as_str() {
+        "full" => full(&mut ctx)?,
+        "incremental" => incremental(&mut ctx)?,
+        _ => events(&mut ctx)?,
+    }
+    let api = ctx.api_requests();
+    let counts = ctx.counts;
+    tx(|| {
+        set_state(
+            job,
+            "status = 'succeeded', finished_at = now(), running_pid = NULL, rows_inserted = $3, rows_updated = $4,
+             rows_deleted = $5, api_requests = $6, progress = NULL",
+            vec![counts.inserted.into(), counts.updated.into(), counts.deleted.into(), api.into()],
+        )
+    })?;
+    Ok(())
+}
+
+fn note(ctx: &Ctx, text: &str) -> Result<(), SyncError> {
+    tx(|| set_state(&ctx.job, "note = $3", vec![text.into()]))
+}
+
+/// A full refresh: every object read again, changed rows written, rows of objects
+/// that no longer exist deleted. Resumes from its checkpoint.
+fn full(ctx: &mut Ctx) -> Result<(), Stop> {
+    let checkpoint: Option<Value> = tx(|| state_value::<JsonB>(&ctx.job, "checkpoint"))?.map(|j| j.0);
+    let r = ctx.r;
+    let resuming = checkpoint.is_some();
+    let mut cp = match checkpoint {
+        Some(cp) => cp,
+        None => {
+            // where events refreshes continue once this pass is done
+            let client = ctx.client.clone();
+            let types: Vec<&'static str> = r.event_types().collect();
+            let complete = r.events_complete;
+            let (newest_created, newest_event) = ctx.http(async move {
+                let newest = if r.scope == Scope::Account { sync::newest_created(&client, r).await? } else { None };
+                let event = if complete { sync::newest_event(&client, &types).await? } else { None };
+                Ok::<_, StripeError>((newest, event))
+            })??;
+            let now = stripe_core::signature::unix_now();
+            let cp = json!({
+                "started": now,
+                "hi": newest_created.unwrap_or(now),
+                "done": [],
+                "after": null,
+                "events_cursor": newest_event.as_ref().map(|(t, id)| json!([t, id])).unwrap_or_else(|| if complete { json!([now, null]) } else { Value::Null }),
+            });
+            tx(|| set_state(&ctx.job, "checkpoint = $3", vec![JsonB(cp.clone()).into()]))?;
+            cp
+        }
+    };
+    let mut batch: Vec<Version> = Vec::new();
+    let by = "refresh:full".to_string();
+    // incremental refreshes continue after the newest object this pass saw
+    let mut newest_created: Option<i64> = cp["hi"].as_i64().filter(|_| r.scope == Scope::Account);
+    if r.scope == Scope::Account {
+        let hi = cp["hi"].as_i64().unwrap_or(0);
+        let done: Vec<(i64, i64)> = cp["done"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| Some((p[0].as_i64()?, p[1].as_i64()?))).collect())
+            .unwrap_or_default();
+        let pass = FullPass { resource: r, lo: 0, hi, done, parallelism: ctx.parallelism };
+        let rx = ctx.spawn_pass(move |client, tx| Box::pin(sync::full_pass(client, pass, tx)))?;
+        ctx.consume(rx, |ctx, msg| {
+            match msg {
+                Msg::Objects { objects, stamp } => {
+                    newest_created = newest_created
+                        .max(objects.iter().filter_map(|o| o.get(r.created_field).and_then(Value::as_i64)).max());
+                    batch.extend(objects.into_iter().map(|o| Version { object: o, stamp, by: by.clone() }));
+                    if batch.len() >= BATCH {
+                        ctx.flush(&mut batch)?;
+                    }
+                }
+                Msg::RangeDone { lo, hi, seen, since } => {
+                    ctx.flush(&mut batch)?;
+                    if let Some(done) = cp["done"].as_array_mut() {
+                        done.push(json!([lo, hi]));
+                    }
+                    let target = ctx.target.clone();
+                    let cp_now = cp.clone();
+                    ctx.write(|ctx, c| {
+                        ctx.counts += target.delete_unseen_in_range(c, lo, hi, since, seen)?;
+                        c.update(
+                            "UPDATE stripe_sync._sync_state SET checkpoint = $3 WHERE source = $1 AND resource = $2",
+                            None,
+                            &[ctx.job.source.as_str().into(), ctx.job.resource.as_str().into(), JsonB(cp_now).into()],
+                        )
+                        .map_err(spi_err)?;
+                        Ok(())
+                    })?;
+                }
+                _ => {}
+            }
+            Ok(())
+        })?;
+    } else {
+        let after = cp["after"].as_str().map(str::to_string);
+        let started = cp["started"].as_i64().unwrap_or(0);
+        let parallelism = ctx.parallelism;
+        let rx = ctx.spawn_pass(move |client, tx| {
+            Box::pin(sync::per_customer_pass(client, r, after, Default::default(), parallelism, tx))
+        })?;
+        let mut customers: Vec<String> = Vec::new();
+        ctx.consume(rx, |ctx, msg| {
+            match msg {
+                Msg::Objects { objects, stamp } => {
+                    newest_created = newest_created
+                        .max(objects.iter().filter_map(|o| o.get(r.created_field).and_then(Value::as_i64)).max());
+                    batch.extend(objects.into_iter().map(|o| Version { object: o, stamp, by: by.clone() }));
+                    if batch.len() >= BATCH {
+                        ctx.flush(&mut batch)?;
+                    }
+                }
+                Msg::CustomerDone { customer, seen, since } => {
+                    ctx.flush(&mut batch)?;
+                    let target = ctx.target.clone();
+                    let cust = customer.clone();
+                    ctx.write(|ctx, c| {
+                        ctx.counts += target.delete_unseen_of_customer(c, &cust, since, seen)?;
+                        Ok(())
+                    })?;
+                    customers.push(customer);
+                }
+                Msg::CustomersThrough(last) => {
+                    ctx.flush(&mut batch)?;
+                    cp["after"] = json!(last);
+                    let cp_now = cp.clone();
+                    tx(|| set_state(&ctx.job, "checkpoint = $3", vec![JsonB(cp_now).into()]))?;
+                }
+                _ => {}
+            }
+            Ok(())
+        })?;
+        ctx.flush(&mut batch)?;
+        // rows of customers that no longer exist; only known after an uninterrupted pass
+        if !resuming {
+            let target = ctx.target.clone();
+            ctx.write(|ctx, c| {
+                ctx.counts += target.delete_orphans(c, started, customers)?;
+                Ok(())
+            })?;
+        }
+    }
+    ctx.flush(&mut batch)?;
+    // the pass is complete: drop the checkpoint, move the cursors forward
+    let cursor = cp["events_cursor"].clone();
+    tx(|| {
+        set_state(
+            &ctx.job,
+            "checkpoint = NULL, incremental_cursor = greatest(incremental_cursor, $3)",
+            vec![newest_created.into()],
+        )?;
+        if let Some(t) = cursor.get(0).and_then(Value::as_i64) {
+            Spi::run_with_args(
+                "UPDATE stripe_sync._sync_state SET events_cursor_created = $3, events_cursor_id = $4
+                 WHERE source = $1 AND resource = $2 AND (events_cursor_created IS NULL OR events_cursor_created < $3)",
+                &[
+                    ctx.job.source.as_str().into(),
+                    ctx.job.resource.as_str().into(),
+                    t.into(),
+                    cursor.get(1).and_then(Value::as_str).into(),
+                ],
+            )
+            .map_err(spi_err)?;
+        }
+        Ok::<(), SyncError>(())
+    })?;
+    Ok(())
+}
+
+/// Only objects created after the cursor (append-only; misses updates and deletions).
+fn incremental(ctx: &mut Ctx) -> Result<(), Stop> {
+    let r = ctx.r;
+    let cursor: Option<i64> = tx(|| state_value::<i64>(&ctx.job, "incremental_cursor"))?;
+    let parallelism = ctx.parallelism;
+    let rx = ctx.spawn_pass(move |client, tx| Box::pin(sync::created_after(client, r, cursor, parallelism, tx)))?;
+    let mut batch = Vec::new();
+    let mut newest = cursor;
+    let by = "refresh:incremental".to_string();
+    ctx.consume(rx, |ctx, msg| {
+        if let Msg::Objects { objects, stamp } = msg {
+            for o in objects {
+                newest = newest.max(o.get(r.created_field).and_then(Value::as_i64));
+                batch.push(Version { object: o, stamp, by: by.clone() });
+            }
+            if batch.len() >= BATCH {
+                ctx.flush(&mut batch)?;
+            }
+        }
+        Ok(())
+    })?;
+    ctx.flush(&mut batch)?;
+    // the list is newest first: the cursor moves only once it is complete
+    tx(|| set_state(&ctx.job, "incremental_cursor = $3", vec![newest.into()]))?;
+    Ok(())
+}
+
+/// Every change since the events cursor, applied in Stripe's order.
+fn events(ctx: &mut Ctx) -> Result<(), Stop> {
+    let r = ctx.r;
+    if !r.events_complete {
+        note(ctx, &format!("{} has no complete events at Stripe: ran a full refresh instead", r.name))?;
+        return full(ctx);
+    }
+    let created: Option<i64> = tx(|| state_value::<i64>(&ctx.job, "events_cursor_created"))?;
+    let cursor_id: Option<String> = tx(|| state_value::<String>(&ctx.job, "events_cursor_id"))?;
+    let now = stripe_core::signature::unix_now();
+    let since = match created {
+        None => {
+            note(
+                ctx,
+                &format!(
+                    "no events cursor for {} yet: ran a full refresh; the next events refresh continues from Stripe's events",
+                    r.name
+                ),
+            )?;
+            return full(ctx);
+        }
+        Some(t) if t < now - EVENT_RETENTION_SECS => {
+            note(
+                ctx,
+                &format!(
+                    "the events cursor of {} is older than Stripe's 30-day event retention: ran a full refresh instead",
+                    r.name
+                ),
+            )?;
+            tx(|| set_state(&ctx.job, "events_cursor_created = NULL, events_cursor_id = NULL", vec![]))?;
+            return full(ctx);
+        }
+        Some(t) => t,
+    };
+    let mut types: Vec<String> = r.event_types().map(str::to_string).collect();
+    if r.scope == Scope::PerCustomer {
+        // a deleted customer takes its payment methods with it, without events of their own
+        types.push("customer.deleted".into());
+    }
+    let rx = ctx.spawn_pass(move |client, tx| Box::pin(sync::events_since(client, r, types, since, tx)))?;
+    // events of the cursor's second up to the cursor itself were applied already
+    let mut skipping = cursor_id.is_some();
+    let mut held: Vec<Value> = Vec::new();
+    ctx.consume(rx, |ctx, msg| {
+        let Msg::Events(chunk) = msg else { return Ok(()) };
+        let mut todo = Vec::new();
+        for e in chunk {
+            if skipping {
+                let t = e.get("created").and_then(Value::as_i64).unwrap_or(0);
+                if t == since && e.get("id").and_then(Value::as_str) == cursor_id.as_deref() {
+                    skipping = false;
+                    held.clear();
+                    continue;
+                }
+                if t <= since {
+                    held.push(e);
+                    continue;
+                }
+                // the cursor event is gone: apply what was held back (duplicates are harmless)
+                skipping = false;
+                todo.append(&mut held);
+            }
+            todo.push(e);
+        }
+        apply_events(ctx, todo)
+    })?;
+    if skipping && !held.is_empty() {
+        apply_events(ctx, std::mem::take(&mut held))?;
+    }
+    Ok(())
+}
+
+/// Applies events (oldest first) and moves the events cursor, in one transaction.
+fn apply_events(ctx: &mut Ctx, events: Vec<Value>) -> Result<(), Stop> {
+    let Some(last) = events.last() else { return Ok(()) };
+    let cursor = (
+        last.get("created").and_then(Value::as_i64).unwrap_or(0),
+        last.get("id").and_then(Value::as_str).unwrap_or("").to_string(),
+    );
+    let mut versions = Vec::new();
+    let mut gone = Vec::new();
+    let mut gone_customers = Vec::new();
+    for e in &events {
+        let (Some(t), Some(id), Some(obj)) = (
+            e.get("type").and_then(Value::as_str),
+            e.get("id").and_then(Value::as_str),
+            e.get("data").and_then(|d| d.get("object")),
+        ) else {
+            continue;
+        };
+        let stamp = e.get("created").and_then(Value::as_i64).unwrap_or(0);
+        let Some(oid) = obj.get("id").and_then(Value::as_str) else { continue };
+        match resources::by_event(t) {
+            Some((res, EventEffect::Upsert)) if res.name == ctx.r.name => {
+                versions.push(Version { object: obj.clone(), stamp, by: format!("event:{id}") })
+            }
+            Some((res, EventEffect::Delete | EventEffect::Detach)) if res.name == ctx.r.name => {
+                gone.push((oid.to_string(), stamp))
+            }
+            _ if t == "customer.deleted" && ctx.r.scope == Scope::PerCustomer => {
+                gone_customers.push((oid.to_string(), stamp))
+            }
+            _ => {}
+        }
+    }
+    ctx.objects += events.len() as u64;
+    let target = ctx.target.clone();
+    let newest = events.iter().filter_map(|e| e.get("created").and_then(Value::as_i64)).max();
+    let up = ctx.write(|ctx, c| {
+        // an id both written and deleted in this batch: the deletion is the latest
+        let deleted: std::collections::HashSet<&str> = gone.iter().map(|(id, _)| id.as_str()).collect();
+        let versions: Vec<Version> = versions
+            .into_iter()
+            .filter(|v| {
+                let id = v.object.get("id").and_then(Value::as_str).unwrap_or("");
+                !deleted.contains(id) || gone.iter().any(|(g, s)| g == id && *s < v.stamp)
+            })
+            .collect();
+        let up = target.upsert(c, versions)?;
+        ctx.counts += up.counts;
+        ctx.counts += target.delete(c, &gone)?;
+        for (customer, stamp) in &gone_customers {
+            ctx.counts += target.delete_of_customer(c, customer, *stamp)?;
+        }
+        set_newest(c, &ctx.job, newest)?;
+        c.update(
+            "UPDATE stripe_sync._sync_state SET events_cursor_created = $3, events_cursor_id = $4 WHERE source = $1 AND resource = $2",
+            None,
+            &[ctx.job.source.as_str().into(), ctx.job.resource.as_str().into(), cursor.0.into(), cursor.1.as_str().into()],
+        )
+        .map_err(spi_err)?;
+        Ok(up)
+    })?;
+    if !up.ties.is_empty() {
+        ctx.settle(up.ties)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_round_trip() {
+        let j = Job {
+            db: 5,
+            user: 10,
+            caller: 42,
+            source: "default".into(),
+            resource: "invoice_item".into(),
+            mode: "full".into(),
+            parallelism: 8,
+        };
+        assert_eq!(Job::decode(&j.encode()), Some(j));
+        assert_eq!(Job::decode("1 2"), None);
+    }
+}

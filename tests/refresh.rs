@@ -1,0 +1,322 @@
+//! Materialized tables and `stripe_sync.refresh` against the fake Stripe.
+
+use e2e::{Cluster, ClusterConfig, Fake, Faults, SeedSpec, TEST_KEY, add_source, compare, fake_objects, start_fake};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use stripe_core::resources::RESOURCES;
+
+fn setup(seed: SeedSpec, faults: Faults) -> (Cluster, postgres::Client, Fake) {
+    let cluster = Cluster::start(ClusterConfig::default());
+    let mut c = cluster.connect_with_extension();
+    let fake = start_fake(Some(seed), faults);
+    add_source(&mut c, &fake, "default", TEST_KEY);
+    (cluster, c, fake)
+}
+
+fn refresh(c: &mut postgres::Client, resource: &str, mode: &str) -> (i64, i64, i64, i64) {
+    let row = c
+        .query_one(
+            "SELECT rows_inserted, rows_updated, rows_deleted, api_requests FROM stripe_sync.refresh($1, $2)",
+            &[&resource, &mode],
+        )
+        .unwrap_or_else(|e| panic!("refresh({resource}, {mode}): {e:?}"));
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+fn call(fake: &Fake, method: &str, path: &str, body: &str) -> Value {
+    let (status, v) = fake.call(method, path, body);
+    assert_eq!(status, 200, "{method} {path} {body}: {v}");
+    v
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// Creates, updates and deletes objects of most resources the way a Stripe user does.
+fn mutate(fake: &Fake, round: u32) {
+    let customers = fake.objects("customers");
+    let c0 = id(&customers[0]);
+    let c1 = id(&customers[1]);
+    let gone = id(&customers[customers.len() - 1]);
+    let new_c = call(fake, "POST", "/v1/customers", &format!("email=new{round}%40example.com&name=New+{round}"));
+    call(fake, "POST", &format!("/v1/customers/{c0}"), &format!("name=Renamed+{round}&metadata[round]={round}"));
+    call(fake, "DELETE", &format!("/v1/customers/{gone}"), "");
+    call(fake, "POST", &format!("/v1/customers/{c1}/balance_transactions"), "amount=-500&currency=usd");
+    let prod = call(fake, "POST", "/v1/products", &format!("name=Widget+{round}"));
+    let price = call(
+        fake,
+        "POST",
+        "/v1/prices",
+        &format!("product={}&unit_amount=1500&currency=usd&recurring[interval]=month", id(&prod)),
+    );
+    call(fake, "POST", &format!("/v1/products/{}", id(&prod)), "description=Updated");
+    let old_price = fake.objects("prices").into_iter().find(|p| p["active"] == true && p["id"] != price["id"]).unwrap();
+    call(fake, "POST", &format!("/v1/prices/{}", id(&old_price)), "active=false");
+    let sub =
+        call(fake, "POST", "/v1/subscriptions", &format!("customer={}&items[0][price]={}", id(&new_c), id(&price)));
+    call(fake, "POST", &format!("/v1/subscriptions/{}", id(&sub)), "metadata[tier]=gold");
+    let live_sub =
+        fake.objects("subscriptions").into_iter().find(|s| s["status"] == "active" && s["id"] != sub["id"]).unwrap();
+    call(fake, "DELETE", &format!("/v1/subscriptions/{}", id(&live_sub)), "");
+    let inv = call(fake, "POST", "/v1/invoices", &format!("customer={c0}"));
+    for i in 0..12 {
+        call(fake, "POST", "/v1/invoiceitems", &format!("customer={c0}&amount={}&invoice={}", 100 + i, id(&inv)));
+    }
+    call(fake, "POST", &format!("/v1/invoices/{}/finalize", id(&inv)), "");
+    call(fake, "POST", &format!("/v1/invoices/{}/pay", id(&inv)), "");
+    let draft = call(fake, "POST", "/v1/invoices", &format!("customer={c1}"));
+    call(fake, "DELETE", &format!("/v1/invoices/{}", id(&draft)), "");
+    let pending = call(fake, "POST", "/v1/invoiceitems", &format!("customer={c1}&amount=700&currency=usd"));
+    let doomed = call(fake, "POST", "/v1/invoiceitems", &format!("customer={c1}&amount=800&currency=usd"));
+    call(fake, "DELETE", &format!("/v1/invoiceitems/{}", id(&doomed)), "");
+    let _ = pending;
+    let ch = call(fake, "POST", "/v1/charges", &format!("amount=2500&currency=usd&customer={c1}"));
+    call(fake, "POST", &format!("/v1/charges/{}", id(&ch)), "description=Updated+charge");
+    call(fake, "POST", "/v1/refunds", &format!("charge={}&amount=1000", id(&ch)));
+    let pm = call(fake, "POST", "/v1/payment_methods", "type=card&card[number]=4242424242424242");
+    call(fake, "POST", &format!("/v1/payment_methods/{}/attach", id(&pm)), &format!("customer={c1}"));
+    let attached =
+        fake.objects("payment_methods").into_iter().find(|p| p["customer"].is_string() && p["id"] != pm["id"]).unwrap();
+    call(fake, "POST", &format!("/v1/payment_methods/{}/detach", id(&attached)), "");
+}
+
+fn assert_equal(c: &mut postgres::Client, fake: &Fake, resource: &str, when: &str) {
+    let d = compare(c, fake, "stripe", resource);
+    assert!(d.is_empty(), "{resource} after {when}: {} {d:?}", d.summary());
+}
+
+#[test]
+fn every_resource_follows_the_fake_in_full_incremental_and_events_modes() {
+    let (_cluster, mut c, fake) = setup(SeedSpec::scaled(40), Faults::default());
+    let rows = c.query("SELECT resource, rows_inserted FROM stripe_sync.refresh('all', 'full')", &[]).unwrap();
+    assert_eq!(rows.len(), 15);
+    for r in RESOURCES {
+        assert_equal(&mut c, &fake, r.name, "the first full refresh");
+    }
+    // an events refresh now has a cursor and nothing to do
+    for r in RESOURCES {
+        refresh(&mut c, r.name, "events");
+    }
+
+    mutate(&fake, 1);
+
+    // incremental: exactly the new objects; updated and deleted ones stay stale (documented)
+    let before: i64 = c.query_one("SELECT count(*) FROM stripe.customer", &[]).unwrap().get(0);
+    let (ins, upd, del, _) = refresh(&mut c, "customer", "incremental");
+    assert_eq!((ins, upd, del), (1, 0, 0), "one new customer");
+    let after: i64 = c.query_one("SELECT count(*) FROM stripe.customer", &[]).unwrap().get(0);
+    assert_eq!(after, before + 1);
+    let d = compare(&mut c, &fake, "stripe", "customer");
+    // the deleted customer is still there; the renamed one and the one whose balance changed are stale
+    assert_eq!((d.missing.len(), d.extra.len(), d.stale.len()), (0, 1, 2), "{d:?}");
+    for r in RESOURCES {
+        refresh(&mut c, r.name, "incremental");
+    }
+
+    // events: every table equals the fake again
+    for r in RESOURCES {
+        refresh(&mut c, r.name, "events");
+        assert_equal(&mut c, &fake, r.name, "an events refresh");
+    }
+
+    mutate(&fake, 2);
+    // full: equal again, deletions included
+    for r in RESOURCES {
+        refresh(&mut c, r.name, "full");
+        assert_equal(&mut c, &fake, r.name, "a full refresh");
+    }
+    // a second full refresh of unchanged data writes nothing
+    let (ins, upd, del, _) = refresh(&mut c, "invoice", "full");
+    assert_eq!((ins, upd, del), (0, 0, 0));
+    let notes: i64 =
+        c.query_one("SELECT count(*) FROM stripe_sync.sync_status WHERE status <> 'succeeded'", &[]).unwrap().get(0);
+    assert_eq!(notes, 0);
+}
+
+#[test]
+fn an_invoice_with_35_line_items_has_all_of_them() {
+    let (_cluster, mut c, fake) = setup(SeedSpec::scaled(5), Faults::default());
+    let cus = id(&fake.objects("customers")[0]);
+    let inv = call(&fake, "POST", "/v1/invoices", &format!("customer={cus}"));
+    for i in 0..35 {
+        call(&fake, "POST", "/v1/invoiceitems", &format!("customer={cus}&amount={}&invoice={}", 100 + i, id(&inv)));
+    }
+    refresh(&mut c, "invoice", "full");
+    let n: i32 = c
+        .query_one("SELECT jsonb_array_length(attrs->'lines'->'data') FROM stripe.invoice WHERE id = $1", &[&id(&inv)])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 35);
+    // and through events
+    call(&fake, "POST", &format!("/v1/invoices/{}", id(&inv)), "description=More");
+    refresh(&mut c, "invoice", "events");
+    let row = c.query_one("SELECT jsonb_array_length(attrs->'lines'->'data'), attrs->>'description' FROM stripe.invoice WHERE id = $1", &[&id(&inv)]).unwrap();
+    assert_eq!(row.get::<_, i32>(0), 35);
+    assert_eq!(row.get::<_, String>(1), "More");
+}
+
+#[test]
+fn a_full_refresh_at_stripes_rate_limit_is_at_least_6x_faster_than_one_sequential_pass() {
+    let faults = Faults { latency_ms: 200, rate_limit: 100.0, ..Faults::default() };
+    let cluster = Cluster::start(ClusterConfig::default());
+    let mut c = cluster.connect_with_extension();
+    let fake = start_fake(Some(SeedSpec::only_customers(50_000)), faults);
+    for (name, schema) in [("par", "par"), ("seq", "seq")] {
+        c.execute(
+            "SELECT stripe_sync.add_source($1, name => $2, schema => $3, api_url => $4, max_requests_per_second => 95)",
+            &[&TEST_KEY, &name, &schema, &fake.url()],
+        )
+        .unwrap();
+    }
+    let t = Instant::now();
+    c.batch_execute("SET stripe_sync.max_parallel_requests = 32").unwrap();
+    c.query("SELECT * FROM stripe_sync.refresh('customer', 'full', 'par')", &[]).unwrap();
+    let parallel = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    c.batch_execute("SET stripe_sync.max_parallel_requests = 1").unwrap();
+    c.query("SELECT * FROM stripe_sync.refresh('customer', 'full', 'seq')", &[]).unwrap();
+    let sequential = t.elapsed().as_secs_f64();
+    for s in ["par", "seq"] {
+        let n: i64 = c.query_one(&format!("SELECT count(*) FROM {s}.customer"), &[]).unwrap().get(0);
+        assert_eq!(n, 50_000);
+    }
+    let ratio = sequential / parallel;
+    println!(
+        "full refresh of 50000 customers (200 ms latency, 100 requests/s): parallel {parallel:.1} s ({:.0} objects/s), sequential {sequential:.1} s ({:.0} objects/s), speed-up {ratio:.1}x",
+        50_000.0 / parallel,
+        50_000.0 / sequential
+    );
+    assert!(ratio >= 6.0, "speed-up {ratio:.1}x");
+}
+
+#[test]
+fn a_refresh_killed_halfway_resumes_from_its_checkpoint() {
+    let faults = Faults { latency_ms: 150, ..Faults::default() };
+    let (cluster, mut c, fake) = setup(SeedSpec::only_customers(20_000), faults);
+    // a first full pass to know what one costs
+    let (_, _, _, one_pass) = refresh(&mut c, "customer", "full");
+    c.batch_execute("TRUNCATE stripe.customer; UPDATE stripe_sync._sync_state SET checkpoint = NULL").unwrap();
+    for o in fake.objects("customers").iter().take(50) {
+        call(&fake, "POST", &format!("/v1/customers/{}", id(o)), "description=changed");
+    }
+    fake.reset_stats();
+    c.batch_execute("SET stripe_sync.max_parallel_requests = 4").unwrap();
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let mut watcher = cluster.connect();
+    let killer = std::thread::spawn(move || {
+        // kill the calling backend once about a third is written
+        e2e::wait_for(Duration::from_secs(120), "refresh progress", || {
+            let n: Option<i64> = watcher
+                .query_one(
+                    "SELECT (progress->>'objects')::bigint FROM stripe_sync.sync_status WHERE resource = 'customer'",
+                    &[],
+                )
+                .ok()
+                .and_then(|r| r.get(0));
+            n.filter(|n| *n >= 6_000)
+        });
+        watcher.execute("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+        // the worker notices and stops, keeping its checkpoint
+        e2e::wait_for(Duration::from_secs(30), "the worker to stop", || {
+            let n: i64 = watcher
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'stripe_sync refresh'", &[])
+                .unwrap()
+                .get(0);
+            (n == 0).then_some(())
+        });
+        let resumable: bool = watcher
+            .query_one("SELECT resumable FROM stripe_sync.sync_status WHERE resource = 'customer'", &[])
+            .unwrap()
+            .get(0);
+        resumable
+    });
+    let err = c.query("SELECT * FROM stripe_sync.refresh('customer', 'full')", &[]);
+    assert!(err.is_err(), "the backend was terminated");
+    assert!(killer.join().unwrap(), "a checkpoint was kept");
+    let mut c = cluster.connect();
+    let (_, _, _, resumed) = refresh(&mut c, "customer", "full");
+    let total = fake.stats().requests_total as i64;
+    assert_equal(&mut c, &fake, "customer", "a resumed full refresh");
+    println!("one full pass: {one_pass} requests; interrupted + resumed: {total} requests (resumed part {resumed})");
+    assert!(total < 2 * one_pass, "{total} requests is not fewer than two passes ({})", 2 * one_pass);
+}
+
+#[test]
+fn bad_arguments_fail_with_the_valid_choices_and_change_nothing() {
+    let (_cluster, mut c, fake) = setup(SeedSpec::scaled(10), Faults::default());
+    let err = c.query("SELECT * FROM stripe_sync.refresh('nope', 'full')", &[]).unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "22023");
+    for r in RESOURCES {
+        assert!(db.message().contains(r.name), "{db:?}");
+    }
+    let err = c.query("SELECT * FROM stripe_sync.refresh('invoice', 'fast')", &[]).unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert!(db.message().contains("fast") && db.hint().unwrap().contains("full, incremental, events"), "{db:?}");
+    let err = c.query("SELECT * FROM stripe_sync.refresh('invoice', 'full', 'elsewhere')", &[]).unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "42704");
+    // CamelCase names work
+    refresh(&mut c, "InvoiceItem", "full");
+
+    // a revoked key: the refresh fails and the table is unchanged
+    refresh(&mut c, "customer", "full");
+    let snapshot = |c: &mut postgres::Client| -> (i64, String) {
+        let r = c
+            .query_one("SELECT count(*), md5(string_agg(attrs::text, '' ORDER BY id)) FROM stripe.customer", &[])
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let before = snapshot(&mut c);
+    call(&fake, "POST", "/v1/customers", "email=late%40example.com");
+    fake.set_faults(Faults { bad_keys: vec![TEST_KEY.to_string()], ..Faults::default() });
+    let err = c.query("SELECT * FROM stripe_sync.refresh('customer', 'full')", &[]).unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "HV00N", "{db:?}");
+    assert!(!format!("{db:?}").contains(&TEST_KEY[10..]), "{db:?}");
+    assert_eq!(snapshot(&mut c), before);
+    let status: String =
+        c.query_one("SELECT status FROM stripe_sync.sync_status WHERE resource = 'customer'", &[]).unwrap().get(0);
+    assert_eq!(status, "failed");
+}
+
+#[test]
+fn the_same_refresh_never_runs_twice_at_once_but_different_ones_do() {
+    let faults = Faults { latency_ms: 300, ..Faults::default() };
+    let (cluster, mut c, _fake) = setup(SeedSpec::only_customers(3_000), faults);
+    c.batch_execute("SET stripe_sync.max_parallel_requests = 1").unwrap();
+    let mut other = cluster.connect();
+    let long =
+        std::thread::spawn(move || c.query("SELECT * FROM stripe_sync.refresh('customer', 'full')", &[]).map(|_| ()));
+    // progress is visible from other sessions while it runs
+    e2e::wait_for(Duration::from_secs(30), "live progress", || {
+        let r = other.query_opt("SELECT status, (progress->>'objects')::bigint FROM stripe_sync.sync_status WHERE resource = 'customer'", &[]).unwrap()?;
+        let (status, objects): (String, Option<i64>) = (r.get(0), r.get(1));
+        (status == "running" && objects.unwrap_or(0) > 0).then_some(())
+    });
+    let t = Instant::now();
+    let err = other.query("SELECT * FROM stripe_sync.refresh('customer', 'full')", &[]).unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "55P03", "{err:?}");
+    assert!(err.as_db_error().unwrap().message().contains("already running"));
+    assert!(t.elapsed() < Duration::from_secs(10));
+    // another resource runs meanwhile
+    other.query("SELECT * FROM stripe_sync.refresh('product', 'full')", &[]).unwrap();
+    long.join().unwrap().unwrap();
+}
+
+#[test]
+fn pg_cron_runs_a_scheduled_refresh() {
+    let (_cluster, mut c, fake) = setup(SeedSpec::scaled(30), Faults::default());
+    c.batch_execute("CREATE EXTENSION pg_cron").unwrap();
+    c.execute("SELECT cron.schedule('stripe-customers', '2 seconds', $$SELECT * FROM stripe_sync.refresh('customer', 'full')$$)", &[]).unwrap();
+    let n = e2e::wait_for(Duration::from_secs(60), "the cron job to refresh", || {
+        let n: i64 = c.query_one("SELECT count(*) FROM stripe.customer", &[]).unwrap().get(0);
+        (n == 30).then_some(n)
+    });
+    assert_eq!(n, 30);
+    c.execute("SELECT cron.unschedule('stripe-customers')", &[]).unwrap();
+    assert_equal(&mut c, &fake, "customer", "a pg_cron refresh");
+    let ok: i64 =
+        c.query_one("SELECT count(*) FROM cron.job_run_details WHERE status = 'succeeded'", &[]).unwrap().get(0);
+    assert!(ok >= 1);
+}
