@@ -308,8 +308,8 @@ fn the_same_refresh_never_runs_twice_at_once_but_different_ones_do() {
 fn pg_cron_runs_a_scheduled_refresh() {
     let (_cluster, mut c, fake) = setup(SeedSpec::scaled(30), Faults::default());
     c.batch_execute("CREATE EXTENSION pg_cron").unwrap();
-    c.execute("SELECT cron.schedule('stripe-customers', '2 seconds', $$SELECT * FROM stripe_sync.refresh('customer', 'full')$$)", &[]).unwrap();
-    let n = e2e::wait_for(Duration::from_secs(60), "the cron job to refresh", || {
+    c.execute("SELECT cron.schedule('stripe-customers', '* * * * *', $$SELECT * FROM stripe_sync.refresh('customer', 'full')$$)", &[]).unwrap();
+    let n = e2e::wait_for(Duration::from_secs(100), "the cron job to refresh", || {
         let n: i64 = c.query_one("SELECT count(*) FROM stripe.customer", &[]).unwrap().get(0);
         (n == 30).then_some(n)
     });
