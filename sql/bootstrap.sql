@@ -135,3 +135,73 @@ COMMENT ON COLUMN stripe_sync.sync_status.note IS 'What the refresh decided on i
 COMMENT ON COLUMN stripe_sync.sync_status.last_error IS 'Message of the last failure.';
 COMMENT ON COLUMN stripe_sync.sync_status.last_error_at IS 'When it happened.';
 COMMENT ON COLUMN stripe_sync.sync_status.freshness IS 'Age of the newest change applied to the table.';
+
+CREATE TABLE stripe_sync._webhooks (
+    source         text PRIMARY KEY REFERENCES stripe_sync._sources (name) ON DELETE CASCADE,
+    endpoint_id    text,
+    url            text,
+    secrets        text[] NOT NULL DEFAULT '{}',
+    managed        boolean NOT NULL DEFAULT false,
+    enabled_events text[],
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync._webhooks', '');
+REVOKE ALL ON stripe_sync._webhooks FROM PUBLIC;
+COMMENT ON TABLE stripe_sync._webhooks IS 'Internal: the webhook endpoint of each source and its signing secrets (readable by superusers only).';
+COMMENT ON COLUMN stripe_sync._webhooks.source IS 'Source name.';
+COMMENT ON COLUMN stripe_sync._webhooks.endpoint_id IS 'Stripe id of the endpoint (we_...), when known.';
+COMMENT ON COLUMN stripe_sync._webhooks.url IS 'URL Stripe delivers to.';
+COMMENT ON COLUMN stripe_sync._webhooks.secrets IS 'Signing secrets accepted (several while a secret rolls).';
+COMMENT ON COLUMN stripe_sync._webhooks.managed IS 'Whether stripe_sync created the endpoint (and deletes it with the source).';
+COMMENT ON COLUMN stripe_sync._webhooks.enabled_events IS 'Event types the endpoint was created with.';
+COMMENT ON COLUMN stripe_sync._webhooks.created_at IS 'When it was set up.';
+
+CREATE TABLE stripe_sync._inbox (
+    source      text NOT NULL,
+    event_id    text NOT NULL,
+    type        text NOT NULL,
+    created     bigint NOT NULL,
+    payload     jsonb NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    status      text NOT NULL DEFAULT 'pending',
+    applied_at  timestamptz,
+    error       text,
+    PRIMARY KEY (source, event_id)
+);
+CREATE INDEX _inbox_pending_idx ON stripe_sync._inbox (received_at) WHERE status = 'pending';
+REVOKE ALL ON stripe_sync._inbox FROM PUBLIC;
+COMMENT ON TABLE stripe_sync._inbox IS 'Internal: verified webhook events, stored before Stripe gets its 2xx, then applied (idempotent on event id).';
+COMMENT ON COLUMN stripe_sync._inbox.source IS 'Source the event was delivered for.';
+COMMENT ON COLUMN stripe_sync._inbox.event_id IS 'Stripe event id.';
+COMMENT ON COLUMN stripe_sync._inbox.type IS 'Event type.';
+COMMENT ON COLUMN stripe_sync._inbox.created IS 'Event created time (unix s).';
+COMMENT ON COLUMN stripe_sync._inbox.payload IS 'The verified event.';
+COMMENT ON COLUMN stripe_sync._inbox.received_at IS 'When it was stored.';
+COMMENT ON COLUMN stripe_sync._inbox.status IS 'pending, applied, skipped (type not synced) or failed.';
+COMMENT ON COLUMN stripe_sync._inbox.applied_at IS 'When it was applied.';
+COMMENT ON COLUMN stripe_sync._inbox.error IS 'Why applying failed.';
+
+CREATE TABLE stripe_sync._webhook_stats (
+    source           text PRIMARY KEY,
+    received         bigint NOT NULL DEFAULT 0,
+    duplicates       bigint NOT NULL DEFAULT 0,
+    applied          bigint NOT NULL DEFAULT 0,
+    skipped          bigint NOT NULL DEFAULT 0,
+    rejected         bigint NOT NULL DEFAULT 0,
+    last_received_at timestamptz,
+    last_applied_at  timestamptz,
+    last_error       text,
+    last_error_at    timestamptz
+);
+REVOKE ALL ON stripe_sync._webhook_stats FROM PUBLIC;
+COMMENT ON TABLE stripe_sync._webhook_stats IS 'Internal: webhook counters per source (see stripe_sync.webhook_status).';
+COMMENT ON COLUMN stripe_sync._webhook_stats.source IS 'Source name.';
+COMMENT ON COLUMN stripe_sync._webhook_stats.received IS 'Verified events stored.';
+COMMENT ON COLUMN stripe_sync._webhook_stats.duplicates IS 'Deliveries of events already stored.';
+COMMENT ON COLUMN stripe_sync._webhook_stats.applied IS 'Events applied to tables.';
+COMMENT ON COLUMN stripe_sync._webhook_stats.skipped IS 'Events of types no table follows (acknowledged, not applied).';
+COMMENT ON COLUMN stripe_sync._webhook_stats.rejected IS 'Deliveries refused by the worker (bad signature, malformed, too large).';
+COMMENT ON COLUMN stripe_sync._webhook_stats.last_received_at IS 'When the last event was stored.';
+COMMENT ON COLUMN stripe_sync._webhook_stats.last_applied_at IS 'When the last event was applied.';
+COMMENT ON COLUMN stripe_sync._webhook_stats.last_error IS 'Last error applying events.';
+COMMENT ON COLUMN stripe_sync._webhook_stats.last_error_at IS 'When it happened.';

@@ -19,3 +19,22 @@ COMMENT ON FUNCTION stripe_sync.add_source(text, text, text, text, text, text, t
 COMMENT ON FUNCTION stripe_sync.drop_source(text) IS 'Removes a source: its server, user mapping and foreign tables.';
 COMMENT ON FUNCTION stripe_sync.refresh(text, text, text) IS
   'Brings materialized tables up to date: refresh(resource or ''all'', mode full|incremental|events, source). Runs in a background worker that commits as it goes; an interrupted full refresh resumes. Returns one row per resource.';
+REVOKE ALL ON FUNCTION stripe_sync.create_webhook(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stripe_sync.set_webhook_secret(text, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stripe_sync.delete_webhook(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stripe_sync.webhook_status(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stripe_sync.apply_inbox(bigint) FROM PUBLIC;
+ALTER FUNCTION stripe_sync.set_webhook_secret(text, text, boolean) SET log_min_error_statement = 'panic';
+ALTER FUNCTION stripe_sync.receive_webhook(text, text, text) SET log_min_error_statement = 'panic';
+ALTER FUNCTION stripe_sync.receive_webhook(text, text, text) SECURITY DEFINER;
+ALTER FUNCTION stripe_sync.receive_webhook(text, text, text) SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION stripe_sync.create_webhook(text, text) IS
+  'Registers url at Stripe for the events the source''s tables need (pinned API version), stores the signing secret (superuser-only) and returns the endpoint id. An endpoint for the same URL is reused when its secret is known, replaced otherwise.';
+COMMENT ON FUNCTION stripe_sync.set_webhook_secret(text, text, boolean) IS
+  'Adds the signing secret of an endpoint made by hand in the Dashboard (several may be active during a roll; replace => true keeps only this one).';
+COMMENT ON FUNCTION stripe_sync.delete_webhook(text) IS 'Deletes the source''s endpoint at Stripe (if stripe_sync created it) and its secrets.';
+COMMENT ON FUNCTION stripe_sync.receive_webhook(text, text, text) IS
+  'SQL ingress for hosts that cannot open a port: receive_webhook(raw body, Stripe-Signature header, source) verifies and stores the event like the worker; returns stored or duplicate, or fails and stores nothing.';
+COMMENT ON FUNCTION stripe_sync.apply_inbox(bigint) IS 'Applies stored webhook events now (the worker does this on its own); returns how many were applied.';
+COMMENT ON FUNCTION stripe_sync.webhook_status(text) IS
+  'A source''s webhook: endpoint id, URL, enabled events, Stripe-side status, counts received / duplicates / applied / skipped / rejected, pending events and lag, last error.';

@@ -12,7 +12,7 @@ use pgrx::spi::SpiClient;
 use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use stripe_core::resources::{ColType, Resource};
+use stripe_core::resources::{ColType, EventEffect, Resource, Scope};
 
 use crate::error::SyncError;
 
@@ -240,6 +240,94 @@ impl Target {
         args.extend([stamp.into(), self.source.as_str().into(), self.resource.name.into()]);
         let row = c.update(&sql, None, &args).map_err(spi_err)?;
         Ok(Counts { deleted: row.first().get_one::<i64>().map_err(spi_err)?.unwrap_or(0), ..Default::default() })
+    }
+}
+
+impl Target {
+    /// Writes what the API returned for objects re-read after a tie: versions
+    /// that win ties (`fetch:`), and deletions for objects that are gone.
+    pub fn write_fetched(
+        &self,
+        c: &mut SpiClient,
+        fetched: Vec<(String, Option<Value>, i64)>,
+        by: &str,
+    ) -> Result<Counts, SyncError> {
+        let mut gone = Vec::new();
+        let mut versions = Vec::new();
+        for (id, obj, stamp) in fetched {
+            match obj {
+                Some(o) => versions.push(Version { object: o, stamp, by: by.to_string() }),
+                None => gone.push((id, stamp)),
+            }
+        }
+        let mut counts = self.upsert(c, versions)?.counts;
+        counts += self.delete(c, &gone)?;
+        Ok(counts)
+    }
+}
+
+/// What a batch of events (oldest first) does to one resource's table.
+#[derive(Debug, Default)]
+pub struct EventEffects {
+    pub versions: Vec<Version>,
+    /// Deleted (or detached) objects, with the event's time.
+    pub gone: Vec<(String, i64)>,
+    /// Deleted customers, whose rows go too (per-customer resources).
+    pub gone_customers: Vec<(String, i64)>,
+}
+
+impl EventEffects {
+    /// The effects on `r` of these events; events of other resources are ignored.
+    pub fn of(r: &Resource, events: &[Value]) -> EventEffects {
+        let mut fx = EventEffects::default();
+        for e in events {
+            let (Some(t), Some(id), Some(obj)) = (
+                e.get("type").and_then(Value::as_str),
+                e.get("id").and_then(Value::as_str),
+                e.get("data").and_then(|d| d.get("object")),
+            ) else {
+                continue;
+            };
+            let stamp = e.get("created").and_then(Value::as_i64).unwrap_or(0);
+            let Some(oid) = obj.get("id").and_then(Value::as_str) else { continue };
+            match stripe_core::resources::by_event(t) {
+                Some((res, EventEffect::Upsert)) if res.name == r.name => {
+                    fx.versions.push(Version { object: obj.clone(), stamp, by: format!("event:{id}") })
+                }
+                Some((res, EventEffect::Delete | EventEffect::Detach)) if res.name == r.name => {
+                    fx.gone.push((oid.to_string(), stamp))
+                }
+                _ if t == "customer.deleted" && r.scope == Scope::PerCustomer => {
+                    fx.gone_customers.push((oid.to_string(), stamp))
+                }
+                _ => {}
+            }
+        }
+        fx
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty() && self.gone.is_empty() && self.gone_customers.is_empty()
+    }
+
+    /// Applies the effects: versions not older than a deletion in the same batch,
+    /// then deletions. Returns the upsert (with its ties) and the deletions.
+    pub fn apply(self, target: &Target, c: &mut SpiClient) -> Result<(Upserted, Counts), SyncError> {
+        let gone = self.gone;
+        let versions: Vec<Version> = self
+            .versions
+            .into_iter()
+            .filter(|v| {
+                let id = v.object.get("id").and_then(Value::as_str).unwrap_or("");
+                gone.iter().filter(|(g, _)| g == id).all(|(_, s)| *s < v.stamp)
+            })
+            .collect();
+        let up = target.upsert(c, versions)?;
+        let mut deleted = target.delete(c, &gone)?;
+        for (customer, stamp) in &self.gone_customers {
+            deleted += target.delete_of_customer(c, customer, *stamp)?;
+        }
+        Ok((up, deleted))
     }
 }
 

@@ -8,7 +8,8 @@
 //! - [`refresh`]: `stripe_sync.refresh` and its background worker.
 //! - [`apply`]: writing objects into materialized tables (stamps, tombstones).
 //! - [`threads`]: threads with signals blocked.
-//! - [`worker`]: the background worker (webhooks).
+//! - [`worker`]: the background worker that receives webhooks.
+//! - [`webhooks`]: webhook endpoints, the inbox, the SQL ingress.
 //! - [`guc`]: settings.
 //! - [`error`]: errors with SQLSTATEs and hints.
 
@@ -23,6 +24,7 @@ pub mod guc;
 pub mod refresh;
 pub mod source;
 pub mod threads;
+pub mod webhooks;
 pub mod worker;
 
 ::pgrx::pg_module_magic!();

@@ -270,6 +270,8 @@ fn drop(name: &str) -> Result<bool, SyncError> {
             format!("Existing sources: {}.", known.join(", "))
         }));
     };
+    // nothing left behind at Stripe: the endpoint stripe_sync created goes first
+    crate::webhooks::delete(name)?;
     let run =
         |sql: &str| Spi::run(sql).map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
     run(&format!("DROP SERVER IF EXISTS {} CASCADE", ident(&server)))?;

@@ -1,15 +1,34 @@
-//! The background worker, started when stripe_sync is in shared_preload_libraries.
-//! It will receive Stripe's webhooks; today it connects to its database, reloads
-//! settings on SIGHUP, exits promptly on SIGTERM and is restarted after a crash or
-//! pg_terminate_backend.
+//! The webhook worker, started when stripe_sync is in shared_preload_libraries.
+//!
+//! The HTTP listener (stripe_core, on its own threads with signals blocked)
+//! verifies each delivery and hands it over a channel; this main thread stores
+//! the batch in the inbox, commits, and only then lets the listener answer 2xx.
+//! Then it applies the inbox in batches, in its own transactions: a crash between
+//! storing and applying loses nothing. At start it catches up on events missed
+//! while it was down (an events refresh per followed resource). It reloads
+//! settings on SIGHUP, exits promptly on SIGTERM, and is restarted after a crash
+//! or pg_terminate_backend.
 
-use crate::guc;
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use crate::webhooks::inbox;
+use crate::{guc, refresh, threads};
+use pgrx::PgTryBuilder;
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use stripe_core::signature;
+use stripe_core::webhook::{Delivery, Listener, ListenerConfig, Secrets};
 
 /// `backend_type` of the worker in pg_stat_activity.
 pub const WORKER_NAME: &str = "stripe_sync webhook worker";
+/// Deliveries stored per transaction, at most.
+const STORE_BATCH: usize = 2000;
+/// Events applied per transaction, at most.
+const APPLY_BATCH: i64 = 2000;
 
 /// Registers the worker; only possible while loading from shared_preload_libraries.
 pub fn register() {
@@ -22,6 +41,185 @@ pub fn register() {
         .load();
 }
 
+fn tx<R>(f: impl FnOnce() -> R) -> R {
+    BackgroundWorker::transaction(AssertUnwindSafe(f))
+}
+
+/// Runs `f` in a transaction; an ERROR inside is logged and returned as text,
+/// and the worker goes on.
+fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Result<R, String> {
+    let r = PgTryBuilder::new(AssertUnwindSafe(|| Ok(tx(f))))
+        .catch_others(|e| {
+            let msg = match &e {
+                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
+                    r.message().to_string()
+                }
+                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+            };
+            Err(msg)
+        })
+        .execute();
+    if let Err(m) = &r {
+        unsafe { pg_sys::AbortCurrentTransaction() };
+        log!("{WORKER_NAME}: {what} failed: {m}");
+    }
+    r
+}
+
+struct State {
+    listen: String,
+    max_body: usize,
+    listener: Option<Listener>,
+    rx: Option<Receiver<Delivery>>,
+    secrets: Secrets,
+    catchup: VecDeque<(String, String)>,
+    catching_up: Option<DynamicBackgroundWorker>,
+}
+
+impl State {
+    fn start_listener(&mut self) {
+        self.listener = None;
+        self.rx = None;
+        if self.listen.trim().is_empty() {
+            log!("{WORKER_NAME}: stripe_sync.webhook_listen is empty: not listening");
+            return;
+        }
+        let addr: SocketAddr = match self.listen.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                log!(
+                    "{WORKER_NAME}: stripe_sync.webhook_listen \"{}\" is not host:port (like 127.0.0.1:8787)",
+                    self.listen
+                );
+                return;
+            }
+        };
+        let (dtx, drx) = sync_channel(STORE_BATCH * 2);
+        let cfg = ListenerConfig {
+            addr,
+            max_body: self.max_body,
+            tolerance_secs: signature::DEFAULT_TOLERANCE_SECS,
+            store_timeout: Duration::from_secs(10),
+        };
+        match Listener::start(cfg, self.secrets.clone(), dtx, |job| threads::spawn_blocked("stripe_sync webhooks", job))
+        {
+            Ok(l) => {
+                log!("{WORKER_NAME}: listening on http://{}/webhook/<source>", l.addr);
+                self.listener = Some(l);
+                self.rx = Some(drx);
+            }
+            Err(e) => log!("{WORKER_NAME}: cannot listen on {addr}: {e}"),
+        }
+    }
+
+    fn reload_settings(&mut self) {
+        let listen = guc::string(&guc::WEBHOOK_LISTEN);
+        let max_body = guc::WEBHOOK_MAX_BODY.get().max(1024) as usize;
+        if listen != self.listen || max_body != self.max_body || self.listener.is_none() {
+            self.listen = listen;
+            self.max_body = max_body;
+            self.start_listener();
+        }
+    }
+
+    fn reload_secrets(&mut self) {
+        if let Ok(Ok(map)) = guarded("reading the webhook secrets", inbox::secrets) {
+            *self.secrets.write().unwrap_or_else(|p| p.into_inner()) = map;
+        }
+    }
+
+    /// Stores a batch of deliveries, then answers them.
+    fn store(&mut self, batch: Vec<Delivery>) {
+        let mut by_source: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, d) in batch.iter().enumerate() {
+            by_source.entry(d.source.clone()).or_default().push(i);
+        }
+        let ok = guarded("storing webhook events", || {
+            Spi::connect_mut(|c| {
+                for (source, idx) in &by_source {
+                    let events: Vec<&stripe_core::webhook::Incoming> = idx.iter().map(|i| &batch[*i].event).collect();
+                    inbox::store(c, source, &events)?;
+                }
+                Ok::<(), crate::error::SyncError>(())
+            })
+        });
+        // 2xx only after the commit; a failure answers 500 and Stripe retries
+        let status = match ok {
+            Ok(Ok(())) => 200,
+            Ok(Err(e)) => {
+                log!("{WORKER_NAME}: storing webhook events failed: {}", e.message);
+                500
+            }
+            Err(_) => 500,
+        };
+        for d in batch {
+            let _ = d.reply.send(status);
+        }
+    }
+
+    /// Applies the inbox until it is empty or `budget` runs out.
+    fn apply(&mut self, budget: Duration) {
+        let until = Instant::now() + budget;
+        loop {
+            let r = guarded("applying webhook events", || inbox::apply_pending(APPLY_BATCH, || {}));
+            match r {
+                Ok(Ok((applied, skipped))) if applied + skipped > 0 && Instant::now() < until => continue,
+                Ok(Err(e)) => {
+                    let msg = e.message.clone();
+                    log!("{WORKER_NAME}: applying webhook events failed: {msg}");
+                    let _ = guarded("recording the error", || {
+                        Spi::run_with_args(
+                            "UPDATE stripe_sync._webhook_stats SET last_error = $1, last_error_at = now()",
+                            &[msg.as_str().into()],
+                        )
+                    });
+                    return;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn count_rejections(&mut self) {
+        let Some(l) = &self.listener else { return };
+        let taken = l.stats.take();
+        if taken.is_empty() {
+            return;
+        }
+        let _ = guarded("counting rejected deliveries", || {
+            Spi::connect_mut(|c| {
+                for (source, n) in &taken {
+                    inbox::count_rejected(c, source, *n)?;
+                }
+                Ok::<(), crate::error::SyncError>(())
+            })
+        });
+    }
+
+    /// One events refresh at a time, for every followed resource of every source
+    /// with a webhook: what happened while the worker was down.
+    fn step_catchup(&mut self) {
+        if let Some(w) = &self.catching_up {
+            if w.pid().is_ok() {
+                return;
+            }
+            self.catching_up = None;
+        }
+        let Some((source, resource)) = self.catchup.pop_front() else { return };
+        match refresh::launch(&source, &resource, "events", unsafe { pg_sys::MyProcPid }) {
+            Ok(w) => self.catching_up = Some(w),
+            Err(e) => log!("{WORKER_NAME}: cannot start the catch-up of {source}/{resource}: {}", e.message),
+        }
+    }
+}
+
+fn extension_ready() -> bool {
+    guarded("checking for the extension", || {
+        Spi::get_one::<bool>("SELECT to_regclass('stripe_sync._inbox') IS NOT NULL").ok().flatten().unwrap_or(false)
+    })
+    .unwrap_or(false)
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn stripe_sync_worker_main(_arg: pg_sys::Datum) {
@@ -29,12 +227,93 @@ pub extern "C-unwind" fn stripe_sync_worker_main(_arg: pg_sys::Datum) {
     let db = guc::string(&guc::DATABASE);
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     log!("{WORKER_NAME} started in database \"{db}\"");
-    while BackgroundWorker::wait_latch(Some(Duration::from_millis(500))) {
+    // the extension may not be created yet
+    while !extension_ready() {
+        if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
+            log!("{WORKER_NAME} stopping");
+            unsafe { pg_sys::proc_exit(1) };
+        }
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
     }
+    let mut st = State {
+        listen: String::new(),
+        max_body: 0,
+        listener: None,
+        rx: None,
+        secrets: Arc::new(RwLock::new(HashMap::new())),
+        catchup: VecDeque::new(),
+        catching_up: None,
+    };
+    st.reload_secrets();
+    st.reload_settings();
+    // catch up on what happened while we were down
+    if let Ok(list) = guarded("planning the catch-up", || {
+        Spi::connect(|c| {
+            let mut out = Vec::new();
+            for r in c.select(
+                "SELECT s.source, s.resource FROM stripe_sync._sync_state s JOIN stripe_sync._webhooks w ON w.source = s.source
+                 WHERE s.events_cursor_created IS NOT NULL ORDER BY 1, 2",
+                None,
+                &[],
+            )? {
+                if let (Some(a), Some(b)) = (r.get::<String>(1)?, r.get::<String>(2)?) {
+                    out.push((a, b));
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    }) {
+        st.catchup = list.unwrap_or_default().into();
+    }
+    let mut last_secrets = Instant::now();
+    st.apply(Duration::from_secs(5));
+    loop {
+        if !BackgroundWorker::wait_latch(Some(Duration::ZERO)) {
+            break;
+        }
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            st.reload_settings();
+            st.reload_secrets();
+        }
+        if last_secrets.elapsed() > Duration::from_secs(1) {
+            st.reload_secrets();
+            st.count_rejections();
+            st.step_catchup();
+            last_secrets = Instant::now();
+        }
+        // gather what arrived: wait briefly for the first, then take what is queued
+        let mut batch = Vec::new();
+        if let Some(rx) = &st.rx {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(d) => {
+                    batch.push(d);
+                    while batch.len() < STORE_BATCH {
+                        match rx.try_recv() {
+                            Ok(d) => batch.push(d),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => st.start_listener(),
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let stored = !batch.is_empty();
+        if stored {
+            st.store(batch);
+        }
+        // apply right away when something came in, otherwise now and then
+        if stored || last_secrets.elapsed() < Duration::from_millis(30) {
+            st.apply(Duration::from_millis(200));
+        }
+    }
     log!("{WORKER_NAME} stopping");
+    drop(st);
     // Exit code 1: the postmaster starts the worker again after its restart time
     // (pg_terminate_backend restarts it); during shutdown it is not restarted.
     unsafe { pg_sys::proc_exit(1) };

@@ -124,30 +124,30 @@ fn lock(source: &str, resource: &str) -> Result<(), SyncError> {
     }
 }
 
-fn clock() -> i64 {
-    Spi::get_one::<f64>("SELECT extract(epoch FROM clock_timestamp())::float8").ok().flatten().unwrap_or(0.0) as i64
-}
-
-fn refresh_one(r: &'static resources::Resource, mode: &str, source: &str) -> Result<Row, SyncError> {
-    lock(source, r.name)?;
-    let launched = clock();
-    let (db, user, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::GetUserId(), pg_sys::MyProcPid) };
+/// Starts a refresh worker without waiting for it (no lock is taken).
+pub fn launch(
+    source: &str,
+    resource: &str,
+    mode: &str,
+    caller: i32,
+) -> Result<pgrx::bgworkers::DynamicBackgroundWorker, SyncError> {
+    let (db, user) = unsafe { (pg_sys::MyDatabaseId, pg_sys::GetUserId()) };
     let job = run::Job {
         db: db.to_u32(),
         user: user.to_u32(),
-        caller: pid,
+        caller,
         source: source.to_string(),
-        resource: r.name.to_string(),
+        resource: resource.to_string(),
         mode: mode.to_string(),
         parallelism: crate::guc::MAX_PARALLEL_REQUESTS.get().max(1) as usize,
     };
-    let worker = BackgroundWorkerBuilder::new(&format!("stripe_sync refresh {source}/{}", r.name))
+    BackgroundWorkerBuilder::new(&format!("stripe_sync refresh {source}/{resource}"))
         .set_type(WORKER_TYPE)
         .set_library("stripe_sync")
         .set_function("stripe_sync_refresh_main")
         .set_extra(&job.encode())
         .enable_spi_access()
-        .set_notify_pid(pid)
+        .set_notify_pid(caller)
         .load_dynamic()
         .map_err(|_| {
             SyncError::new(
@@ -155,7 +155,18 @@ fn refresh_one(r: &'static resources::Resource, mode: &str, source: &str) -> Res
                 "no background worker slot is free for the refresh",
             )
             .hint("Raise max_worker_processes (refreshes run in background workers), or run fewer refreshes at once.")
-        })?;
+        })
+}
+
+fn clock() -> i64 {
+    Spi::get_one::<f64>("SELECT extract(epoch FROM clock_timestamp())::float8").ok().flatten().unwrap_or(0.0) as i64
+}
+
+fn refresh_one(r: &'static resources::Resource, mode: &str, source: &str) -> Result<Row, SyncError> {
+    lock(source, r.name)?;
+    let launched = clock();
+    let pid = unsafe { pg_sys::MyProcPid };
+    let worker = launch(source, r.name, mode, pid)?;
     let worker_pid = worker.wait_for_startup().map_err(|s| {
         SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("the refresh worker did not start ({s:?})"))
     })?;

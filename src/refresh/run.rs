@@ -2,7 +2,7 @@
 //! passes) and writes batches in its own committed transactions, with live
 //! progress and a checkpoint in `stripe_sync._sync_state`.
 
-use crate::apply::{Counts, Target, Version, table_of};
+use crate::apply::{Counts, EventEffects, Target, Version, table_of};
 use crate::error::SyncError;
 use crate::{source, threads};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 use std::time::{Duration, Instant};
-use stripe_core::resources::{self, EventEffect, Resource, Scope};
+use stripe_core::resources::{self, Resource, Scope};
 use stripe_core::sync::{self, FullPass, Msg, MsgResult};
 use stripe_core::{Client, StripeError};
 
@@ -232,42 +232,10 @@ impl Ctx {
     fn settle(&mut self, ids: Vec<String>) -> Result<(), Stop> {
         let client = self.client.clone();
         let r = self.r;
-        let fetched = self.http(async move {
-            let mut out = Vec::new();
-            for id in ids {
-                let path = match stripe_core::plan::retrieve_path(r, &id, None) {
-                    Some(p) => p,
-                    None => continue,
-                };
-                let (got, stamp) = match client.get_dated(&path, &[]).await {
-                    Ok((v, t)) if v.get("deleted").and_then(Value::as_bool) != Some(true) => (Some(v), t),
-                    Ok((_, t)) => (None, t),
-                    Err(StripeError::NotFound { .. }) => (None, stripe_core::signature::unix_now()),
-                    Err(e) => return Err(e),
-                };
-                let got = match got {
-                    Some(mut v) => {
-                        sync::complete_nested(&client, r, &mut v).await?;
-                        Some(v)
-                    }
-                    None => None,
-                };
-                out.push((id, got, stamp));
-            }
-            Ok(out)
-        })??;
+        let fetched = self.http(async move { sync::fetch_current(&client, r, ids).await })??;
         let target = self.target.clone();
         self.write(|ctx, c| {
-            let mut gone = Vec::new();
-            let mut versions = Vec::new();
-            for (id, obj, stamp) in fetched {
-                match obj {
-                    Some(o) => versions.push(Version { object: o, stamp, by: "fetch:tie".into() }),
-                    None => gone.push((id, stamp)),
-                }
-            }
-            ctx.counts += target.upsert(c, versions)?.counts;
-            ctx.counts += target.delete(c, &gone)?;
+            ctx.counts += target.write_fetched(c, fetched, "fetch:tie")?;
             Ok(())
         })?;
         Ok(())
@@ -672,51 +640,14 @@ fn apply_events(ctx: &mut Ctx, events: Vec<Value>) -> Result<(), Stop> {
         last.get("created").and_then(Value::as_i64).unwrap_or(0),
         last.get("id").and_then(Value::as_str).unwrap_or("").to_string(),
     );
-    let mut versions = Vec::new();
-    let mut gone = Vec::new();
-    let mut gone_customers = Vec::new();
-    for e in &events {
-        let (Some(t), Some(id), Some(obj)) = (
-            e.get("type").and_then(Value::as_str),
-            e.get("id").and_then(Value::as_str),
-            e.get("data").and_then(|d| d.get("object")),
-        ) else {
-            continue;
-        };
-        let stamp = e.get("created").and_then(Value::as_i64).unwrap_or(0);
-        let Some(oid) = obj.get("id").and_then(Value::as_str) else { continue };
-        match resources::by_event(t) {
-            Some((res, EventEffect::Upsert)) if res.name == ctx.r.name => {
-                versions.push(Version { object: obj.clone(), stamp, by: format!("event:{id}") })
-            }
-            Some((res, EventEffect::Delete | EventEffect::Detach)) if res.name == ctx.r.name => {
-                gone.push((oid.to_string(), stamp))
-            }
-            _ if t == "customer.deleted" && ctx.r.scope == Scope::PerCustomer => {
-                gone_customers.push((oid.to_string(), stamp))
-            }
-            _ => {}
-        }
-    }
+    let effects = EventEffects::of(ctx.r, &events);
     ctx.objects += events.len() as u64;
     let target = ctx.target.clone();
     let newest = events.iter().filter_map(|e| e.get("created").and_then(Value::as_i64)).max();
     let up = ctx.write(|ctx, c| {
-        // an id both written and deleted in this batch: the deletion is the latest
-        let deleted: std::collections::HashSet<&str> = gone.iter().map(|(id, _)| id.as_str()).collect();
-        let versions: Vec<Version> = versions
-            .into_iter()
-            .filter(|v| {
-                let id = v.object.get("id").and_then(Value::as_str).unwrap_or("");
-                !deleted.contains(id) || gone.iter().any(|(g, s)| g == id && *s < v.stamp)
-            })
-            .collect();
-        let up = target.upsert(c, versions)?;
+        let (up, deleted) = effects.apply(&target, c)?;
         ctx.counts += up.counts;
-        ctx.counts += target.delete(c, &gone)?;
-        for (customer, stamp) in &gone_customers {
-            ctx.counts += target.delete_of_customer(c, customer, *stamp)?;
-        }
+        ctx.counts += deleted;
         set_newest(c, &ctx.job, newest)?;
         c.update(
             "UPDATE stripe_sync._sync_state SET events_cursor_created = $3, events_cursor_id = $4 WHERE source = $1 AND resource = $2",

@@ -6,6 +6,7 @@
 //! - [`plan`]: which SQL conditions become which Stripe requests.
 //! - [`listing`]: reading a selection as a bounded stream of pages on its own thread.
 //! - [`sync`]: what a refresh reads: full passes in concurrent `created` ranges, events.
+//! - [`webhook`]: verifying deliveries and the HTTP listener for them.
 //! - [`signature`]: `Stripe-Signature` webhook verification.
 //! - [`error`]: typed API errors that never carry a secret.
 
@@ -18,6 +19,7 @@ pub mod ratelimit;
 pub mod resources;
 pub mod signature;
 pub mod sync;
+pub mod webhook;
 
 pub use client::{API_VERSION, ApiKey, Client, ClientConfig};
 pub use error::StripeError;

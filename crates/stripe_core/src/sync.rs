@@ -88,6 +88,39 @@ fn ids(objects: &[Value]) -> impl Iterator<Item = String> + '_ {
     objects.iter().filter_map(|o| o.get("id").and_then(Value::as_str).map(str::to_string))
 }
 
+/// What Stripe has now for these objects: (id, object or `None` if gone, Stripe's
+/// clock of the answer), nested lists completed.
+pub async fn fetch_current(
+    client: &Client,
+    r: &'static Resource,
+    ids: Vec<String>,
+) -> Result<Vec<(String, Option<Value>, i64)>, StripeError> {
+    let mut out = Vec::new();
+    for id in ids {
+        let Some(path) = crate::plan::retrieve_path(r, &id, None) else { continue };
+        let (got, stamp) = match client.get_dated(&path, &[]).await {
+            Ok((v, t)) if v.get("deleted").and_then(Value::as_bool) != Some(true) => (Some(v), t),
+            Ok((_, t)) => (None, t),
+            Err(StripeError::NotFound { .. }) => (None, crate::signature::unix_now()),
+            Err(e) => return Err(e),
+        };
+        let got = match got {
+            Some(mut v) => {
+                complete_nested(client, r, &mut v).await?;
+                // a per-customer row exists only while attached
+                if r.scope == Scope::PerCustomer && v.get("customer").is_none_or(Value::is_null) {
+                    None
+                } else {
+                    Some(v)
+                }
+            }
+            None => None,
+        };
+        out.push((id, got, stamp));
+    }
+    Ok(out)
+}
+
 /// The newest `created` of a resource's objects (one request per list variant),
 /// or `None` for an empty account.
 pub async fn newest_created(client: &Client, r: &'static Resource) -> Result<Option<i64>, StripeError> {

@@ -100,6 +100,13 @@ pub struct Stats {
     pub log: Vec<String>,
 }
 
+impl DeliveryLog {
+    /// No delivery is waiting or being retried.
+    pub fn settled(&self) -> bool {
+        self.succeeded + self.gave_up >= self.queued
+    }
+}
+
 impl Stats {
     pub const LOG_MAX: usize = 100_000;
 
@@ -112,6 +119,8 @@ impl Stats {
 /// Webhook delivery counters and, per event id, whether a delivery got a 2xx.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct DeliveryLog {
+    /// Deliveries queued (duplicates included); each ends as succeeded or gave_up.
+    pub queued: u64,
     pub attempts: u64,
     pub succeeded: u64,
     pub failed_attempts: u64,

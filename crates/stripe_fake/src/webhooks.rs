@@ -281,6 +281,7 @@ pub async fn deliver_loop(inner: Arc<Inner>, mut rx: tokio::sync::mpsc::Unbounde
     while let Some(d) = rx.recv().await {
         let f = inner.faults();
         let copies = if f.webhook_duplicate_rate > 0.0 && inner.roll() < f.webhook_duplicate_rate { 2 } else { 1 };
+        inner.deliveries.lock().unwrap_or_else(|p| p.into_inner()).queued += copies;
         for _ in 0..copies {
             let inner = inner.clone();
             let d = d.clone();

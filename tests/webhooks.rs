@@ -1,0 +1,348 @@
+//! Webhooks end to end: the fake delivers real signed events to the worker.
+
+use e2e::{
+    Cluster, ClusterConfig, Fake, Faults, SeedSpec, TEST_KEY, add_source, compare, free_port, start_fake, wait_for,
+};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use stripe_core::signature;
+
+struct Hooked {
+    cluster: Cluster,
+    c: postgres::Client,
+    fake: Fake,
+    port: u16,
+}
+
+/// A cluster whose worker listens on a free port, a seeded fake, a source, full
+/// tables, and an endpoint created with create_webhook.
+fn setup(seed: SeedSpec, faults: Faults) -> Hooked {
+    let port = free_port();
+    let cluster = Cluster::start(ClusterConfig {
+        settings: vec![
+            ("stripe_sync.webhook_listen".into(), format!("'127.0.0.1:{port}'")),
+            ("stripe_sync.database".into(), "'postgres'".into()),
+        ],
+        ..Default::default()
+    });
+    let mut c = cluster.connect_with_extension();
+    let fake = start_fake(Some(seed), faults);
+    add_source(&mut c, &fake, "default", TEST_KEY);
+    c.query("SELECT * FROM stripe_sync.refresh('all', 'full')", &[]).unwrap();
+    let url = format!("http://127.0.0.1:{port}/webhook/default");
+    let id: String = c.query_one("SELECT stripe_sync.create_webhook($1)", &[&url]).unwrap().get(0);
+    assert!(id.starts_with("we_"));
+    // the worker picks the secret up within a second
+    std::thread::sleep(Duration::from_millis(1500));
+    Hooked { cluster, c, fake, port }
+}
+
+fn call(fake: &Fake, method: &str, path: &str, body: &str) -> Value {
+    let (status, v) = fake.call(method, path, body);
+    assert_eq!(status, 200, "{method} {path} {body}: {v}");
+    v
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Waits until every delivery the fake queued was answered and the inbox is applied.
+fn settle(h: &mut Hooked, timeout: Duration) {
+    wait_for(timeout, "deliveries and the inbox to settle", || {
+        let settled = h.fake.deliveries().settled();
+        let pending: i64 =
+            h.c.query_one("SELECT count(*) FROM stripe_sync._inbox WHERE status = 'pending'", &[]).unwrap().get(0);
+        (settled && pending == 0).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let pending: i64 =
+        h.c.query_one("SELECT count(*) FROM stripe_sync._inbox WHERE status = 'pending'", &[]).unwrap().get(0);
+    assert_eq!(pending, 0);
+}
+
+#[test]
+fn changes_made_at_stripe_arrive_within_a_second() {
+    let mut h = setup(SeedSpec::scaled(20), Faults::default());
+    // the endpoint has the concrete event types the tables need
+    let ep = &h.fake.objects("webhook_endpoints")[0];
+    let enabled: Vec<&str> = ep["enabled_events"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(
+        enabled.contains(&"customer.subscription.deleted")
+            && enabled.contains(&"invoice.paid")
+            && !enabled.contains(&"*")
+    );
+    assert!(enabled.iter().all(|e| !e.contains('*')));
+    assert_eq!(ep["description"], "stripe_sync source default");
+
+    let mut lags = Vec::new();
+    let mut observe = |c: &mut postgres::Client, sql: &str, arg: &str, want: Option<&str>| {
+        let t = Instant::now();
+        wait_for(Duration::from_secs(10), sql, || {
+            let got: Option<String> = c.query_opt(sql, &[&arg]).unwrap().and_then(|r| r.get::<_, Option<String>>(0));
+            (got.as_deref() == want).then_some(())
+        });
+        lags.push(t.elapsed().as_secs_f64() * 1000.0);
+    };
+    let mut c = h.cluster.connect();
+    for i in 0..10 {
+        let cus = call(&h.fake, "POST", "/v1/customers", &format!("email=hook{i}%40example.com"));
+        observe(
+            &mut c,
+            "SELECT email FROM stripe.customer WHERE id = $1",
+            &id(&cus),
+            Some(&format!("hook{i}@example.com")),
+        );
+        call(&h.fake, "POST", &format!("/v1/customers/{}", id(&cus)), "name=Changed");
+        observe(&mut c, "SELECT name FROM stripe.customer WHERE id = $1", &id(&cus), Some("Changed"));
+        let price = h.fake.objects("prices").into_iter().find(|p| p["type"] == "recurring").unwrap();
+        let sub = call(
+            &h.fake,
+            "POST",
+            "/v1/subscriptions",
+            &format!("customer={}&items[0][price]={}", id(&cus), id(&price)),
+        );
+        observe(&mut c, "SELECT status FROM stripe.subscription WHERE id = $1", &id(&sub), Some("active"));
+        call(&h.fake, "DELETE", &format!("/v1/subscriptions/{}", id(&sub)), "");
+        observe(&mut c, "SELECT status FROM stripe.subscription WHERE id = $1", &id(&sub), Some("canceled"));
+        let inv = call(&h.fake, "POST", "/v1/invoices", &format!("customer={}", id(&cus)));
+        observe(&mut c, "SELECT status FROM stripe.invoice WHERE id = $1", &id(&inv), Some("draft"));
+        call(&h.fake, "DELETE", &format!("/v1/invoices/{}", id(&inv)), "");
+        observe(&mut c, "SELECT status FROM stripe.invoice WHERE id = $1", &id(&inv), None);
+        call(&h.fake, "DELETE", &format!("/v1/customers/{}", id(&cus)), "");
+        observe(&mut c, "SELECT email FROM stripe.customer WHERE id = $1", &id(&cus), None);
+    }
+    let (p50, p99) = (percentile(&mut lags, 0.5), percentile(&mut lags, 0.99));
+    println!(
+        "webhook lag from the change at the fake to the committed row: p50 {p50:.0} ms, p99 {p99:.0} ms over {} changes",
+        lags.len()
+    );
+    assert!(p99 < 1000.0, "p99 {p99:.0} ms");
+    let status: Value = h.c.query_one("SELECT stripe_sync.webhook_status()::json", &[]).unwrap().get(0);
+    assert_eq!(status["stripe_status"], "enabled", "{status}");
+    assert!(status["applied"].as_i64().unwrap() >= 70, "{status}");
+}
+
+#[test]
+fn shuffled_and_duplicated_deliveries_of_5000_changes_end_equal_to_the_fake() {
+    let faults = Faults { webhook_shuffle_ms: 400, webhook_duplicate_rate: 1.0, ..Faults::default() };
+    let mut h = setup(SeedSpec::scaled(200), faults);
+    let customers: Vec<String> = h.fake.objects("customers").iter().map(id).collect();
+    let mut n = 0;
+    let mut created = Vec::new();
+    while n < 5000 {
+        let k = n % 10;
+        match k {
+            0 => {
+                created.push(id(&call(&h.fake, "POST", "/v1/customers", &format!("email=s{n}%40example.com"))));
+            }
+            1..=6 => {
+                let target = if k % 2 == 0 && !created.is_empty() {
+                    created[n % created.len()].clone()
+                } else {
+                    customers[n % customers.len()].clone()
+                };
+                let (status, _) =
+                    h.fake.call("POST", &format!("/v1/customers/{target}"), &format!("name=N{n}&metadata[n]={n}"));
+                assert!(status == 200 || status == 404);
+            }
+            7 => {
+                let (status, _) = h.fake.call(
+                    "POST",
+                    &format!("/v1/customers/{}/balance_transactions", customers[n % customers.len()]),
+                    "amount=-100&currency=usd",
+                );
+                assert!(status == 200 || status == 404);
+            }
+            _ => {
+                if let Some(victim) = created.pop() {
+                    call(&h.fake, "DELETE", &format!("/v1/customers/{victim}"), "");
+                }
+            }
+        }
+        n += 1;
+    }
+    settle(&mut h, Duration::from_secs(180));
+    let d = compare(&mut h.c, &h.fake, "stripe", "customer");
+    println!("after 5000 shuffled, duplicated changes: customer {}", d.summary());
+    assert!(d.is_empty(), "{d:?}");
+    let dup: i64 = h.c.query_one("SELECT (stripe_sync.webhook_status()->>'duplicates')::bigint", &[]).unwrap().get(0);
+    assert!(dup > 1000, "every event came twice: {dup} duplicates seen");
+}
+
+#[test]
+fn an_immediate_restart_mid_burst_loses_nothing_that_got_a_2xx() {
+    let faults = Faults { webhook_retry_base_ms: 200, webhook_retry_max_ms: 2000, ..Faults::default() };
+    let mut h = setup(SeedSpec::scaled(100), faults);
+    let customers: Vec<String> = h.fake.objects("customers").iter().map(id).collect();
+    let fake = h.fake.clone();
+    let burst = std::thread::spawn(move || {
+        for n in 0..5000 {
+            let target = &customers[n % customers.len()];
+            let (status, _) = fake.call("POST", &format!("/v1/customers/{target}"), &format!("name=R{n}"));
+            assert_eq!(status, 200);
+            if n % 50 == 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    h.cluster.restart_immediate();
+    burst.join().unwrap();
+    h.c = h.cluster.connect();
+    settle(&mut h, Duration::from_secs(180));
+    let d = compare(&mut h.c, &h.fake, "stripe", "customer");
+    assert!(d.is_empty(), "{}: {d:?}", d.summary());
+    // every event that got a 2xx is in the inbox
+    let acked: std::collections::HashSet<String> = h.fake.deliveries().acknowledged.into_iter().collect();
+    let stored: std::collections::HashSet<String> =
+        h.c.query("SELECT event_id FROM stripe_sync._inbox", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let lost: Vec<&String> = acked.difference(&stored).collect();
+    println!(
+        "restart mid-burst: {} events acknowledged, {} stored, {} lost; {} failed delivery attempts retried",
+        acked.len(),
+        stored.len(),
+        lost.len(),
+        h.fake.deliveries().failed_attempts
+    );
+    assert!(lost.is_empty(), "{} acknowledged events missing", lost.len());
+    assert!(h.fake.deliveries().failed_attempts > 0, "the restart made some deliveries fail");
+}
+
+#[test]
+fn bad_deliveries_get_the_right_status_change_nothing_and_the_worker_keeps_serving() {
+    let mut h = setup(SeedSpec::scaled(10), Faults::default());
+    let secret: String = h.c.query_one("SELECT secrets[1] FROM stripe_sync._webhooks", &[]).unwrap().get(0);
+    let url = format!("http://127.0.0.1:{}/webhook/default", h.port);
+    let cus = id(&h.fake.objects("customers")[0]);
+    let event = |name: &str| {
+        format!(
+            r#"{{"id":"evt_bad{name}","object":"event","api_version":"2026-06-24.dahlia","created":{},"type":"customer.updated","data":{{"object":{{"id":"{cus}","object":"customer","name":"{name}"}}}}}}"#,
+            signature::unix_now()
+        )
+    };
+    let before: String =
+        h.c.query_one("SELECT md5(string_agg(attrs::text, '' ORDER BY id)) FROM stripe.customer", &[]).unwrap().get(0);
+    let http = reqwest::blocking::Client::new();
+    let post = |body: String, sig: Option<String>| {
+        let mut r = http.post(&url).body(body);
+        if let Some(s) = sig {
+            r = r.header("Stripe-Signature", s);
+        }
+        r.send().unwrap().status().as_u16()
+    };
+    let now = signature::unix_now();
+    let b = event("forged");
+    assert_eq!(post(b.clone(), Some(format!("t={now},v1={}", "ab".repeat(32)))), 400, "forged");
+    assert_eq!(post(b.clone(), Some(signature::header_for(b.as_bytes(), "whsec_wrong", now))), 400, "wrong secret");
+    assert_eq!(post(b.clone(), Some(signature::header_for(b.as_bytes(), &secret, now - 3600))), 400, "stale");
+    assert_eq!(post(b.clone(), None), 400, "missing header");
+    let junk = "{not json".to_string();
+    assert_eq!(post(junk.clone(), Some(signature::header_for(junk.as_bytes(), &secret, now))), 400, "malformed");
+    let huge = "x".repeat(2 * 1024 * 1024);
+    assert_eq!(post(huge.clone(), Some(signature::header_for(huge.as_bytes(), &secret, now))), 413, "too large");
+    let nope = http
+        .post(format!("http://127.0.0.1:{}/webhook/nosuchsource", h.port))
+        .body(b.clone())
+        .send()
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(nope, 404);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after: String =
+        h.c.query_one("SELECT md5(string_agg(attrs::text, '' ORDER BY id)) FROM stripe.customer", &[]).unwrap().get(0);
+    assert_eq!(before, after, "no row changed");
+    let stored: i64 =
+        h.c.query_one("SELECT count(*) FROM stripe_sync._inbox WHERE event_id LIKE 'evt_bad%'", &[]).unwrap().get(0);
+    assert_eq!(stored, 0);
+    let rejected: i64 =
+        h.c.query_one("SELECT (stripe_sync.webhook_status()->>'rejected')::bigint", &[]).unwrap().get(0);
+    assert_eq!(rejected, 6);
+    // and a good one still goes through
+    let good = event("Good");
+    assert_eq!(post(good.clone(), Some(signature::header_for(good.as_bytes(), &secret, signature::unix_now()))), 200);
+    wait_for(Duration::from_secs(5), "the good event", || {
+        let n: Option<String> =
+            h.c.query_one("SELECT name FROM stripe.customer WHERE id = $1", &[&cus]).unwrap().get(0);
+        (n.as_deref() == Some("Good")).then_some(())
+    });
+    assert!(!h.cluster.log().contains(&secret[6..]), "the secret is in the server log");
+}
+
+#[test]
+fn the_worker_and_receive_webhook_share_one_verify_and_store_path() {
+    let mut h = setup(SeedSpec::scaled(10), Faults::default());
+    let secret: String = h.c.query_one("SELECT secrets[1] FROM stripe_sync._webhooks", &[]).unwrap().get(0);
+    let cus = id(&h.fake.objects("customers")[1]);
+    let body = format!(
+        r#"{{"id":"evt_shared1","object":"event","api_version":"2026-06-24.dahlia","created":{},"type":"customer.updated","data":{{"object":{{"id":"{cus}","object":"customer","name":"Shared"}}}}}}"#,
+        signature::unix_now()
+    );
+    let sig = signature::header_for(body.as_bytes(), &secret, signature::unix_now());
+    let first: String = h.c.query_one("SELECT stripe_sync.receive_webhook($1, $2)", &[&body, &sig]).unwrap().get(0);
+    assert_eq!(first, "stored");
+    let second: String = h.c.query_one("SELECT stripe_sync.receive_webhook($1, $2)", &[&body, &sig]).unwrap().get(0);
+    assert_eq!(second, "duplicate");
+    let http = reqwest::blocking::Client::new();
+    let status = http
+        .post(format!("http://127.0.0.1:{}/webhook/default", h.port))
+        .header("Stripe-Signature", sig.clone())
+        .body(body.clone())
+        .send()
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(status, 200);
+    let rows: i64 =
+        h.c.query_one("SELECT count(*) FROM stripe_sync._inbox WHERE event_id = 'evt_shared1'", &[]).unwrap().get(0);
+    assert_eq!(rows, 1);
+    let dups: i64 = h.c.query_one("SELECT (stripe_sync.webhook_status()->>'duplicates')::bigint", &[]).unwrap().get(0);
+    assert!(dups >= 2);
+    // the SQL ingress refuses what the listener refuses, and stores nothing
+    let err =
+        h.c.query_one("SELECT stripe_sync.receive_webhook($1, $2)", &[&body.replace("Shared", "Forged"), &sig])
+            .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "22023");
+    wait_for(Duration::from_secs(5), "the shared event applied", || {
+        let n: Option<String> =
+            h.c.query_one("SELECT name FROM stripe.customer WHERE id = $1", &[&cus]).unwrap().get(0);
+        (n.as_deref() == Some("Shared")).then_some(())
+    });
+}
+
+#[test]
+fn removing_the_source_leaves_nothing_at_stripe_and_a_restricted_key_gets_a_clear_message() {
+    let mut h = setup(SeedSpec::scaled(5), Faults::default());
+    assert_eq!(h.fake.count("webhook_endpoints"), 1);
+    // creating again for the same URL reuses it
+    let url = format!("http://127.0.0.1:{}/webhook/default", h.port);
+    h.c.query_one("SELECT stripe_sync.create_webhook($1)", &[&url]).unwrap();
+    assert_eq!(h.fake.count("webhook_endpoints"), 1);
+    h.c.query_one("SELECT stripe_sync.drop_source('default')", &[]).unwrap();
+    assert_eq!(h.fake.count("webhook_endpoints"), 0);
+
+    let faults = Faults { restricted_denied: vec!["webhook_endpoints".into()], ..Faults::default() };
+    h.fake.set_faults(faults);
+    add_source(&mut h.c, &h.fake, "limited", "rk_test_51Restricted0000000000aa");
+    let err =
+        h.c.query_one("SELECT stripe_sync.create_webhook('https://example.com/hook', 'limited')", &[]).unwrap_err();
+    let db = err.as_db_error().unwrap();
+    let hint = db.hint().unwrap_or_default();
+    assert!(hint.contains("Webhook Endpoints: Write") && hint.contains("set_webhook_secret"), "{db:?}");
+    assert!(
+        h.c.query_one("SELECT stripe_sync.set_webhook_secret('whsec_fromthedashboard123', 'limited')", &[]).is_ok()
+    );
+    let n: i32 =
+        h.c.query_one("SELECT cardinality(secrets) FROM stripe_sync._webhooks WHERE source = 'limited'", &[])
+            .unwrap()
+            .get(0);
+    assert_eq!(n, 1);
+    let err = h.c.query_one("SELECT stripe_sync.set_webhook_secret('nope', 'limited')", &[]).unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "22023");
+}
