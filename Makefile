@@ -1,5 +1,5 @@
 # stripe_sync: the two commands a newcomer needs.
-.PHONY: test demo demo-stop setup lint
+.PHONY: test demo demo-stop setup lint bench chaos
 
 test:            ## run every test (installs what is missing first)
 	scripts/test
@@ -9,6 +9,12 @@ demo:            ## start a cluster + the fake Stripe and show stripe_sync at wo
 
 demo-stop:       ## stop what `make demo` started
 	scripts/demo stop
+
+bench:           ## benchmarks (release build): table + bench/out/{results.md,results.csv,refresh_throughput.png}
+	scripts/bench
+
+chaos:           ## fault scenarios at full length
+	scripts/chaos
 
 setup:           ## install the toolchain pieces only
 	scripts/setup

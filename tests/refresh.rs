@@ -1,6 +1,6 @@
 //! Materialized tables and `stripe_sync.refresh` against the fake Stripe.
 
-use e2e::{Cluster, ClusterConfig, Fake, Faults, SeedSpec, TEST_KEY, add_source, compare, fake_objects, start_fake};
+use e2e::{Cluster, ClusterConfig, Fake, Faults, SeedSpec, TEST_KEY, add_source, compare, start_fake};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use stripe_core::resources::RESOURCES;

@@ -311,3 +311,5 @@ pub fn compare(c: &mut postgres::Client, fake: &Fake, schema: &str, resource: &s
     d.missing = expected.into_keys().collect();
     d
 }
+
+pub mod chaos;

@@ -1,0 +1,47 @@
+//! `make chaos`: every fault scenario at full length; prints what was injected and
+//! the final comparison with the fake (missing / extra / stale must all be 0).
+//! `--soak-seconds N` sets the soak's length (default 600), `--adversarial-seconds N`
+//! the hostile traffic's (default 60), `--changes N` the webhook bursts (default 5000).
+
+use e2e::chaos;
+
+fn main() {
+    let mut soak = 600u64;
+    let mut hostile = 60u64;
+    let mut changes = 5000usize;
+    let mut customers = 2000usize;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for w in args.chunks(2) {
+        let v = w.get(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("{} takes a number", w[0]));
+        match w[0].as_str() {
+            "--soak-seconds" => soak = v,
+            "--adversarial-seconds" => hostile = v,
+            "--changes" => changes = v as usize,
+            "--customers" => customers = v as usize,
+            other => panic!("unknown option {other}"),
+        }
+    }
+    let scenarios: Vec<Box<dyn Fn() -> chaos::Outcome>> = vec![
+        Box::new(move || chaos::refresh_under_faults(customers)),
+        Box::new(move || chaos::webhooks_with_restarts(changes)),
+        Box::new(move || chaos::worker_sigkill(changes)),
+        Box::new(move || chaos::adversarial(hostile, changes)),
+        Box::new(move || chaos::soak(soak)),
+    ];
+    let mut failed = 0;
+    let mut lines = Vec::new();
+    for s in scenarios {
+        let o = s();
+        println!("{}", o.line());
+        if !o.ok() {
+            failed += 1;
+        }
+        lines.push(o.line());
+    }
+    println!();
+    for l in &lines {
+        println!("{l}");
+    }
+    println!("chaos: {} passed, {} failed", lines.len() - failed, failed);
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}

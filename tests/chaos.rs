@@ -1,0 +1,34 @@
+//! Short variants of every `make chaos` scenario: nothing missing, extra or stale,
+//! and no acknowledged webhook lost.
+
+use e2e::chaos;
+
+fn check(o: chaos::Outcome) {
+    println!("{}", o.line());
+    assert!(o.ok(), "{}", o.line());
+}
+
+#[test]
+fn a_refresh_under_500s_429s_and_dropped_connections_ends_equal() {
+    check(chaos::refresh_under_faults(300));
+}
+
+#[test]
+fn shuffled_duplicated_delayed_webhooks_with_two_immediate_restarts_end_equal() {
+    check(chaos::webhooks_with_restarts(1500));
+}
+
+#[test]
+fn a_sigkilled_worker_loses_nothing() {
+    check(chaos::worker_sigkill(1000));
+}
+
+#[test]
+fn hostile_requests_change_nothing_and_normal_traffic_flows() {
+    check(chaos::adversarial(10, 300));
+}
+
+#[test]
+fn a_short_soak_ends_equal() {
+    check(chaos::soak(15));
+}
