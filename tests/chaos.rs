@@ -10,7 +10,7 @@ fn check(o: chaos::Outcome) {
 
 #[test]
 fn a_refresh_under_500s_429s_and_dropped_connections_ends_equal() {
-    check(chaos::refresh_under_faults(300));
+    check(chaos::refresh_under_faults(150));
 }
 
 #[test]
