@@ -33,7 +33,10 @@ fn a_reader_cannot_read_keys_or_webhook_secrets_and_the_log_has_none() {
     let body = "{\"id\":\"evt_1\"}";
     let _ = reqwest::blocking::Client::new()
         .post(format!("http://127.0.0.1:{port}/webhook/default"))
-        .header("Stripe-Signature", signature::header_for(body.as_bytes(), "whsec_wrongwrongwrong", signature::unix_now()))
+        .header(
+            "Stripe-Signature",
+            signature::header_for(body.as_bytes(), "whsec_wrongwrongwrong", signature::unix_now()),
+        )
         .body(body)
         .send();
 
@@ -81,15 +84,15 @@ fn the_listener_binds_loopback_by_default() {
         ..Default::default()
     });
     let mut c = cluster.connect_with_extension();
-    let default: String = c
-        .query_one("SELECT boot_val FROM pg_settings WHERE name = 'stripe_sync.webhook_listen'", &[])
-        .unwrap()
-        .get(0);
+    let default: String =
+        c.query_one("SELECT boot_val FROM pg_settings WHERE name = 'stripe_sync.webhook_listen'", &[]).unwrap().get(0);
     assert!(default.starts_with("127.0.0.1:"), "{default}");
     e2e::wait_for(std::time::Duration::from_secs(20), "the listener", || {
         let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
         let local = format!("0100007F:{port:04X}");
-        tcp.lines().any(|l| l.split_whitespace().nth(1) == Some(local.as_str()) && l.split_whitespace().nth(3) == Some("0A")).then_some(())
+        tcp.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(local.as_str()) && l.split_whitespace().nth(3) == Some("0A"))
+            .then_some(())
     });
     let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
     let anywhere = format!("00000000:{port:04X}");

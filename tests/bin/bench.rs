@@ -3,7 +3,7 @@
 //! webhook load. Prints one table (benchmark, setting, figure, limit, ratio) and
 //! writes it as Markdown and CSV, plus the data of the throughput plot.
 
-use e2e::{Cluster, ClusterConfig, Faults, SeedSpec, TEST_KEY, free_port, memory_kb, start_fake, wait_for};
+use e2e::{Cluster, ClusterConfig, Faults, SeedSpec, TEST_KEY, free_port, private_kb, start_fake, wait_for};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +33,14 @@ struct Args {
     memory_objects: usize,
     incremental_objects: usize,
     out: String,
+    /// Only these sections (limit, engine, webhooks, memory, incremental); empty = all.
+    only: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 fn parse() -> Args {
@@ -45,6 +53,7 @@ fn parse() -> Args {
         memory_objects: 1_000_000,
         incremental_objects: 100_000,
         out: "bench/out".into(),
+        only: Vec::new(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -60,9 +69,10 @@ fn parse() -> Args {
             "--memory-objects" => a.memory_objects = n(),
             "--incremental-objects" => a.incremental_objects = n(),
             "--out" => a.out = v.clone(),
+            "--only" => a.only = v.split(',').map(str::to_string).collect(),
             "--help" | "-h" => {
                 println!(
-                    "bench [--customers 100000] [--seq-customers 20000] [--invoices 100000] [--events 20000] [--clients 64] [--memory-objects 1000000] [--incremental-objects 100000] [--out bench/out]"
+                    "bench [--customers 100000] [--seq-customers 20000] [--invoices 100000] [--events 20000] [--clients 64] [--memory-objects 1000000] [--incremental-objects 100000] [--out bench/out] [--only limit,engine,webhooks,memory,incremental]"
                 );
                 std::process::exit(0);
             }
@@ -89,7 +99,7 @@ fn refresh(c: &mut postgres::Client, resource: &str, mode: &str, source: &str) -
     (t.elapsed().as_secs_f64(), row.get(0))
 }
 
-/// Peak RSS (kB) of the refresh worker while `f` runs.
+/// Peak growth of the refresh worker's private memory (kB, RssAnon sampled every 50 ms) while `f` runs.
 fn with_worker_peak<T>(cluster: &Cluster, f: impl FnOnce() -> T + Send) -> (T, u64) {
     let mut watcher = cluster.connect();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -97,22 +107,29 @@ fn with_worker_peak<T>(cluster: &Cluster, f: impl FnOnce() -> T + Send) -> (T, u
     let sampler = std::thread::spawn(move || {
         let mut peak = 0u64;
         let mut base = 0u64;
+        let mut pid = None;
         while !s2.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok(Some(r)) = watcher.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'stripe_sync refresh'", &[]) {
-                let (rss, hwm) = memory_kb(r.get(0));
-                if base == 0 && rss > 0 {
-                    base = rss;
-                }
-                peak = peak.max(hwm).max(rss);
+            if pid.is_none()
+                && let Ok(Some(r)) = watcher
+                    .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'stripe_sync refresh'", &[])
+            {
+                pid = Some(r.get::<_, i32>(0));
             }
-            std::thread::sleep(Duration::from_millis(100));
+            if let Some(p) = pid {
+                let anon = private_kb(p);
+                if base == 0 && anon > 0 {
+                    base = anon;
+                }
+                peak = peak.max(anon);
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         (base, peak)
     });
     let out = f();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (base, peak) = sampler.join().unwrap();
-    (out, peak.saturating_sub(base.min(peak)).max(peak.saturating_sub(base)))
+    (out, peak.saturating_sub(base))
 }
 
 fn main() {
@@ -131,85 +148,106 @@ fn main() {
     let mut c = cluster.connect_with_extension();
 
     // 1. refresh at Stripe's limit: 250 ms per request, 100 requests/s
-    eprintln!("== refresh at Stripe's limit");
-    let limited = Faults { latency_ms: 250, rate_limit: 100.0, ..Faults::default() };
-    let big = start_fake(Some(SeedSpec::only_customers(a.customers)), limited.clone());
-    let small = start_fake(Some(SeedSpec::only_customers(a.seq_customers)), limited);
-    for p in [1usize, 4, 8, 16, 32] {
-        let (fake, n) = if p < 8 { (&small, a.seq_customers) } else { (&big, a.customers) };
-        let name = format!("lim{p}");
-        source(&mut c, &fake.url(), &name, 100.0);
-        c.batch_execute(&format!("SET stripe_sync.max_parallel_requests = {p}")).unwrap();
-        let (secs, req) = refresh(&mut c, "customer", "full", &name);
-        let rate = n as f64 / secs;
-        eprintln!("   parallelism {p}: {n} customers in {secs:.1} s = {rate:.0} objects/s ({req} requests)");
-        sweep.push((p, rate));
-        if p == 32 || p == 1 {
-            rows.push(Row {
-                bench: "refresh at Stripe's limit".into(),
-                setting: format!(
-                    "{} customers, 250 ms latency, 100 req/s, parallelism {p}{}",
-                    n,
-                    if p == 1 { " (one sequential pass, like peer FDWs)" } else { "" }
-                ),
-                figure: rate,
-                unit: "objects/s".into(),
-                limit: 10_000.0,
-                goal: if p == 32 { ">= 0.8".into() } else { "(comparison)".into() },
-            });
+    if a.runs("limit") {
+        eprintln!("== refresh at Stripe's limit");
+        let limited = Faults { latency_ms: 250, rate_limit: 100.0, ..Faults::default() };
+        let big = start_fake(Some(SeedSpec::only_customers(a.customers)), limited.clone());
+        let small = start_fake(Some(SeedSpec::only_customers(a.seq_customers)), limited);
+        for p in [1usize, 4, 8, 16, 32] {
+            let (fake, n) = if p < 8 { (&small, a.seq_customers) } else { (&big, a.customers) };
+            let name = format!("lim{p}");
+            source(&mut c, &fake.url(), &name, 100.0);
+            c.batch_execute(&format!("SET stripe_sync.max_parallel_requests = {p}")).unwrap();
+            let (secs, req) = refresh(&mut c, "customer", "full", &name);
+            let rate = n as f64 / secs;
+            eprintln!("   parallelism {p}: {n} customers in {secs:.1} s = {rate:.0} objects/s ({req} requests)");
+            sweep.push((p, rate));
+            if p == 32 || p == 1 {
+                rows.push(Row {
+                    bench: "refresh at Stripe's limit".into(),
+                    setting: format!(
+                        "{} customers, 250 ms latency, 100 req/s, parallelism {p}{}",
+                        n,
+                        if p == 1 { " (one sequential pass, like peer FDWs)" } else { "" }
+                    ),
+                    figure: rate,
+                    unit: "objects/s".into(),
+                    limit: 10_000.0,
+                    goal: if p == 32 { ">= 0.8".into() } else { "(comparison)".into() },
+                });
+            }
         }
+        c.batch_execute("RESET stripe_sync.max_parallel_requests").unwrap();
+        drop((big, small));
     }
-    c.batch_execute("RESET stripe_sync.max_parallel_requests").unwrap();
-    drop((big, small));
 
     // 2. engine speed vs COPY of the same rows
-    eprintln!("== refresh engine speed");
-    let spec = SeedSpec { invoices: a.invoices, max_lines: 6, ..SeedSpec::scaled(a.invoices / 2) };
-    let fast = start_fake(Some(spec), Faults::default());
-    source(&mut c, &fast.url(), "engine", 0.0f64.max(10_000.0));
-    c.batch_execute("SET stripe_sync.max_parallel_requests = 8").unwrap();
-    let (secs, _) = refresh(&mut c, "invoice", "full", "engine");
-    let n: i64 = c.query_one("SELECT count(*) FROM engine.invoice", &[]).unwrap().get(0);
-    let refresh_rate = n as f64 / secs;
-    let mut dump = Vec::new();
-    {
-        let mut r = c.copy_out("COPY (SELECT * FROM engine.invoice) TO STDOUT").unwrap();
-        std::io::copy(&mut r, &mut dump).unwrap();
+    if a.runs("engine") {
+        eprintln!("== refresh engine speed");
+        let spec = SeedSpec { invoices: a.invoices, max_lines: 6, ..SeedSpec::scaled(a.invoices / 2) };
+        let fast = start_fake(Some(spec), Faults::default());
+        source(&mut c, &fast.url(), "engine", 0.0f64.max(10_000.0));
+        c.batch_execute("SET stripe_sync.max_parallel_requests = 8").unwrap();
+        let (secs, _) = refresh(&mut c, "invoice", "full", "engine");
+        let n: i64 = c.query_one("SELECT count(*) FROM engine.invoice", &[]).unwrap().get(0);
+        let refresh_rate = n as f64 / secs;
+        let mut dump = Vec::new();
+        {
+            let mut r = c.copy_out("COPY (SELECT * FROM engine.invoice) TO STDOUT").unwrap();
+            std::io::copy(&mut r, &mut dump).unwrap();
+        }
+        c.batch_execute("CREATE TABLE engine.invoice_copy (LIKE engine.invoice INCLUDING ALL)").unwrap();
+        let t = Instant::now();
+        {
+            let mut w = c.copy_in("COPY engine.invoice_copy FROM STDIN").unwrap();
+            w.write_all(&dump).unwrap();
+            w.finish().unwrap();
+        }
+        let copy_rate = n as f64 / t.elapsed().as_secs_f64();
+        eprintln!(
+            "   refresh {n} invoices: {refresh_rate:.0} objects/s; COPY of the same rows: {copy_rate:.0} rows/s ({:.0} MB)",
+            dump.len() as f64 / 1e6
+        );
+        rows.push(Row {
+            bench: "refresh engine speed".into(),
+            setting: format!("{n} invoices with 1-6 line items, no latency, no rate limit"),
+            figure: refresh_rate,
+            unit: "objects/s".into(),
+            limit: copy_rate,
+            goal: ">= 0.5 (limit: COPY of the same rows, same run)".into(),
+        });
+        drop(fast);
     }
-    c.batch_execute("CREATE TABLE engine.invoice_copy (LIKE engine.invoice INCLUDING ALL)").unwrap();
-    let t = Instant::now();
-    {
-        let mut w = c.copy_in("COPY engine.invoice_copy FROM STDIN").unwrap();
-        w.write_all(&dump).unwrap();
-        w.finish().unwrap();
-    }
-    let copy_rate = n as f64 / t.elapsed().as_secs_f64();
-    eprintln!("   refresh {n} invoices: {refresh_rate:.0} objects/s; COPY of the same rows: {copy_rate:.0} rows/s ({:.0} MB)", dump.len() as f64 / 1e6);
-    rows.push(Row {
-        bench: "refresh engine speed".into(),
-        setting: format!("{n} invoices with 1-6 line items, no latency, no rate limit"),
-        figure: refresh_rate,
-        unit: "objects/s".into(),
-        limit: copy_rate,
-        goal: ">= 0.5 (limit: COPY of the same rows, same run)".into(),
-    });
-    drop(fast);
 
     // 3. webhook throughput and lag
-    eprintln!("== webhook throughput and lag");
-    let hook_fake = start_fake(None, Faults::default());
-    source(&mut c, &hook_fake.url(), "hooks", 100.0);
-    let secret = "whsec_benchmarksecret000000000000";
-    c.execute("SELECT stripe_sync.set_webhook_secret($1, 'hooks')", &[&secret]).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let listen: String = c.query_one("SHOW stripe_sync.webhook_listen", &[]).unwrap().get(0);
-    let worker: i32 = c.query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'stripe_sync webhook worker'", &[]).unwrap().get(0);
-    let (rss0, _) = memory_kb(worker);
-    let url = format!("http://{listen}/webhook/hooks");
-    let per = a.events.div_ceil(a.clients);
-    let start = Instant::now();
-    let epoch0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    let threads: Vec<_> = (0..a.clients)
+    if a.runs("webhooks") {
+        eprintln!("== webhook throughput and lag");
+        let hook_fake = start_fake(None, Faults::default());
+        source(&mut c, &hook_fake.url(), "hooks", 100.0);
+        let secret = "whsec_benchmarksecret000000000000";
+        c.execute("SELECT stripe_sync.set_webhook_secret($1, 'hooks')", &[&secret]).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let listen: String = c.query_one("SHOW stripe_sync.webhook_listen", &[]).unwrap().get(0);
+        let worker: i32 = c
+            .query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'stripe_sync webhook worker'", &[])
+            .unwrap()
+            .get(0);
+        let anon0 = private_kb(worker);
+        let stop_w = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sw = stop_w.clone();
+        let wsampler = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !sw.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(private_kb(worker));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        });
+        let url = format!("http://{listen}/webhook/hooks");
+        let per = a.events.div_ceil(a.clients);
+        let start = Instant::now();
+        let epoch0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let threads: Vec<_> = (0..a.clients)
         .map(|k| {
             let url = url.clone();
             std::thread::spawn(move || {
@@ -230,108 +268,171 @@ fn main() {
             })
         })
         .collect();
-    let sent: Vec<(String, f64)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
-    let total = sent.len() as i64;
-    wait_for(Duration::from_secs(120), "every event applied", || {
-        let n: i64 = c.query_one("SELECT count(*) FROM stripe_sync._inbox WHERE source = 'hooks' AND status = 'applied'", &[]).unwrap().get(0);
-        (n >= total).then_some(())
-    });
-    let _ = start;
-    let applied: std::collections::HashMap<String, f64> = c
+        let sent: Vec<(String, f64)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let total = sent.len() as i64;
+        wait_for(Duration::from_secs(120), "every event applied", || {
+            let n: i64 = c
+                .query_one("SELECT count(*) FROM stripe_sync._inbox WHERE source = 'hooks' AND status = 'applied'", &[])
+                .unwrap()
+                .get(0);
+            (n >= total).then_some(())
+        });
+        let _ = start;
+        let applied: std::collections::HashMap<String, f64> = c
         .query("SELECT event_id, extract(epoch FROM applied_at)::float8 FROM stripe_sync._inbox WHERE source = 'hooks'", &[])
         .unwrap()
         .iter()
         .map(|r| (r.get::<_, String>(0), r.get::<_, f64>(1)))
         .collect();
-    let mut lags: Vec<f64> = sent.iter().map(|(id, t)| (applied[id] - t) * 1000.0).collect();
-    lags.sort_by(|x, y| x.partial_cmp(y).unwrap());
-    let last = applied.values().cloned().fold(0.0, f64::max);
-    let rate = total as f64 / (last - epoch0);
-    let p = |q: f64| lags[((lags.len() - 1) as f64 * q) as usize];
-    let (_, hwm) = memory_kb(worker);
-    eprintln!("   {total} events from {} clients: {rate:.0} events/s applied, lag p50 {:.0} ms p99 {:.0} ms", a.clients, p(0.5), p(0.99));
-    rows.push(Row {
-        bench: "webhook throughput".into(),
-        setting: format!("{total} signed events, {} concurrent clients", a.clients),
-        figure: rate,
-        unit: "events/s applied".into(),
-        limit: 7_000.0,
-        goal: ">= 1 (goal 7000/s)".into(),
-    });
-    rows.push(Row {
-        bench: "webhook lag p50".into(),
-        setting: "receipt to committed row".into(),
-        figure: p(0.5),
-        unit: "ms".into(),
-        limit: 200.0,
-        goal: "(p99 goal 200 ms)".into(),
-    });
-    rows.push(Row {
-        bench: "webhook lag p99".into(),
-        setting: "receipt to committed row".into(),
-        figure: p(0.99),
-        unit: "ms".into(),
-        limit: 200.0,
-        goal: "<= 1".into(),
-    });
-    rows.push(Row {
-        bench: "memory: webhook worker".into(),
-        setting: format!("peak RSS growth during {total} events"),
-        figure: hwm.saturating_sub(rss0) as f64 / 1024.0,
-        unit: "MB".into(),
-        limit: 100.0,
-        goal: "<= 1".into(),
-    });
-    drop(hook_fake);
+        let mut lags: Vec<f64> = sent.iter().map(|(id, t)| (applied[id] - t) * 1000.0).collect();
+        lags.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        let last = applied.values().cloned().fold(0.0, f64::max);
+        let rate = total as f64 / (last - epoch0);
+        let p = |q: f64| lags[((lags.len() - 1) as f64 * q) as usize];
+        stop_w.store(true, std::sync::atomic::Ordering::Relaxed);
+        let hwm = wsampler.join().unwrap();
+        eprintln!(
+            "   {total} events from {} clients: {rate:.0} events/s applied, lag p50 {:.0} ms p99 {:.0} ms",
+            a.clients,
+            p(0.5),
+            p(0.99)
+        );
+        rows.push(Row {
+            bench: "webhook throughput".into(),
+            setting: format!("{total} signed events, {} concurrent clients", a.clients),
+            figure: rate,
+            unit: "events/s applied".into(),
+            limit: 7_000.0,
+            goal: ">= 1 (goal 7000/s)".into(),
+        });
+        rows.push(Row {
+            bench: "webhook lag p50".into(),
+            setting: "receipt to committed row".into(),
+            figure: p(0.5),
+            unit: "ms".into(),
+            limit: 200.0,
+            goal: "(p99 goal 200 ms)".into(),
+        });
+        rows.push(Row {
+            bench: "webhook lag p99".into(),
+            setting: "receipt to committed row".into(),
+            figure: p(0.99),
+            unit: "ms".into(),
+            limit: 200.0,
+            goal: "<= 1".into(),
+        });
+        rows.push(Row {
+            bench: "memory: webhook worker".into(),
+            setting: format!("peak private memory (RssAnon) growth during {total} events"),
+            figure: hwm.saturating_sub(anon0) as f64 / 1024.0,
+            unit: "MB".into(),
+            limit: 100.0,
+            goal: "<= 1".into(),
+        });
+        drop(hook_fake);
+    }
 
     // 4. memory of a big full refresh
-    eprintln!("== memory of a {}-object full refresh", a.memory_objects);
-    let mem_fake = start_fake(Some(SeedSpec::only_customers(a.memory_objects)), Faults::default());
-    source(&mut c, &mem_fake.url(), "mem", 10_000.0);
-    c.batch_execute("SET stripe_sync.max_parallel_requests = 8").unwrap();
-    let ((secs, _), growth_kb) = with_worker_peak(&cluster, || refresh(&mut c, "customer", "full", "mem"));
-    eprintln!("   {} customers in {secs:.1} s, refresh worker peak RSS growth {:.1} MB", a.memory_objects, growth_kb as f64 / 1024.0);
-    rows.push(Row {
-        bench: "memory: refresh worker".into(),
-        setting: format!("peak RSS growth, full refresh of {} customers ({:.0} objects/s)", a.memory_objects, a.memory_objects as f64 / secs),
-        figure: growth_kb as f64 / 1024.0,
-        unit: "MB".into(),
-        limit: 100.0,
-        goal: "<= 1".into(),
-    });
-    drop(mem_fake);
+    if a.runs("memory") {
+        eprintln!("== memory of a {}-object full refresh", a.memory_objects);
+        let mem_fake = start_fake(Some(SeedSpec::only_customers(a.memory_objects)), Faults::default());
+        source(&mut c, &mem_fake.url(), "mem", 10_000.0);
+        c.batch_execute("SET stripe_sync.max_parallel_requests = 8").unwrap();
+        let ((secs, _), growth_kb) = with_worker_peak(&cluster, || refresh(&mut c, "customer", "full", "mem"));
+        eprintln!(
+            "   {} customers in {secs:.1} s, refresh worker peak private memory growth {:.1} MB",
+            a.memory_objects,
+            growth_kb as f64 / 1024.0
+        );
+        rows.push(Row {
+            bench: "memory: refresh worker".into(),
+            setting: format!(
+                "peak private memory (RssAnon) growth, full refresh of {} customers ({:.0} objects/s)",
+                a.memory_objects,
+                a.memory_objects as f64 / secs
+            ),
+            figure: growth_kb as f64 / 1024.0,
+            unit: "MB".into(),
+            limit: 100.0,
+            goal: "<= 1".into(),
+        });
+        drop(mem_fake);
+    }
 
     // 5. incremental cost: events vs full after 1% changed
-    eprintln!("== incremental cost");
-    let inc_fake = start_fake(Some(SeedSpec::only_customers(a.incremental_objects)), Faults::default());
-    source(&mut c, &inc_fake.url(), "inc", 10_000.0);
-    refresh(&mut c, "customer", "full", "inc");
-    let ids: Vec<String> = inc_fake.objects("customers").iter().map(|o| o["id"].as_str().unwrap().to_string()).collect();
-    for id in ids.iter().step_by(100) {
-        inc_fake.call("POST", &format!("/v1/customers/{id}"), "name=Changed");
+    if a.runs("incremental") {
+        eprintln!("== incremental cost");
+        let inc_fake = start_fake(Some(SeedSpec::only_customers(a.incremental_objects)), Faults::default());
+        source(&mut c, &inc_fake.url(), "inc", 10_000.0);
+        refresh(&mut c, "customer", "full", "inc");
+        let ids: Vec<String> =
+            inc_fake.objects("customers").iter().map(|o| o["id"].as_str().unwrap().to_string()).collect();
+        for id in ids.iter().step_by(100) {
+            inc_fake.call("POST", &format!("/v1/customers/{id}"), "name=Changed");
+        }
+        let (_, events_req) = refresh(&mut c, "customer", "events", "inc");
+        let (_, full_req) = refresh(&mut c, "customer", "full", "inc");
+        eprintln!(
+            "   after {} changes: events refresh {events_req} requests, full refresh {full_req} requests",
+            ids.len() / 100
+        );
+        rows.push(Row {
+            bench: "incremental cost".into(),
+            setting: format!(
+                "API requests to catch up after 1% of {} customers changed: events vs full",
+                a.incremental_objects
+            ),
+            figure: events_req as f64,
+            unit: "requests (events mode)".into(),
+            limit: full_req as f64,
+            goal: "(lower is better)".into(),
+        });
     }
-    let (_, events_req) = refresh(&mut c, "customer", "events", "inc");
-    let (_, full_req) = refresh(&mut c, "customer", "full", "inc");
-    eprintln!("   after {} changes: events refresh {events_req} requests, full refresh {full_req} requests", ids.len() / 100);
-    rows.push(Row {
-        bench: "incremental cost".into(),
-        setting: format!("API requests to catch up after 1% of {} customers changed: events vs full", a.incremental_objects),
-        figure: events_req as f64,
-        unit: "requests (events mode)".into(),
-        limit: full_req as f64,
-        goal: "(lower is better)".into(),
-    });
 
     // the table
-    let date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let mut md = format!("Run {date} on {cpus} cores (release build, fake Stripe on loopback).\n\n| benchmark | setting | figure | limit | ratio | goal |\n| --- | --- | --- | --- | --- | --- |\n");
+    let mut md = format!(
+        "Run {date} on {cpus} cores (release build, fake Stripe on loopback).\n\n| benchmark | setting | figure | limit | ratio | goal |\n| --- | --- | --- | --- | --- | --- |\n"
+    );
     let mut csv = String::from("benchmark,setting,figure,unit,limit,ratio,goal\n");
     println!("{:<26} {:<90} {:>12} {:>10} {:>7}  goal", "benchmark", "setting", "figure", "limit", "ratio");
     for r in &rows {
-        println!("{:<26} {:<90} {:>12.1} {:>10.1} {:>7.2}  {} [{}]", r.bench, r.setting, r.figure, r.limit, r.ratio(), r.goal, r.unit);
-        md.push_str(&format!("| {} | {} | {:.1} {} | {:.1} | {:.2} | {} |\n", r.bench, r.setting, r.figure, r.unit, r.limit, r.ratio(), r.goal));
-        csv.push_str(&format!("\"{}\",\"{}\",{:.2},\"{}\",{:.2},{:.3},\"{}\"\n", r.bench, r.setting, r.figure, r.unit, r.limit, r.ratio(), r.goal));
+        println!(
+            "{:<26} {:<90} {:>12.1} {:>10.1} {:>7.2}  {} [{}]",
+            r.bench,
+            r.setting,
+            r.figure,
+            r.limit,
+            r.ratio(),
+            r.goal,
+            r.unit
+        );
+        md.push_str(&format!(
+            "| {} | {} | {:.1} {} | {:.1} | {:.2} | {} |\n",
+            r.bench,
+            r.setting,
+            r.figure,
+            r.unit,
+            r.limit,
+            r.ratio(),
+            r.goal
+        ));
+        csv.push_str(&format!(
+            "\"{}\",\"{}\",{:.2},\"{}\",{:.2},{:.3},\"{}\"\n",
+            r.bench,
+            r.setting,
+            r.figure,
+            r.unit,
+            r.limit,
+            r.ratio(),
+            r.goal
+        ));
     }
     std::fs::write(format!("{}/results.md", a.out), md).unwrap();
     std::fs::write(format!("{}/results.csv", a.out), csv).unwrap();

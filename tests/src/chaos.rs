@@ -1,7 +1,9 @@
 //! Fault scenarios, shared by `make chaos` (long) and the test command (short):
 //! each injects faults, then compares every affected table with the fake.
 
-use crate::{Cluster, ClusterConfig, Diff, Fake, Faults, SeedSpec, TEST_KEY, add_source, compare, free_port, start_fake};
+use crate::{
+    Cluster, ClusterConfig, Diff, Fake, Faults, SeedSpec, TEST_KEY, add_source, compare, free_port, start_fake,
+};
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -113,7 +115,8 @@ impl Hooked {
 
 /// Mutates customers (creates, updates, deletes, balance changes) `n` times.
 pub fn churn(fake: &Fake, n: usize, tag: &str) {
-    let customers: Vec<String> = fake.objects("customers").iter().map(|o| o["id"].as_str().unwrap().to_string()).collect();
+    let customers: Vec<String> =
+        fake.objects("customers").iter().map(|o| o["id"].as_str().unwrap().to_string()).collect();
     let mut created: Vec<String> = Vec::new();
     for i in 0..n {
         match i % 10 {
@@ -124,7 +127,11 @@ pub fn churn(fake: &Fake, n: usize, tag: &str) {
                 }
             }
             7 => {
-                let _ = fake.call("POST", &format!("/v1/customers/{}/balance_transactions", customers[i % customers.len()]), "amount=-100&currency=usd");
+                let _ = fake.call(
+                    "POST",
+                    &format!("/v1/customers/{}/balance_transactions", customers[i % customers.len()]),
+                    "amount=-100&currency=usd",
+                );
             }
             9 => {
                 if let Some(v) = created.pop() {
@@ -132,8 +139,13 @@ pub fn churn(fake: &Fake, n: usize, tag: &str) {
                 }
             }
             k => {
-                let target = if k % 2 == 0 && !created.is_empty() { created[i % created.len()].clone() } else { customers[i % customers.len()].clone() };
-                let _ = fake.call("POST", &format!("/v1/customers/{target}"), &format!("name={tag}{i}&metadata[i]={i}"));
+                let target = if k % 2 == 0 && !created.is_empty() {
+                    created[i % created.len()].clone()
+                } else {
+                    customers[i % customers.len()].clone()
+                };
+                let _ =
+                    fake.call("POST", &format!("/v1/customers/{target}"), &format!("name={tag}{i}&metadata[i]={i}"));
             }
         }
     }
@@ -156,10 +168,7 @@ pub fn refresh_under_faults(customers: usize) -> Outcome {
     let st = fake.stats();
     Outcome {
         scenario: "refresh under faults".into(),
-        injected: format!(
-            "20% 500s, 10% 429s, 5% dropped connections; {} customers, all 15 resources",
-            customers
-        ),
+        injected: format!("20% 500s, 10% 429s, 5% dropped connections; {} customers, all 15 resources", customers),
         diff,
         lost: 0,
         notes: format!(
@@ -204,7 +213,9 @@ pub fn webhooks_with_restarts(changes: usize) -> Outcome {
     let d = h.fake.deliveries();
     Outcome {
         scenario: "webhooks + 2 restarts".into(),
-        injected: format!("{changes} changes; deliveries delayed 50 ms, shuffled 300 ms, 50% duplicated; 2 x pg_ctl restart -m immediate"),
+        injected: format!(
+            "{changes} changes; deliveries delayed 50 ms, shuffled 300 ms, 50% duplicated; 2 x pg_ctl restart -m immediate"
+        ),
         diff,
         lost,
         notes: format!("{} deliveries, {} failed attempts retried", d.queued, d.failed_attempts),
@@ -233,7 +244,11 @@ pub fn worker_sigkill(changes: usize) -> Outcome {
         injected: format!("{changes} changes; kill -9 of the webhook worker (pid {pid})"),
         diff,
         lost,
-        notes: format!("worker back as pid {:?}; {} failed delivery attempts retried", new_pid, h.fake.deliveries().failed_attempts),
+        notes: format!(
+            "worker back as pid {:?}; {} failed delivery attempts retried",
+            new_pid,
+            h.fake.deliveries().failed_attempts
+        ),
     }
 }
 
@@ -305,7 +320,10 @@ pub fn adversarial(secs: u64, changes: usize) -> Outcome {
     h.settle(Duration::from_secs(120));
     let diff = compare(&mut h.c, &h.fake, "stripe", "customer");
     let lost = h.lost();
-    let replayed: i64 = h.c.query_one("SELECT count(*) FROM stripe_sync._inbox WHERE event_id IN ('evt_forged', 'evt_replayed')", &[]).unwrap().get(0);
+    let replayed: i64 =
+        h.c.query_one("SELECT count(*) FROM stripe_sync._inbox WHERE event_id IN ('evt_forged', 'evt_replayed')", &[])
+            .unwrap()
+            .get(0);
     let pid_after = h.worker_pid();
     let crashed = pid_before != pid_after || h.cluster.log().contains("terminated by signal");
     let mut diff = diff;
@@ -314,7 +332,9 @@ pub fn adversarial(secs: u64, changes: usize) -> Outcome {
     }
     Outcome {
         scenario: "adversarial requests".into(),
-        injected: format!("{secs} s of random bytes, forged signatures, replays, 200 kB headers, truncated bodies, slow clients (6 threads)"),
+        injected: format!(
+            "{secs} s of random bytes, forged signatures, replays, 200 kB headers, truncated bodies, slow clients (6 threads)"
+        ),
         diff,
         lost,
         notes: format!("{sent} hostile requests; worker pid {pid_before:?} -> {pid_after:?}"),
@@ -354,7 +374,9 @@ pub fn soak(secs: u64) -> Outcome {
     let last: f64 = rss.iter().rev().take(q).sum::<u64>() as f64 / q as f64;
     Outcome {
         scenario: "soak".into(),
-        injected: format!("{secs} s of mixed changes, 20% duplicated, shuffled; events refresh every 3 s ({refreshes} runs)"),
+        injected: format!(
+            "{secs} s of mixed changes, 20% duplicated, shuffled; events refresh every 3 s ({refreshes} runs)"
+        ),
         diff,
         lost,
         notes: format!("worker RSS first quarter {:.1} MB, last quarter {:.1} MB", first / 1024.0, last / 1024.0),

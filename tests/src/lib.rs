@@ -259,6 +259,17 @@ pub fn add_source(c: &mut postgres::Client, fake: &Fake, name: &str, key: &str) 
     .expect("add_source");
 }
 
+/// Private (anonymous) memory of a process, in kB: RssAnon. Unlike VmRSS it
+/// leaves out the shared buffers a backend touches, which would count Postgres'
+/// shared_buffers as the process's own.
+pub fn private_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0)))
+        .unwrap_or(0)
+}
+
 /// Resident and peak memory of a process, in kB (VmRSS, VmHWM).
 pub fn memory_kb(pid: i32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
