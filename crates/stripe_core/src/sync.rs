@@ -178,8 +178,28 @@ struct Shared {
 /// Runs a full pass: ranges are fetched by up to `parallelism` fetchers; a busy
 /// range is split in two whenever a fetcher is idle.
 pub async fn full_pass(client: Client, pass: FullPass, tx: SyncSender<MsgResult>) {
-    let shared =
-        Arc::new(Mutex::new(Shared { queue: pending_ranges(pass.lo, pass.hi, &pass.done).into(), idle: 0, active: 0 }));
+    let mut queue: VecDeque<(i64, i64)> = pending_ranges(pass.lo, pass.hi, &pass.done).into();
+    // A fresh pass over everything: find how far back objects go with one round of
+    // concurrent probes, so the fetchers start on evenly sized ranges of real data
+    // instead of halving decades of emptiness one request at a time.
+    if pass.done.is_empty() && pass.parallelism > 1 && queue.len() == 1 {
+        match oldest_bound(&client, pass.resource, pass.lo, pass.hi).await {
+            Ok(Some((bound, since))) if bound > pass.lo => {
+                // nothing was created before `bound`: that range is done already
+                if !send(&tx, Ok(Msg::RangeDone { lo: pass.lo, hi: bound - 1, seen: Vec::new(), since })).await {
+                    return;
+                }
+                let n = (pass.parallelism / 2).max(1);
+                queue = CreatedRange::split(bound, pass.hi, n).iter().map(|r| r.bounds()).collect();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                send(&tx, Err(e)).await;
+                return;
+            }
+        }
+    }
+    let shared = Arc::new(Mutex::new(Shared { queue, idle: 0, active: 0 }));
     let failed = Arc::new(Mutex::new(None::<StripeError>));
     let fetchers = (0..pass.parallelism.max(1)).map(|_| fetcher(&client, pass.resource, &shared, &tx, &failed));
     futures_util::future::join_all(fetchers).await;
@@ -187,6 +207,40 @@ pub async fn full_pass(client: Client, pass: FullPass, tx: SyncSender<MsgResult>
     if let Some(e) = err {
         send(&tx, Err(e)).await;
     }
+}
+
+/// A time before which no object exists (within a factor of two of the oldest
+/// object's age), found with concurrent `limit=1` probes at `hi - 2^k hours`;
+/// and when the answer was given.
+async fn oldest_bound(client: &Client, r: &'static Resource, lo: i64, hi: i64) -> Result<Option<(i64, i64)>, StripeError> {
+    let cuts: Vec<i64> = (0..22).map(|k| hi.saturating_sub(3_600i64 << k)).filter(|t| *t > lo).collect();
+    let queries: Vec<(i64, ListQuery)> = cuts
+        .iter()
+        .flat_map(|t| {
+            Selection::all(r).list_queries(None).into_iter().map(move |q| {
+                (*t, ListQuery { limit: 1, created: CreatedRange { lt: Some(*t), ..Default::default() }, ..q })
+            })
+        })
+        .collect();
+    let answers = stream::iter(queries)
+        .map(|(t, q)| async move {
+            let p = Pager::new(client.clone(), q).next_page().await?;
+            Ok::<_, StripeError>((t, p.map(|p| (p.data.is_empty(), p.fetched_at))))
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    // the latest cut with objects before it, per cut: a cut is empty only if every variant is
+    let mut empty_at: std::collections::BTreeMap<i64, (bool, i64)> = std::collections::BTreeMap::new();
+    for a in answers {
+        let (t, page) = a?;
+        let (empty, at) = page.unwrap_or((true, crate::signature::unix_now()));
+        let e = empty_at.entry(t).or_insert((true, at));
+        e.0 &= empty;
+        e.1 = e.1.min(at);
+    }
+    // the newest cut before which nothing exists
+    Ok(empty_at.iter().rev().find(|(_, (empty, _))| *empty).map(|(t, (_, at))| (*t, *at)))
 }
 
 async fn fetcher(
