@@ -2,16 +2,16 @@
 //!
 //! This crate is the thin Postgres layer; everything about Stripe lives in
 //! `crates/stripe_core`.
-//! - [`fdw`]: the foreign data wrapper `stripe_sync_fdw`.
-//! - [`source`]: `add_source` / `drop_source`: connected accounts.
-//! - [`ddl`]: SQL generated from the resource registry.
-//! - [`refresh`]: `stripe_sync.refresh` and its background worker.
-//! - [`apply`]: writing objects into materialized tables (stamps, tombstones).
-//! - [`threads`]: threads with signals blocked.
-//! - [`worker`]: the background worker that receives webhooks.
-//! - [`webhooks`]: webhook endpoints, the inbox, the SQL ingress.
-//! - [`guc`]: settings.
-//! - [`error`]: errors with SQLSTATEs and hints.
+//! - [`fdw`] — the foreign data wrapper `stripe_sync_fdw`.
+//! - [`source`] — `add_source` / `drop_source`: connected accounts.
+//! - [`ddl`] — SQL generated from the resource registry.
+//! - [`refresh`] — `stripe_sync.refresh` and its background worker.
+//! - [`apply`] — writing objects into materialized tables (stamps, tombstones).
+//! - [`threads`] — threads with signals blocked.
+//! - [`worker`] — the background worker that receives webhooks.
+//! - [`webhooks`] — webhook endpoints, the inbox, the SQL ingress.
+//! - [`guc`] — settings.
+//! - [`error`] — errors with SQLSTATEs and hints.
 
 use pgrx::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -163,7 +163,7 @@ fn limit_with_an_unpushed_filter_finds_the_row_on_a_late_page() {
     let (_cluster, mut c, fake) = setup(SeedSpec::scaled(300));
     // charges are listed newest first: the oldest charge with a description is on the last page
     let charges = fake_objects(&fake, "charge");
-    let (pos, target) = charges.iter().enumerate().filter(|(_, ch)| ch["description"].is_string()).last().unwrap();
+    let (pos, target) = charges.iter().enumerate().rfind(|(_, ch)| ch["description"].is_string()).unwrap();
     assert!(pos >= 400, "the row is on page {} or later", pos / 100 + 1);
     let description = target["description"].as_str().unwrap();
     let row = c.query_one("SELECT id FROM stripe_api.charge WHERE description = $1 LIMIT 1", &[&description]).unwrap();

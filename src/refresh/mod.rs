@@ -38,6 +38,7 @@ type Row = (
 );
 
 /// Refreshes one resource (or `'all'`) of a source; one row per resource.
+#[allow(clippy::type_complexity)]
 #[pg_extern]
 fn refresh(
     resource: &str,

@@ -247,7 +247,7 @@ pub fn fake_collection(resource: &str) -> (&'static str, fn(&serde_json::Value) 
 /// The objects of a resource the fake holds (complete, as stored).
 pub fn fake_objects(fake: &Fake, resource: &str) -> Vec<serde_json::Value> {
     let (col, keep) = fake_collection(resource);
-    fake.objects(col).into_iter().filter(|o| keep(o)).collect()
+    fake.objects(col).into_iter().filter(keep).collect()
 }
 
 /// Connects a source named `name` to the fake (schema `stripe`, foreign tables in `stripe_api`).

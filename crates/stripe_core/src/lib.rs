@@ -1,14 +1,14 @@
 //! stripe_core: everything stripe_sync needs from Stripe, with no Postgres in it.
 //!
-//! - [`resources`]: the registry of the 15 synced resources (table-driven).
-//! - [`client`]: the HTTP client (auth, version pin, retries, rate limit).
-//! - [`paginate`]: list paging, `created` ranges, concurrent slices.
-//! - [`plan`]: which SQL conditions become which Stripe requests.
-//! - [`listing`]: reading a selection as a bounded stream of pages on its own thread.
-//! - [`sync`]: what a refresh reads: full passes in concurrent `created` ranges, events.
-//! - [`webhook`]: verifying deliveries and the HTTP listener for them.
-//! - [`signature`]: `Stripe-Signature` webhook verification.
-//! - [`error`]: typed API errors that never carry a secret.
+//! - [`resources`] — the registry of the 15 synced resources (table-driven).
+//! - [`client`] — the HTTP client (auth, version pin, retries, rate limit).
+//! - [`paginate`] — list paging, `created` ranges, concurrent slices.
+//! - [`plan`] — which SQL conditions become which Stripe requests.
+//! - [`listing`] — reading a selection as a bounded stream of pages on its own thread.
+//! - [`sync`] — what a refresh reads: full passes in concurrent `created` ranges, events.
+//! - [`webhook`] — verifying deliveries and the HTTP listener for them.
+//! - [`signature`] — `Stripe-Signature` webhook verification.
+//! - [`error`] — typed API errors that never carry a secret.
 
 pub mod client;
 pub mod error;

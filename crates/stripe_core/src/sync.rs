@@ -212,7 +212,12 @@ pub async fn full_pass(client: Client, pass: FullPass, tx: SyncSender<MsgResult>
 /// A time before which no object exists (within a factor of two of the oldest
 /// object's age), found with concurrent `limit=1` probes at `hi - 2^k hours`;
 /// and when the answer was given.
-async fn oldest_bound(client: &Client, r: &'static Resource, lo: i64, hi: i64) -> Result<Option<(i64, i64)>, StripeError> {
+async fn oldest_bound(
+    client: &Client,
+    r: &'static Resource,
+    lo: i64,
+    hi: i64,
+) -> Result<Option<(i64, i64)>, StripeError> {
     let cuts: Vec<i64> = (0..22).map(|k| hi.saturating_sub(3_600i64 << k)).filter(|t| *t > lo).collect();
     let queries: Vec<(i64, ListQuery)> = cuts
         .iter()

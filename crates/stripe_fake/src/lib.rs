@@ -6,12 +6,12 @@
 //! shuffled/duplicated/delayed deliveries) that tests can change while it runs.
 //! It binds loopback only.
 //!
-//! - [`store`]: ordered collections and list paging.
-//! - [`objects`]: object shapes and deterministic seeding.
-//! - [`api`]: the Stripe endpoints.
-//! - [`server`]: HTTP, authentication, faults, request counters, admin endpoints.
-//! - [`webhooks`]: signing and delivery.
-//! - [`form`]: Stripe's bracket form encoding.
+//! - [`store`] — ordered collections and list paging.
+//! - [`objects`] — object shapes and deterministic seeding.
+//! - [`api`] — the Stripe endpoints.
+//! - [`server`] — HTTP, authentication, faults, request counters, admin endpoints.
+//! - [`webhooks`] — signing and delivery.
+//! - [`form`] — Stripe's bracket form encoding.
 
 pub mod api;
 pub mod form;

@@ -176,7 +176,7 @@ async fn api_status(inner: &Inner, f: &Faults, auth: Option<&str>) -> Gate {
     };
     let valid_shape =
         ["sk_test_", "sk_live_", "rk_test_", "rk_live_"].iter().any(|p| key.starts_with(p)) && key.len() > 10;
-    if !valid_shape || f.bad_keys.iter().any(|k| *k == key) {
+    if !valid_shape || f.bad_keys.contains(&key) {
         let masked = format!("{}****{}", &key[..key.len().min(8)], tail(&key));
         return Gate::Answer(
             401,
