@@ -134,11 +134,23 @@ impl Target {
         if versions.is_empty() {
             return Ok(Upserted::default());
         }
+        // the newest version per id; two different versions with the same stamp
+        // cannot be ordered (deliveries come in any order): a tie, settled by a fetch
         let mut latest: HashMap<String, usize> = HashMap::new();
+        let mut batch_ties: Vec<String> = Vec::new();
         for (i, v) in versions.iter().enumerate() {
             let id = v.object.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
             match latest.get(&id) {
                 Some(j) if versions[*j].stamp > v.stamp => {}
+                Some(j) if versions[*j].stamp == v.stamp && versions[*j].object != v.object => {
+                    let fetched = |k: usize| versions[k].by.starts_with("fetch");
+                    if !fetched(*j) && !fetched(i) && !batch_ties.contains(&id) {
+                        batch_ties.push(id.clone());
+                    }
+                    if !fetched(*j) {
+                        latest.insert(id, i);
+                    }
+                }
                 _ => {
                     latest.insert(id, i);
                 }
@@ -159,10 +171,13 @@ impl Target {
             .map_err(spi_err)?;
         let first = row.first();
         let (ins, upd, ties) = first.get_three::<i64, i64, Vec<String>>().map_err(spi_err)?;
-        Ok(Upserted {
-            counts: Counts { inserted: ins.unwrap_or(0), updated: upd.unwrap_or(0), deleted: 0 },
-            ties: ties.unwrap_or_default(),
-        })
+        let mut ties = ties.unwrap_or_default();
+        for id in batch_ties {
+            if !ties.contains(&id) {
+                ties.push(id);
+            }
+        }
+        Ok(Upserted { counts: Counts { inserted: ins.unwrap_or(0), updated: upd.unwrap_or(0), deleted: 0 }, ties })
     }
 
     /// Deletes rows by id (each with the stamp of its deletion) and records tombstones.

@@ -1,40 +1,13 @@
 //! Webhooks end to end: the fake delivers real signed events to the worker.
 
-use e2e::{
-    Cluster, ClusterConfig, Fake, Faults, SeedSpec, TEST_KEY, add_source, compare, free_port, start_fake, wait_for,
-};
+use e2e::chaos::{Hooked, hooked};
+use e2e::{Fake, Faults, SeedSpec, add_source, compare, wait_for};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use stripe_core::signature;
 
-struct Hooked {
-    cluster: Cluster,
-    c: postgres::Client,
-    fake: Fake,
-    port: u16,
-}
-
-/// A cluster whose worker listens on a free port, a seeded fake, a source, full
-/// tables, and an endpoint created with create_webhook.
 fn setup(seed: SeedSpec, faults: Faults) -> Hooked {
-    let port = free_port();
-    let cluster = Cluster::start(ClusterConfig {
-        settings: vec![
-            ("stripe_sync.webhook_listen".into(), format!("'127.0.0.1:{port}'")),
-            ("stripe_sync.database".into(), "'postgres'".into()),
-        ],
-        ..Default::default()
-    });
-    let mut c = cluster.connect_with_extension();
-    let fake = start_fake(Some(seed), faults);
-    add_source(&mut c, &fake, "default", TEST_KEY);
-    c.query("SELECT * FROM stripe_sync.refresh('all', 'full')", &[]).unwrap();
-    let url = format!("http://127.0.0.1:{port}/webhook/default");
-    let id: String = c.query_one("SELECT stripe_sync.create_webhook($1)", &[&url]).unwrap().get(0);
-    assert!(id.starts_with("we_"));
-    // the worker picks the secret up within a second
-    std::thread::sleep(Duration::from_millis(1500));
-    Hooked { cluster, c, fake, port }
+    hooked(seed, faults)
 }
 
 fn call(fake: &Fake, method: &str, path: &str, body: &str) -> Value {
@@ -52,18 +25,8 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Waits until every delivery the fake queued was answered and the inbox is applied.
 fn settle(h: &mut Hooked, timeout: Duration) {
-    wait_for(timeout, "deliveries and the inbox to settle", || {
-        let settled = h.fake.deliveries().settled();
-        let pending: i64 =
-            h.c.query_one("SELECT count(*) FROM stripe_sync._inbox WHERE status = 'pending'", &[]).unwrap().get(0);
-        (settled && pending == 0).then_some(())
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let pending: i64 =
-        h.c.query_one("SELECT count(*) FROM stripe_sync._inbox WHERE status = 'pending'", &[]).unwrap().get(0);
-    assert_eq!(pending, 0);
+    h.settle(timeout);
 }
 
 #[test]

@@ -228,6 +228,23 @@ impl Ctx {
         Ok(())
     }
 
+    /// Adds a page to the batch (flushing when it is full); returns the newest created time in it.
+    fn take(
+        &mut self,
+        batch: &mut Vec<Version>,
+        objects: Vec<Value>,
+        stamp: i64,
+        by: &str,
+    ) -> Result<Option<i64>, Stop> {
+        let field = self.r.created_field;
+        let newest = objects.iter().filter_map(|o| o.get(field).and_then(Value::as_i64)).max();
+        batch.extend(objects.into_iter().map(|o| Version { object: o, stamp, by: by.to_string() }));
+        if batch.len() >= BATCH {
+            self.flush(batch)?;
+        }
+        Ok(newest)
+    }
+
     /// Fetches objects whose version could not be decided and writes what Stripe has now.
     fn settle(&mut self, ids: Vec<String>) -> Result<(), Stop> {
         let client = self.client.clone();
@@ -430,12 +447,7 @@ fn full(ctx: &mut Ctx) -> Result<(), Stop> {
         ctx.consume(rx, |ctx, msg| {
             match msg {
                 Msg::Objects { objects, stamp } => {
-                    newest_created = newest_created
-                        .max(objects.iter().filter_map(|o| o.get(r.created_field).and_then(Value::as_i64)).max());
-                    batch.extend(objects.into_iter().map(|o| Version { object: o, stamp, by: by.clone() }));
-                    if batch.len() >= BATCH {
-                        ctx.flush(&mut batch)?;
-                    }
+                    newest_created = newest_created.max(ctx.take(&mut batch, objects, stamp, &by)?);
                 }
                 Msg::RangeDone { lo, hi, seen, since } => {
                     ctx.flush(&mut batch)?;
@@ -470,12 +482,7 @@ fn full(ctx: &mut Ctx) -> Result<(), Stop> {
         ctx.consume(rx, |ctx, msg| {
             match msg {
                 Msg::Objects { objects, stamp } => {
-                    newest_created = newest_created
-                        .max(objects.iter().filter_map(|o| o.get(r.created_field).and_then(Value::as_i64)).max());
-                    batch.extend(objects.into_iter().map(|o| Version { object: o, stamp, by: by.clone() }));
-                    if batch.len() >= BATCH {
-                        ctx.flush(&mut batch)?;
-                    }
+                    newest_created = newest_created.max(ctx.take(&mut batch, objects, stamp, &by)?);
                 }
                 Msg::CustomerDone { customer, seen, since } => {
                     ctx.flush(&mut batch)?;
@@ -545,13 +552,7 @@ fn incremental(ctx: &mut Ctx) -> Result<(), Stop> {
     let by = "refresh:incremental".to_string();
     ctx.consume(rx, |ctx, msg| {
         if let Msg::Objects { objects, stamp } = msg {
-            for o in objects {
-                newest = newest.max(o.get(r.created_field).and_then(Value::as_i64));
-                batch.push(Version { object: o, stamp, by: by.clone() });
-            }
-            if batch.len() >= BATCH {
-                ctx.flush(&mut batch)?;
-            }
+            newest = newest.max(ctx.take(&mut batch, objects, stamp, &by)?);
         }
         Ok(())
     })?;

@@ -363,7 +363,7 @@ pub fn soak(secs: u64) -> Outcome {
         std::thread::sleep(Duration::from_secs(3));
         let _ = h.c.query("SELECT * FROM stripe_sync.refresh('customer', 'events')", &[]);
         refreshes += 1;
-        rss.push(crate::memory_kb(worker).0);
+        rss.push(crate::private_kb(worker));
     }
     load.join().unwrap();
     h.settle(Duration::from_secs(120));
@@ -379,6 +379,10 @@ pub fn soak(secs: u64) -> Outcome {
         ),
         diff,
         lost,
-        notes: format!("worker RSS first quarter {:.1} MB, last quarter {:.1} MB", first / 1024.0, last / 1024.0),
+        notes: format!(
+            "worker private memory (RssAnon) first quarter {:.1} MB, last quarter {:.1} MB",
+            first / 1024.0,
+            last / 1024.0
+        ),
     }
 }

@@ -904,35 +904,14 @@ impl Mutation<'_> {
                 {
                     return Err(missing("customer", c, "customer"));
                 }
-                let txn = self.rng().id("txn_");
-                let mut ch = objects::charge(&mut self.rng(), t, customer.as_deref(), amount, &currency, &txn, None);
-                for (k, v) in [
-                    ("paid", json!(true)),
-                    ("captured", json!(true)),
-                    ("status", json!("succeeded")),
-                    ("amount_captured", json!(amount)),
-                    ("balance_transaction", json!(txn)),
-                    ("failure_code", Value::Null),
-                    ("failure_message", Value::Null),
-                ] {
-                    ch[k] = v;
-                }
-                ch["description"] = params.get("description").cloned().unwrap_or(Value::Null);
-                if let Some(m) = params.get("metadata") {
-                    ch["metadata"] = m.clone();
-                }
-                let bt = objects::balance_transaction(
-                    &mut self.rng(),
-                    txn,
-                    t,
-                    amount,
-                    &currency,
-                    ch["id"].as_str().unwrap_or_default(),
-                    "charge",
-                );
-                store.add(bt);
-                store.add(ch.clone());
-                self.event("charge.succeeded", &ch, None);
+                let description = params.get("description").cloned().unwrap_or(Value::Null);
+                let metadata = params.get("metadata").cloned();
+                let ch = self.succeeded_charge(store, t, customer.as_deref(), amount, &currency, |ch| {
+                    ch["description"] = description;
+                    if let Some(m) = metadata {
+                        ch["metadata"] = m;
+                    }
+                });
                 Ok(render(&ch))
             }
             ("POST", ["charges", id]) => {
@@ -1023,6 +1002,38 @@ impl Mutation<'_> {
         }
     }
 
+    /// A successful charge with its balance transaction, recorded as `charge.succeeded`.
+    fn succeeded_charge(
+        &mut self,
+        store: &mut Store,
+        t: i64,
+        customer: Option<&str>,
+        amount: i64,
+        currency: &str,
+        customize: impl FnOnce(&mut Value),
+    ) -> Value {
+        let txn = self.rng().id("txn_");
+        let mut ch = objects::charge(&mut self.rng(), t, customer, amount, currency, &txn, None);
+        for (k, v) in [
+            ("paid", json!(true)),
+            ("captured", json!(true)),
+            ("status", json!("succeeded")),
+            ("amount_captured", json!(amount)),
+            ("balance_transaction", json!(txn)),
+            ("failure_code", Value::Null),
+            ("failure_message", Value::Null),
+        ] {
+            ch[k] = v;
+        }
+        customize(&mut ch);
+        let id = ch["id"].as_str().unwrap_or_default().to_string();
+        let bt = objects::balance_transaction(&mut self.rng(), txn, t, amount, currency, &id, "charge");
+        store.add(bt);
+        store.add(ch.clone());
+        self.event("charge.succeeded", &ch, None);
+        ch
+    }
+
     fn invoice_action(&mut self, store: &mut Store, id: &str, action: &str, t: i64) -> ApiResult {
         let mut inv = store.col("invoices").get(id).cloned().ok_or_else(|| missing("invoice", id, "id"))?;
         let status = inv["status"].as_str().unwrap_or("").to_string();
@@ -1042,39 +1053,11 @@ impl Mutation<'_> {
                 inv["status_transitions"]["paid_at"] = json!(t);
                 objects::total_invoice(&mut inv);
                 let amount = inv["total"].as_i64().unwrap_or(0);
-                let txn = self.rng().id("txn_");
-                let mut ch = objects::charge(
-                    &mut self.rng(),
-                    t,
-                    inv["customer"].as_str(),
-                    amount,
-                    inv["currency"].as_str().unwrap_or("usd"),
-                    &txn,
-                    Some(format!("Payment for invoice {id}")),
-                );
-                for (k, v) in [
-                    ("paid", json!(true)),
-                    ("captured", json!(true)),
-                    ("status", json!("succeeded")),
-                    ("amount_captured", json!(amount)),
-                    ("balance_transaction", json!(txn)),
-                    ("failure_code", Value::Null),
-                    ("failure_message", Value::Null),
-                ] {
-                    ch[k] = v;
-                }
-                let bt = objects::balance_transaction(
-                    &mut self.rng(),
-                    txn,
-                    t,
-                    amount,
-                    inv["currency"].as_str().unwrap_or("usd"),
-                    ch["id"].as_str().unwrap_or_default(),
-                    "charge",
-                );
-                store.add(bt);
-                store.add(ch.clone());
-                self.event("charge.succeeded", &ch, None);
+                let currency = inv["currency"].as_str().unwrap_or("usd").to_string();
+                let description = json!(format!("Payment for invoice {id}"));
+                self.succeeded_charge(store, t, inv["customer"].as_str(), amount, &currency, |ch| {
+                    ch["description"] = description
+                });
                 "invoice.paid"
             }
             ("void", "open") => {
