@@ -9,7 +9,7 @@ fn main() {
     let mut soak = 600u64;
     let mut hostile = 60u64;
     let mut changes = 5000usize;
-    let mut customers = 2000usize;
+    let mut customers = 500usize;
     let args: Vec<String> = std::env::args().skip(1).collect();
     for w in args.chunks(2) {
         let v = w.get(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("{} takes a number", w[0]));
