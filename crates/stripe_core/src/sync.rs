@@ -300,7 +300,9 @@ async fn fetch_range(
     shared: &Mutex<Shared>,
     tx: &SyncSender<MsgResult>,
 ) -> Result<bool, StripeError> {
-    let mut seen = Vec::new();
+    // the ids listed so far, packed into one buffer (a range can hold many
+    // thousands; a String each would cost ~70 bytes apiece)
+    let mut seen = String::new();
     let mut since: Option<i64> = None;
     for variant in Selection::all(r).list_queries(None) {
         let mut cursor: Option<String> = None;
@@ -314,7 +316,10 @@ async fn fetch_range(
             let Some(mut page) = pager.next_page().await? else { break };
             since = Some(since.map_or(page.fetched_at, |s| s.min(page.fetched_at)));
             complete_all(client, r, &mut page.data).await?;
-            seen.extend(ids(&page.data));
+            for id in ids(&page.data) {
+                seen.push_str(&id);
+                seen.push('\n');
+            }
             let last_created = page.data.last().and_then(|o| o.get(r.created_field)).and_then(Value::as_i64);
             cursor = pager.cursor().map(str::to_string);
             let more = page.has_more;
@@ -339,6 +344,7 @@ async fn fetch_range(
         }
     }
     let since = since.unwrap_or_else(crate::signature::unix_now);
+    let seen: Vec<String> = seen.lines().map(str::to_string).collect();
     Ok(send(tx, Ok(Msg::RangeDone { lo, hi, seen, since })).await)
 }
 
