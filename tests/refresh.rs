@@ -5,6 +5,14 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 use stripe_core::resources::RESOURCES;
 
+/// The tests of this file run one at a time: the speed test compares a parallel
+/// and a sequential pass by wall-clock time, which a neighbour's CPU load would skew.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn setup(seed: SeedSpec, faults: Faults) -> (Cluster, postgres::Client, Fake) {
     let cluster = Cluster::start(ClusterConfig::default());
     let mut c = cluster.connect_with_extension();
@@ -88,6 +96,7 @@ fn assert_equal(c: &mut postgres::Client, fake: &Fake, resource: &str, when: &st
 
 #[test]
 fn every_resource_follows_the_fake_in_full_incremental_and_events_modes() {
+    let _serial = serial();
     let (_cluster, mut c, fake) = setup(SeedSpec::scaled(40), Faults::default());
     let rows = c.query("SELECT resource, rows_inserted FROM stripe_sync.refresh('all', 'full')", &[]).unwrap();
     assert_eq!(rows.len(), 15);
@@ -136,6 +145,7 @@ fn every_resource_follows_the_fake_in_full_incremental_and_events_modes() {
 
 #[test]
 fn an_invoice_with_35_line_items_has_all_of_them() {
+    let _serial = serial();
     let (_cluster, mut c, fake) = setup(SeedSpec::scaled(5), Faults::default());
     let cus = id(&fake.objects("customers")[0]);
     let inv = call(&fake, "POST", "/v1/invoices", &format!("customer={cus}"));
@@ -158,6 +168,7 @@ fn an_invoice_with_35_line_items_has_all_of_them() {
 
 #[test]
 fn a_full_refresh_at_stripes_rate_limit_is_at_least_6x_faster_than_one_sequential_pass() {
+    let _serial = serial();
     let faults = Faults { latency_ms: 200, rate_limit: 100.0, ..Faults::default() };
     let cluster = Cluster::start(ClusterConfig::default());
     let mut c = cluster.connect_with_extension();
@@ -192,6 +203,7 @@ fn a_full_refresh_at_stripes_rate_limit_is_at_least_6x_faster_than_one_sequentia
 
 #[test]
 fn a_refresh_killed_halfway_resumes_from_its_checkpoint() {
+    let _serial = serial();
     let faults = Faults { latency_ms: 150, ..Faults::default() };
     let (cluster, mut c, fake) = setup(SeedSpec::only_customers(20_000), faults);
     // a first full pass to know what one costs
@@ -244,6 +256,7 @@ fn a_refresh_killed_halfway_resumes_from_its_checkpoint() {
 
 #[test]
 fn bad_arguments_fail_with_the_valid_choices_and_change_nothing() {
+    let _serial = serial();
     let (_cluster, mut c, fake) = setup(SeedSpec::scaled(10), Faults::default());
     let err = c.query("SELECT * FROM stripe_sync.refresh('nope', 'full')", &[]).unwrap_err();
     let db = err.as_db_error().unwrap();
@@ -282,6 +295,7 @@ fn bad_arguments_fail_with_the_valid_choices_and_change_nothing() {
 
 #[test]
 fn the_same_refresh_never_runs_twice_at_once_but_different_ones_do() {
+    let _serial = serial();
     let faults = Faults { latency_ms: 300, ..Faults::default() };
     let (cluster, mut c, _fake) = setup(SeedSpec::only_customers(3_000), faults);
     c.batch_execute("SET stripe_sync.max_parallel_requests = 1").unwrap();
@@ -306,6 +320,7 @@ fn the_same_refresh_never_runs_twice_at_once_but_different_ones_do() {
 
 #[test]
 fn pg_cron_runs_a_scheduled_refresh() {
+    let _serial = serial();
     let (_cluster, mut c, fake) = setup(SeedSpec::scaled(30), Faults::default());
     c.batch_execute("CREATE EXTENSION pg_cron").unwrap();
     c.execute("SELECT cron.schedule('stripe-customers', '* * * * *', $$SELECT * FROM stripe_sync.refresh('customer', 'full')$$)", &[]).unwrap();
