@@ -87,6 +87,16 @@ pub fn client_for_server(server_oid: pg_sys::Oid, options: &HashMap<String, Stri
     Client::new(cfg).map_err(SyncError::from)
 }
 
+/// Fails unless a source with this name exists.
+pub fn require(name: &str) -> Result<(), SyncError> {
+    if exists("SELECT EXISTS (SELECT FROM stripe_sync._sources WHERE name = $1)", name) {
+        Ok(())
+    } else {
+        Err(SyncError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("source \"{name}\" does not exist"))
+            .hint("Connect an account with stripe_sync.add_source(api_key); see stripe_sync.sources."))
+    }
+}
+
 /// A client for a source, from its server's options and user mapping.
 pub fn client_for_source(name: &str) -> Result<Client, SyncError> {
     let server = Spi::get_one_with_args::<String>(

@@ -75,20 +75,7 @@ fn refresh_all(resource: &str, mode: &str, source: &str) -> Result<Vec<Row>, Syn
     } else {
         vec![resources::lookup(resource).map_err(|e| SyncError::invalid(format!("{e}, or all")))?]
     };
-    let exists = Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT FROM stripe_sync._sources WHERE name = $1)",
-        &[source.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false);
-    if !exists {
-        return Err(SyncError::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("source \"{source}\" does not exist"),
-        )
-        .hint("Connect an account with stripe_sync.add_source(api_key); see stripe_sync.sources."));
-    }
+    crate::source::require(source)?;
     targets.into_iter().map(|r| refresh_one(r, mode, source)).collect()
 }
 

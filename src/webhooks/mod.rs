@@ -30,22 +30,6 @@ fn http<T: Send + 'static>(
     .map_err(SyncError::from)
 }
 
-fn require_source(name: &str) -> Result<(), SyncError> {
-    let ok = Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT FROM stripe_sync._sources WHERE name = $1)",
-        &[name.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false);
-    if ok {
-        Ok(())
-    } else {
-        Err(SyncError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("source \"{name}\" does not exist"))
-            .hint("See stripe_sync.sources, or connect an account with stripe_sync.add_source."))
-    }
-}
-
 fn permission_hint(e: SyncError) -> SyncError {
     if e.message.contains("403") {
         SyncError::new(e.code, e.message).hint(
@@ -69,7 +53,7 @@ fn create_webhook(url: &str, source: default!(&str, "'default'")) -> String {
 }
 
 fn create(url: &str, source: &str) -> Result<String, SyncError> {
-    require_source(source)?;
+    source::require(source)?;
     let parsed = url::Url::parse(url).map_err(|e| SyncError::invalid(format!("invalid webhook URL: {e}")))?;
     if !matches!(parsed.scheme(), "https" | "http") {
         return Err(SyncError::invalid("the webhook URL must be https:// (Stripe requires HTTPS in live mode)"));
@@ -154,7 +138,7 @@ fn set_webhook_secret(secret: &str, source: default!(&str, "'default'"), replace
 }
 
 fn set_secret(secret: &str, source: &str, replace: bool) -> Result<bool, SyncError> {
-    require_source(source)?;
+    source::require(source)?;
     let s = secret.trim();
     if !s.starts_with("whsec_") || s.len() < 10 || s.chars().any(|c| !(c.is_ascii_alphanumeric() || c == '_')) {
         return Err(SyncError::invalid("a webhook signing secret starts with whsec_")
@@ -217,7 +201,7 @@ fn receive_webhook(payload: &str, signature: &str, source: default!(&str, "'defa
 }
 
 fn receive(payload: &str, signature: &str, source: &str) -> Result<String, SyncError> {
-    require_source(source)?;
+    source::require(source)?;
     let event = inbox::verify(source, payload.as_bytes(), Some(signature))?;
     let fresh = Spi::connect_mut(|c| inbox::store(c, source, &[&event]))?;
     Ok(if fresh.first().copied().unwrap_or(false) { "stored" } else { "duplicate" }.to_string())
@@ -241,7 +225,7 @@ fn webhook_status(source: default!(&str, "'default'")) -> JsonB {
 }
 
 fn status(source: &str) -> Result<JsonB, SyncError> {
-    require_source(source)?;
+    source::require(source)?;
     let local: Value = Spi::get_one_with_args::<JsonB>(
         "SELECT jsonb_build_object(
             'endpoint_id', w.endpoint_id, 'url', w.url, 'managed', w.managed, 'enabled_events', w.enabled_events,

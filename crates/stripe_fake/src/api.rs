@@ -38,6 +38,11 @@ fn invalid(message: &str, param: Option<&str>) -> ApiErr {
     ApiErr(400, error_body("invalid_request_error", None, message, param))
 }
 
+fn unrecognized(method: &str, segs: &[&str]) -> ApiErr {
+    let msg = format!("Unrecognized request URL ({method}: /v1/{}).", segs.join("/"));
+    ApiErr(404, error_body("invalid_request_error", None, &msg, None))
+}
+
 fn missing(object: &str, id: &str, param: &str) -> ApiErr {
     ApiErr(
         404,
@@ -209,15 +214,7 @@ fn route(inner: &Inner, method: &str, segs: &[&str], params: &Value, caller: &Ca
             None => Err(missing("webhook_endpoint", id, "id")),
         },
         ("POST", _) | ("DELETE", _) => m.mutate(store, method, segs, params),
-        _ => Err(ApiErr(
-            404,
-            error_body(
-                "invalid_request_error",
-                None,
-                &format!("Unrecognized request URL ({method}: /v1/{}).", segs.join("/")),
-                None,
-            ),
-        )),
+        _ => Err(unrecognized(method, segs)),
     };
     let events = std::mem::take(&mut m.events);
     for (t, obj, prev) in events {
@@ -990,15 +987,7 @@ impl Mutation<'_> {
                 self.event("payment_method.detached", &pm, Some(prev));
                 Ok(render(&pm))
             }
-            _ => Err(ApiErr(
-                404,
-                error_body(
-                    "invalid_request_error",
-                    None,
-                    &format!("Unrecognized request URL ({method}: /v1/{}).", segs.join("/")),
-                    None,
-                ),
-            )),
+            _ => Err(unrecognized(method, segs)),
         }
     }
 
