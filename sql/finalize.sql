@@ -12,11 +12,11 @@ COMMENT ON FUNCTION stripe_sync.stripe_sync_fdw_meta() IS 'Internal: name, versi
 
 -- connecting accounts is for administrators; errors inside must not log the call (it carries the key)
 REVOKE ALL ON FUNCTION stripe_sync.add_source(text, text, text, text, text, text, text, double precision) FROM PUBLIC;
-REVOKE ALL ON FUNCTION stripe_sync.drop_source(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stripe_sync.drop_source(text, boolean) FROM PUBLIC;
 ALTER FUNCTION stripe_sync.add_source(text, text, text, text, text, text, text, double precision) SET log_min_error_statement = 'panic';
 COMMENT ON FUNCTION stripe_sync.add_source(text, text, text, text, text, text, text, double precision) IS
-  'Connects a Stripe account: add_source(api_key, name, schema, table_prefix, account, api_url, api_version, max_requests_per_second). Creates server stripe_sync_<name>, a user mapping for PUBLIC holding the key, and the 15 foreign tables in <schema>_api.';
-COMMENT ON FUNCTION stripe_sync.drop_source(text) IS 'Removes a source: its server, user mapping and foreign tables.';
+  'Connects a Stripe account: add_source(api_key, name, schema, table_prefix, account, api_url, api_version, max_requests_per_second). Creates server stripe_sync_<name>, a user mapping for PUBLIC holding the key, the 15 foreign tables in <schema>_api and the 15 materialized tables in <schema>. Refuses tables that belong to another source or that it did not create.';
+COMMENT ON FUNCTION stripe_sync.drop_source(text, boolean) IS 'Removes a source: drop_source(name, drop_tables => false). Drops its server, user mapping, foreign tables, sync state, tombstones, webhook endpoint (also at Stripe), inbox and counters; nothing of any other source. The materialized tables are kept unless drop_tables.';
 COMMENT ON FUNCTION stripe_sync.refresh(text, text, text) IS
   'Brings materialized tables up to date: refresh(resource or ''all'', mode full|incremental|events, source). Runs in a background worker that commits as it goes; an interrupted full refresh resumes. Returns one row per resource.';
 REVOKE ALL ON FUNCTION stripe_sync.create_webhook(text, text) FROM PUBLIC;

@@ -71,20 +71,26 @@ pub fn materialized_table(r: &Resource, schema: &str, table: &str) -> Vec<String
         .collect();
     cols.extend(SYNC_COLUMNS.iter().map(|(n, t, _)| format!("{} {t}", ident(n))));
     let mut out = vec![format!("CREATE TABLE IF NOT EXISTS {q} ({})", cols.join(", "))];
-    let mut indexed = vec!["created"];
-    indexed.extend(r.columns.iter().filter(|c| c.reference).map(|c| c.name));
-    for col in indexed {
-        out.push(format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {q} ({})",
-            ident(&format!("{table}_{col}_idx")),
-            ident(col)
-        ));
+    for (col, index) in indexed_columns(r).into_iter().zip(index_names(r, table)) {
+        out.push(format!("CREATE INDEX IF NOT EXISTS {} ON {q} ({})", ident(&index), ident(col)));
     }
     out.extend(comments(r, "TABLE", schema, table, "Kept in sync by stripe_sync (refresh and webhooks)."));
     for (n, _, c) in SYNC_COLUMNS {
         out.push(format!("COMMENT ON COLUMN {q}.{} IS {}", ident(n), literal(c)));
     }
     out
+}
+
+/// The columns a materialized table indexes: `created` and the references joins use.
+fn indexed_columns(r: &Resource) -> Vec<&'static str> {
+    let mut cols = vec!["created"];
+    cols.extend(r.columns.iter().filter(|c| c.reference).map(|c| c.name));
+    cols
+}
+
+/// Names of the indexes of a materialized table, as [`indexed_columns`].
+pub fn index_names(r: &Resource, table: &str) -> Vec<String> {
+    indexed_columns(r).into_iter().map(|c| format!("{table}_{c}_idx")).collect()
 }
 
 /// Table name of a resource under a prefix.

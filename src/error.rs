@@ -56,15 +56,21 @@ impl From<SyncError> for ErrorReport {
 impl From<StripeError> for SyncError {
     fn from(e: StripeError) -> SyncError {
         use PgSqlErrorCode::*;
+        let permission_hint;
         let (code, hint) = match &e {
             StripeError::Authentication { .. } => (
                 ERRCODE_FDW_UNABLE_TO_ESTABLISH_CONNECTION,
-                "Check the source's API key; a rolled or revoked key must be replaced (stripe_sync.drop_source then stripe_sync.add_source, or ALTER USER MAPPING).",
+                "Check the source's API key; replace a rolled or revoked key with ALTER USER MAPPING FOR PUBLIC SERVER stripe_sync_<source> OPTIONS (SET api_key '...').",
             ),
-            StripeError::Permission { .. } => (
-                ERRCODE_FDW_UNABLE_TO_ESTABLISH_CONNECTION,
-                "In the Stripe Dashboard, give the restricted key Read access to this resource.",
-            ),
+            StripeError::Permission { path, .. } => {
+                permission_hint = match stripe_core::resources::permission_for_path(path) {
+                    Some(p) => format!(
+                        "In the Stripe Dashboard (Developers → API keys), give the restricted key the \"{p}\" permission."
+                    ),
+                    None => "In the Stripe Dashboard (Developers → API keys), give the restricted key the permission named in the message.".to_string(),
+                };
+                (ERRCODE_INSUFFICIENT_PRIVILEGE, permission_hint.as_str())
+            }
             StripeError::NotFound { .. } => {
                 (ERRCODE_FDW_TABLE_NOT_FOUND, "The object does not exist in this Stripe account.")
             }

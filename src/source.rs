@@ -134,6 +134,71 @@ fn exists(sql: &str, arg: &str) -> bool {
     Spi::get_one_with_args::<bool>(sql, &[arg.into()]).ok().flatten().unwrap_or(false)
 }
 
+/// The relations a source with this schema and prefix creates: (schema, name),
+/// for the foreign tables in `<schema>_api` and the materialized tables and
+/// their indexes in `<schema>`.
+fn relations_of(schema: &str, prefix: &str) -> Vec<(String, String)> {
+    let api_schema = format!("{schema}_api");
+    let mut out = Vec::new();
+    for r in resources::RESOURCES {
+        let table = ddl::table_name(prefix, r);
+        out.push((api_schema.clone(), table.clone()));
+        out.extend(ddl::index_names(r, &table).into_iter().map(|i| (schema.to_string(), i)));
+        out.push((schema.to_string(), table));
+    }
+    out
+}
+
+/// Refuses a schema and prefix whose tables would be another source's, or tables
+/// stripe_sync did not create for this source (a user's own `stripe.customer`,
+/// or tables kept by drop_source): a source only ever writes its own tables.
+fn check_tables_free(schema: &str, prefix: &str) -> Result<(), SyncError> {
+    let mine = relations_of(schema, prefix);
+    let others = Spi::connect(|c| {
+        c.select("SELECT name, schema_name, table_prefix FROM stripe_sync._sources ORDER BY name", None, &[])?
+            .map(|row| Ok((row.get::<String>(1)?, row.get::<String>(2)?, row.get::<String>(3)?)))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
+    for (other, o_schema, o_prefix) in others.into_iter().filter_map(|(n, s, p)| Some((n?, s?, p.unwrap_or_default())))
+    {
+        let theirs = relations_of(&o_schema, &o_prefix);
+        if let Some((s, t)) = mine.iter().find(|m| theirs.contains(m)) {
+            return Err(SyncError::new(
+                PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+                format!("\"{s}\".\"{t}\" belongs to source \"{other}\": two sources cannot share tables"),
+            )
+            .hint("Give this source its own tables: pass schema => 'another_schema' or table_prefix => 'another_prefix_'."));
+        }
+    }
+    for (s, t) in &mine {
+        let taken = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2)",
+            &[s.as_str().into(), t.as_str().into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(true);
+        if taken {
+            return Err(SyncError::new(
+                PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE,
+                format!("relation \"{s}\".\"{t}\" already exists and is not a table of a stripe_sync source: stripe_sync does not adopt tables it did not create"),
+            )
+            .hint("Pass schema => or table_prefix => to put this source's tables elsewhere, or move that relation out of the way (tables kept by drop_source go with DROP TABLE, or drop_source(name, drop_tables => true))."));
+        }
+    }
+    Ok(())
+}
+
+/// Creates a schema unless it exists (without IF NOT EXISTS, which would NOTICE).
+fn create_schema(schema: &str) -> Result<(), SyncError> {
+    if !exists("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)", schema) {
+        Spi::run(&format!("CREATE SCHEMA {}", ident(schema)))
+            .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Connects a Stripe account: creates server `stripe_sync_<name>`, a user mapping
 /// for PUBLIC with the key, schema `<schema>_api` with the 15 foreign tables
 /// (`<table_prefix><resource>`), and records the source.
@@ -195,6 +260,7 @@ fn add(
         )
         .hint("Drop that server, or choose another source name."));
     }
+    check_tables_free(schema, prefix)?;
     let api_schema = format!("{schema}_api");
     let mut opts = vec![format!("api_url {}", literal(&base))];
     if let Some(v) = api_version {
@@ -223,7 +289,7 @@ fn add(
         ident(&server),
         literal(api_key.trim())
     ))?;
-    run(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(&api_schema)))?;
+    create_schema(&api_schema)?;
     run(&format!(
         "IMPORT FOREIGN SCHEMA stripe FROM SERVER {} INTO {} OPTIONS (table_prefix {})",
         ident(&server),
@@ -237,7 +303,7 @@ fn add(
         }
     }
     // the materialized tables: ordinary tables (not extension members), kept by drop_source
-    run(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))?;
+    create_schema(schema)?;
     for r in resources::RESOURCES {
         for stmt in ddl::materialized_table(r, schema, &ddl::table_name(prefix, r)) {
             run(&stmt)?;
@@ -251,19 +317,20 @@ fn add(
     Ok(name.to_string())
 }
 
-/// Removes a source: its server, user mapping, foreign tables and sync state.
-/// The materialized tables are kept: they are your data.
+/// Removes a source: its server, user mapping, foreign tables, sync state,
+/// tombstones, webhook endpoint, inbox and counters. The materialized tables are
+/// kept (they are your data) unless `drop_tables`.
 #[pg_extern]
-fn drop_source(name: &str) -> bool {
-    drop(name).unwrap_or_else(|e| e.raise())
+fn drop_source(name: &str, drop_tables: default!(bool, "false")) -> bool {
+    drop(name, drop_tables).unwrap_or_else(|e| e.raise())
 }
 
-fn drop(name: &str) -> Result<bool, SyncError> {
-    let row = Spi::get_two_with_args::<String, String>(
-        "SELECT server_name, schema_name FROM stripe_sync._sources WHERE name = $1",
+fn drop(name: &str, drop_tables: bool) -> Result<bool, SyncError> {
+    let row = Spi::get_three_with_args::<String, String, String>(
+        "SELECT server_name, schema_name, table_prefix FROM stripe_sync._sources WHERE name = $1",
         &[name.into()],
     );
-    let (Some(server), Some(schema)) = row.unwrap_or((None, None)) else {
+    let (Some(server), Some(schema), prefix) = row.unwrap_or((None, None, None)) else {
         let known: Vec<String> = Spi::get_one::<Vec<String>>(
             "SELECT coalesce(array_agg(name ORDER BY name), '{}') FROM stripe_sync._sources",
         )
@@ -296,12 +363,22 @@ fn drop(name: &str) -> Result<bool, SyncError> {
     if empty {
         run(&format!("DROP SCHEMA IF EXISTS {}", ident(&api_schema)))?;
     }
-    Spi::run_with_args("DELETE FROM stripe_sync._sources WHERE name = $1", &[name.into()])
-        .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
-    Spi::run_with_args("DELETE FROM stripe_sync._deleted WHERE source = $1", &[name.into()])
-        .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
-    pgrx::notice!(
-        "source \"{name}\" removed; its materialized tables in schema \"{schema}\" are kept (drop them yourself if you no longer need the data)"
-    );
+    // everything stored under the source's name (sync state and webhooks go by cascade)
+    for table in ["_sources", "_deleted", "_inbox", "_webhook_stats"] {
+        let key = if table == "_sources" { "name" } else { "source" };
+        Spi::run_with_args(&format!("DELETE FROM stripe_sync.{table} WHERE {key} = $1"), &[name.into()])
+            .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
+    }
+    if drop_tables {
+        let prefix = prefix.unwrap_or_default();
+        for r in resources::RESOURCES {
+            run(&format!("DROP TABLE IF EXISTS {}.{}", ident(&schema), ident(&ddl::table_name(&prefix, r))))?;
+        }
+        pgrx::notice!("source \"{name}\" removed with its materialized tables in schema \"{schema}\"");
+    } else {
+        pgrx::notice!(
+            "source \"{name}\" removed; its materialized tables in schema \"{schema}\" are kept (drop them yourself, or call drop_source(name, drop_tables => true), if you no longer need the data)"
+        );
+    }
     Ok(true)
 }

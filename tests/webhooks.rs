@@ -1,23 +1,13 @@
 //! Webhooks end to end: the fake delivers real signed events to the worker.
 
 use e2e::chaos::{Hooked, hooked};
-use e2e::{Fake, Faults, SeedSpec, add_source, compare, wait_for};
+use e2e::{Faults, SeedSpec, add_source, call, compare, id, wait_for};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use stripe_core::signature;
 
 fn setup(seed: SeedSpec, faults: Faults) -> Hooked {
     hooked(seed, faults)
-}
-
-fn call(fake: &Fake, method: &str, path: &str, body: &str) -> Value {
-    let (status, v) = fake.call(method, path, body);
-    assert_eq!(status, 200, "{method} {path} {body}: {v}");
-    v
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().unwrap().to_string()
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -287,7 +277,7 @@ fn removing_the_source_leaves_nothing_at_stripe_and_a_restricted_key_gets_a_clea
     let url = format!("http://127.0.0.1:{}/webhook/default", h.port);
     h.c.query_one("SELECT stripe_sync.create_webhook($1)", &[&url]).unwrap();
     assert_eq!(h.fake.count("webhook_endpoints"), 1);
-    h.c.query_one("SELECT stripe_sync.drop_source('default')", &[]).unwrap();
+    h.c.query_one("SELECT stripe_sync.drop_source('default', drop_tables => true)", &[]).unwrap();
     assert_eq!(h.fake.count("webhook_endpoints"), 0);
 
     let faults = Faults { restricted_denied: vec!["webhook_endpoints".into()], ..Faults::default() };

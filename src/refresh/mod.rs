@@ -22,6 +22,9 @@ use stripe_core::resources;
 /// The modes of a refresh.
 pub const MODES: &[&str] = &["full", "incremental", "events"];
 
+/// Between the notes a refresh records in `sync_status.note`.
+pub const NOTE_SEPARATOR: &str = "\n";
+
 /// `backend_type` of refresh workers.
 pub const WORKER_TYPE: &str = "stripe_sync refresh";
 
@@ -76,7 +79,51 @@ fn refresh_all(resource: &str, mode: &str, source: &str) -> Result<Vec<Row>, Syn
         vec![resources::lookup(resource).map_err(|e| SyncError::invalid(format!("{e}, or all")))?]
     };
     crate::source::require(source)?;
-    targets.into_iter().map(|r| refresh_one(r, mode, source)).collect()
+    // One resource's failure never stops the others: each is recorded in
+    // sync_status as it happens, and one error at the end lists them all.
+    let mut rows = Vec::new();
+    let mut failed: Vec<(&'static str, SyncError)> = Vec::new();
+    let mut notices = std::collections::HashSet::new();
+    for r in targets {
+        match refresh_one(r, mode, source, &mut notices) {
+            Ok(row) => rows.push(row),
+            Err(e) => failed.push((r.name, e)),
+        }
+    }
+    match failed.len() {
+        0 => Ok(rows),
+        1 if rows.is_empty() => Err(failed.remove(0).1),
+        n => Err(combined(n + rows.len(), failed)),
+    }
+}
+
+/// One error for the resources of a run that failed: the first failure's
+/// SQLSTATE, every resource with its cause, and each distinct hint once.
+fn combined(total: usize, failed: Vec<(&'static str, SyncError)>) -> SyncError {
+    let names: Vec<&str> = failed.iter().map(|(r, _)| *r).collect();
+    let causes: Vec<String> = failed.iter().map(|(r, e)| format!("{r}: {}", e.message)).collect();
+    let mut hints: Vec<String> = Vec::new();
+    for (r, e) in &failed {
+        if let Some(h) = &e.hint
+            && !hints.iter().any(|x| x.ends_with(h.as_str()))
+        {
+            hints.push(format!("{r}: {h}"));
+        }
+    }
+    hints.push(
+        "The other resources were refreshed and committed; every failure is in stripe_sync.sync_status (status, last_error)."
+            .into(),
+    );
+    SyncError::new(
+        failed[0].1.code,
+        format!(
+            "refresh failed for {} of {total} resources ({}): {}",
+            failed.len(),
+            names.join(", "),
+            causes.join("; ")
+        ),
+    )
+    .hint(hints.join(" "))
 }
 
 fn lock(source: &str, resource: &str) -> Result<(), SyncError> {
@@ -150,7 +197,12 @@ fn clock() -> i64 {
     Spi::get_one::<f64>("SELECT extract(epoch FROM clock_timestamp())::float8").ok().flatten().unwrap_or(0.0) as i64
 }
 
-fn refresh_one(r: &'static resources::Resource, mode: &str, source: &str) -> Result<Row, SyncError> {
+fn refresh_one(
+    r: &'static resources::Resource,
+    mode: &str,
+    source: &str,
+    notices: &mut std::collections::HashSet<String>,
+) -> Result<Row, SyncError> {
     lock(source, r.name)?;
     let launched = clock();
     let pid = unsafe { pg_sys::MyProcPid };
@@ -168,10 +220,16 @@ fn refresh_one(r: &'static resources::Resource, mode: &str, source: &str) -> Res
         e.rethrow()
     })
     .execute();
-    read_result(source, r.name, mode, launched)
+    read_result(source, r.name, mode, launched, notices)
 }
 
-fn read_result(source: &str, resource: &str, mode: &str, launched: i64) -> Result<Row, SyncError> {
+fn read_result(
+    source: &str,
+    resource: &str,
+    mode: &str,
+    launched: i64,
+    notices: &mut std::collections::HashSet<String>,
+) -> Result<Row, SyncError> {
     let row = Spi::connect(|c| {
         let t = c.select(
             "SELECT status, rows_inserted, rows_updated, rows_deleted, api_requests, started_at, finished_at,
@@ -199,8 +257,11 @@ fn read_result(source: &str, resource: &str, mode: &str, launched: i64) -> Resul
         return Err(SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the refresh worker recorded no result")
             .hint("See the server log for the refresh worker's messages."));
     };
-    if let Some(n) = note {
-        pgrx::notice!("{n}");
+    // a note is said once per call (refresh('all') would repeat the same one per resource)
+    for n in note.iter().flat_map(|n| n.split(NOTE_SEPARATOR)) {
+        if notices.insert(n.to_string()) {
+            pgrx::notice!("{n}");
+        }
     }
     if status != "succeeded" {
         let code = code.as_deref().and_then(sqlstate).unwrap_or(PgSqlErrorCode::ERRCODE_FDW_ERROR);
@@ -219,6 +280,8 @@ fn sqlstate(code: &str) -> Option<PgSqlErrorCode> {
     use PgSqlErrorCode::*;
     [
         ERRCODE_FDW_ERROR,
+        ERRCODE_INSUFFICIENT_PRIVILEGE,
+        ERRCODE_INVALID_PARAMETER_VALUE,
         ERRCODE_FDW_UNABLE_TO_ESTABLISH_CONNECTION,
         ERRCODE_FDW_TABLE_NOT_FOUND,
         ERRCODE_FDW_INVALID_DATA_TYPE,

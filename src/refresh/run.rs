@@ -398,8 +398,41 @@ fn run(job: &Job) -> Result<(), Stop> {
     Ok(())
 }
 
+/// Adds a note to `sync_status.note` (once: a full refresh run by an events
+/// refresh may find the same thing again).
 fn note(ctx: &Ctx, text: &str) -> Result<(), SyncError> {
-    tx(|| set_state(&ctx.job, "note = $3", vec![text.into()]))
+    tx(|| {
+        set_state(
+            &ctx.job,
+            "note = CASE WHEN note IS NULL THEN $3 WHEN position($3 IN note) > 0 THEN note ELSE note || $4 || $3 END",
+            vec![text.into(), super::NOTE_SEPARATOR.into()],
+        )
+    })
+}
+
+/// Why there is no events cursor when Stripe refuses `/v1/events` (a restricted
+/// key without Events, or a Stripe-compatible server without the endpoint).
+fn events_refused_note(e: &StripeError) -> String {
+    let why = match e {
+        StripeError::Permission { .. } => format!("the API key lacks \"{}\"", resources::EVENTS_PERMISSION),
+        other => format!("Stripe refused /v1/events ({other})"),
+    };
+    format!(
+        "events mode needs \"{}\": {why}, so no events cursor was recorded and refresh(..., 'events') runs full refreshes; give the restricted key that permission to make events refreshes cheap",
+        resources::EVENTS_PERMISSION
+    )
+}
+
+/// The newest event of a resource's types, or `Err(note)` when Stripe refuses
+/// `/v1/events`: events are optional for a full pass.
+fn newest_event(ctx: &Ctx, r: &'static Resource) -> Result<Result<Option<(i64, String)>, String>, Stop> {
+    let client = ctx.client.clone();
+    let types: Vec<&'static str> = r.event_types().collect();
+    match ctx.http(async move { sync::newest_event(&client, &types).await })? {
+        Ok(e) => Ok(Ok(e)),
+        Err(e) if e.is_refused() => Ok(Err(events_refused_note(&e))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A full refresh: every object read again, changed rows written, rows of objects
@@ -411,22 +444,31 @@ fn full(ctx: &mut Ctx) -> Result<(), Stop> {
     let mut cp = match checkpoint {
         Some(cp) => cp,
         None => {
-            // where events refreshes continue once this pass is done
             let client = ctx.client.clone();
-            let types: Vec<&'static str> = r.event_types().collect();
-            let complete = r.events_complete;
-            let (newest_created, newest_event) = ctx.http(async move {
-                let newest = if r.scope == Scope::Account { sync::newest_created(&client, r).await? } else { None };
-                let event = if complete { sync::newest_event(&client, &types).await? } else { None };
-                Ok::<_, StripeError>((newest, event))
+            let newest_created = ctx.http(async move {
+                if r.scope == Scope::Account { sync::newest_created(&client, r).await } else { Ok(None) }
             })??;
             let now = stripe_core::signature::unix_now();
+            // where events refreshes continue once this pass is done; without
+            // access to /v1/events the pass goes on with no events cursor
+            let events_cursor = if r.events_complete {
+                match newest_event(ctx, r)? {
+                    Ok(Some((t, id))) => json!([t, id]),
+                    Ok(None) => json!([now, null]),
+                    Err(why) => {
+                        note(ctx, &why)?;
+                        Value::Null
+                    }
+                }
+            } else {
+                Value::Null
+            };
             let cp = json!({
                 "started": now,
                 "hi": newest_created.unwrap_or(now),
                 "done": [],
                 "after": null,
-                "events_cursor": newest_event.as_ref().map(|(t, id)| json!([t, id])).unwrap_or_else(|| if complete { json!([now, null]) } else { Value::Null }),
+                "events_cursor": events_cursor,
             });
             tx(|| set_state(&ctx.job, "checkpoint = $3", vec![JsonB(cp.clone()).into()]))?;
             cp
@@ -567,6 +609,12 @@ fn events(ctx: &mut Ctx) -> Result<(), Stop> {
     let r = ctx.r;
     if !r.events_complete {
         note(ctx, &format!("{} has no complete events at Stripe: ran a full refresh instead", r.name))?;
+        return full(ctx);
+    }
+    // without access to /v1/events, a full refresh is the way to the truth
+    if let Err(why) = newest_event(ctx, r)? {
+        note(ctx, &format!("{why} (ran a full refresh instead)"))?;
+        tx(|| set_state(&ctx.job, "events_cursor_created = NULL, events_cursor_id = NULL", vec![]))?;
         return full(ctx);
     }
     let created: Option<i64> = tx(|| state_value::<i64>(&ctx.job, "events_cursor_created"))?;

@@ -32,9 +32,10 @@ fn http<T: Send + 'static>(
 
 fn permission_hint(e: SyncError) -> SyncError {
     if e.message.contains("403") {
-        SyncError::new(e.code, e.message).hint(
-            "Give the restricted key the \"Webhook Endpoints: Write\" permission in the Stripe Dashboard, or create the endpoint by hand (Developers > Webhooks) and call stripe_sync.set_webhook_secret('whsec_...').",
-        )
+        SyncError::new(e.code, e.message).hint(format!(
+            "Give the restricted key the \"{}\" permission in the Stripe Dashboard, or create the endpoint by hand (Developers > Webhooks) and call stripe_sync.set_webhook_secret('whsec_...').",
+            stripe_core::resources::WEBHOOK_PERMISSION
+        ))
     } else {
         e
     }

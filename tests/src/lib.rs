@@ -6,6 +6,7 @@
 //! The extension must be installed into Debian's PostgreSQL 15 first
 //! (`cargo pgrx install`; the README's test command does it).
 
+use serde_json::Value;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -321,6 +322,81 @@ pub fn compare(c: &mut postgres::Client, fake: &Fake, schema: &str, resource: &s
     }
     d.missing = expected.into_keys().collect();
     d
+}
+
+/// A call to the fake's API that must succeed.
+pub fn call(fake: &Fake, method: &str, path: &str, body: &str) -> Value {
+    let (status, v) = fake.call(method, path, body);
+    assert_eq!(status, 200, "{method} {path} {body}: {v}");
+    v
+}
+
+/// The `id` of an object.
+pub fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// Creates, updates and deletes objects of most resources the way a Stripe user does.
+pub fn mutate(fake: &Fake, round: u32) {
+    let customers = fake.objects("customers");
+    let c0 = id(&customers[0]);
+    let c1 = id(&customers[1]);
+    let gone = id(&customers[customers.len() - 1]);
+    let new_c = call(fake, "POST", "/v1/customers", &format!("email=new{round}%40example.com&name=New+{round}"));
+    call(fake, "POST", &format!("/v1/customers/{c0}"), &format!("name=Renamed+{round}&metadata[round]={round}"));
+    call(fake, "DELETE", &format!("/v1/customers/{gone}"), "");
+    call(fake, "POST", &format!("/v1/customers/{c1}/balance_transactions"), "amount=-500&currency=usd");
+    let prod = call(fake, "POST", "/v1/products", &format!("name=Widget+{round}"));
+    let price = call(
+        fake,
+        "POST",
+        "/v1/prices",
+        &format!("product={}&unit_amount=1500&currency=usd&recurring[interval]=month", id(&prod)),
+    );
+    call(fake, "POST", &format!("/v1/products/{}", id(&prod)), "description=Updated");
+    let old_price = fake.objects("prices").into_iter().find(|p| p["active"] == true && p["id"] != price["id"]).unwrap();
+    call(fake, "POST", &format!("/v1/prices/{}", id(&old_price)), "active=false");
+    let sub =
+        call(fake, "POST", "/v1/subscriptions", &format!("customer={}&items[0][price]={}", id(&new_c), id(&price)));
+    call(fake, "POST", &format!("/v1/subscriptions/{}", id(&sub)), "metadata[tier]=gold");
+    let live_sub =
+        fake.objects("subscriptions").into_iter().find(|s| s["status"] == "active" && s["id"] != sub["id"]).unwrap();
+    call(fake, "DELETE", &format!("/v1/subscriptions/{}", id(&live_sub)), "");
+    let inv = call(fake, "POST", "/v1/invoices", &format!("customer={c0}"));
+    for i in 0..12 {
+        call(fake, "POST", "/v1/invoiceitems", &format!("customer={c0}&amount={}&invoice={}", 100 + i, id(&inv)));
+    }
+    call(fake, "POST", &format!("/v1/invoices/{}/finalize", id(&inv)), "");
+    call(fake, "POST", &format!("/v1/invoices/{}/pay", id(&inv)), "");
+    let draft = call(fake, "POST", "/v1/invoices", &format!("customer={c1}"));
+    call(fake, "DELETE", &format!("/v1/invoices/{}", id(&draft)), "");
+    let pending = call(fake, "POST", "/v1/invoiceitems", &format!("customer={c1}&amount=700&currency=usd"));
+    let doomed = call(fake, "POST", "/v1/invoiceitems", &format!("customer={c1}&amount=800&currency=usd"));
+    call(fake, "DELETE", &format!("/v1/invoiceitems/{}", id(&doomed)), "");
+    let _ = pending;
+    let ch = call(fake, "POST", "/v1/charges", &format!("amount=2500&currency=usd&customer={c1}"));
+    call(fake, "POST", &format!("/v1/charges/{}", id(&ch)), "description=Updated+charge");
+    call(fake, "POST", "/v1/refunds", &format!("charge={}&amount=1000", id(&ch)));
+    let pm = call(fake, "POST", "/v1/payment_methods", "type=card&card[number]=4242424242424242");
+    call(fake, "POST", &format!("/v1/payment_methods/{}/attach", id(&pm)), &format!("customer={c1}"));
+    let attached =
+        fake.objects("payment_methods").into_iter().find(|p| p["customer"].is_string() && p["id"] != pm["id"]).unwrap();
+    call(fake, "POST", &format!("/v1/payment_methods/{}/detach", id(&attached)), "");
+}
+
+/// A connection that keeps every NOTICE and WARNING the server sends, as
+/// `SEVERITY: message`.
+pub fn connect_collecting_notices(
+    cluster: &Cluster,
+) -> (postgres::Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = notices.clone();
+    let mut cfg: postgres::Config = cluster.connstr("postgres").parse().expect("connection string");
+    cfg.notice_callback(move |n| {
+        sink.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{}: {}", n.severity(), n.message()))
+    });
+    let c = cfg.connect(postgres::NoTls).expect("connect");
+    (c, notices)
 }
 
 pub mod chaos;

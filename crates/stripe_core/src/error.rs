@@ -35,10 +35,9 @@ impl fmt::Display for StripeError {
                 f,
                 "Stripe rejected the API key (401): {message}; check the key, or roll it in the Dashboard and update the source"
             ),
-            StripeError::Permission { message, path } => write!(
-                f,
-                "the API key lacks a permission for {path} (403): {message}; add that resource's Read permission to the restricted key"
-            ),
+            StripeError::Permission { message, path } => {
+                write!(f, "the API key lacks a permission for {path} (403): {message}")
+            }
             StripeError::NotFound { message, .. } => {
                 write!(f, "not found at Stripe (404): {message}")
             }
@@ -70,6 +69,15 @@ impl fmt::Display for StripeError {
 impl std::error::Error for StripeError {}
 
 impl StripeError {
+    /// The API refused the request itself (403, 400, 404): asking again will not
+    /// help, unlike a rate limit, a 5xx or a network failure.
+    pub fn is_refused(&self) -> bool {
+        matches!(
+            self,
+            StripeError::Permission { .. } | StripeError::InvalidRequest { .. } | StripeError::NotFound { .. }
+        )
+    }
+
     /// True for Stripe's `resource_missing`.
     pub fn is_not_found(&self) -> bool {
         matches!(self, StripeError::NotFound { .. })

@@ -101,8 +101,17 @@ pub struct Resource {
     /// transactions, which have no events, nor connected accounts, which only have
     /// `account.updated`; invoice items report no updates since 2024-04-10).
     pub events_complete: bool,
+    /// The restricted-key permission (as the Stripe Dashboard names it) that reading
+    /// this resource's own list needs. Per-customer resources also need
+    /// customers' (to list the customers).
+    pub permission: &'static str,
     pub comment: &'static str,
 }
+
+/// The permission `/v1/events` needs (events refreshes, the events cursor).
+pub const EVENTS_PERMISSION: &str = "Core → Events: Read";
+/// The permission creating and deleting webhook endpoints needs.
+pub const WEBHOOK_PERMISSION: &str = "Webhook Endpoints: Write";
 
 const fn col(name: &'static str, ty: ColType, filter: Option<&'static str>, comment: &'static str) -> Column {
     Column { name, ty, path: name, filter, reference: false, filter_values: &[], comment }
@@ -167,6 +176,7 @@ pub static RESOURCES: &[Resource] = &[
         nested_lists: &[],
         events: &[("account.updated", Upsert)],
         events_complete: false,
+        permission: "Connect: Read",
         comment: "Connected accounts of a Connect platform (empty for other accounts).",
     },
     Resource {
@@ -195,6 +205,7 @@ pub static RESOURCES: &[Resource] = &[
         nested_lists: &[],
         events: &[],
         events_complete: false,
+        permission: "Core → Balance transaction sources: Read",
         comment: "Balance transactions: every movement of funds in the Stripe balance.",
     },
     Resource {
@@ -234,6 +245,7 @@ pub static RESOURCES: &[Resource] = &[
             ("charge.updated", Upsert),
         ],
         events_complete: true,
+        permission: "Core → Charges and refunds: Read",
         comment: "Charges: attempts to move money into the Stripe account.",
     },
     Resource {
@@ -260,6 +272,7 @@ pub static RESOURCES: &[Resource] = &[
         nested_lists: &["lines"],
         events: &[("credit_note.created", Upsert), ("credit_note.updated", Upsert), ("credit_note.voided", Upsert)],
         events_complete: true,
+        permission: "Billing → Credit notes: Read",
         comment: "Credit notes issued against invoices.",
     },
     Resource {
@@ -285,6 +298,7 @@ pub static RESOURCES: &[Resource] = &[
         nested_lists: &[],
         events: &[("customer.created", Upsert), ("customer.updated", Upsert), ("customer.deleted", Delete)],
         events_complete: true,
+        permission: "Core → Customers: Read",
         comment: "Customers of the Stripe account.",
     },
     Resource {
@@ -312,6 +326,7 @@ pub static RESOURCES: &[Resource] = &[
         // Stripe sends no event for these; a balance change shows as customer.updated.
         events: &[],
         events_complete: false,
+        permission: "Core → Customers: Read",
         comment: "Changes to customers' credit balances (listed per customer).",
     },
     Resource {
@@ -340,6 +355,7 @@ pub static RESOURCES: &[Resource] = &[
             ("payment_method.detached", Detach),
         ],
         events_complete: true,
+        permission: "Core → Payment methods: Read",
         comment: "Payment methods attached to customers (listed per customer).",
     },
     Resource {
@@ -371,6 +387,7 @@ pub static RESOURCES: &[Resource] = &[
             ("charge.dispute.funds_withdrawn", Upsert),
         ],
         events_complete: true,
+        permission: "Core → Disputes: Read",
         comment: "Disputes (chargebacks) raised against charges.",
     },
     Resource {
@@ -427,6 +444,7 @@ pub static RESOURCES: &[Resource] = &[
             ("invoice.will_be_due", Upsert),
         ],
         events_complete: true,
+        permission: "Billing → Invoices: Read",
         comment: "Invoices, with all their line items in attrs->'lines'.",
     },
     Resource {
@@ -451,6 +469,7 @@ pub static RESOURCES: &[Resource] = &[
         nested_lists: &[],
         events: &[("invoiceitem.created", Upsert), ("invoiceitem.deleted", Delete)],
         events_complete: true,
+        permission: "Billing → Invoices: Read",
         comment: "Invoice items: one-off charges added to invoices.",
     },
     Resource {
@@ -489,6 +508,7 @@ pub static RESOURCES: &[Resource] = &[
             ("payout.reconciliation_completed", Upsert),
         ],
         events_complete: true,
+        permission: "Core → Payouts: Read",
         comment: "Payouts from the Stripe balance to bank accounts or cards.",
     },
     Resource {
@@ -517,6 +537,7 @@ pub static RESOURCES: &[Resource] = &[
         nested_lists: &[],
         events: &[("price.created", Upsert), ("price.updated", Upsert), ("price.deleted", Delete)],
         events_complete: true,
+        permission: "Billing → Prices: Read",
         comment: "Prices, active and inactive.",
     },
     Resource {
@@ -540,6 +561,7 @@ pub static RESOURCES: &[Resource] = &[
         nested_lists: &[],
         events: &[("product.created", Upsert), ("product.updated", Upsert), ("product.deleted", Delete)],
         events_complete: true,
+        permission: "Core → Products: Read",
         comment: "Products sold.",
     },
     Resource {
@@ -569,6 +591,7 @@ pub static RESOURCES: &[Resource] = &[
             ("charge.refund.updated", Upsert),
         ],
         events_complete: true,
+        permission: "Core → Charges and refunds: Read",
         comment: "Refunds of charges.",
     },
     Resource {
@@ -608,6 +631,7 @@ pub static RESOURCES: &[Resource] = &[
             ("customer.subscription.trial_will_end", Upsert),
         ],
         events_complete: true,
+        permission: "Billing → Subscriptions: Read",
         comment: "Subscriptions, including canceled ones.",
     },
 ];
@@ -673,6 +697,31 @@ impl Resource {
     pub fn filter_for(&self, column: &str) -> Option<&'static str> {
         self.column(column).and_then(|c| c.filter)
     }
+}
+
+/// The Dashboard permission a request path needs (`/v1/credit_notes?limit=100` →
+/// "Billing → Credit notes: Read"): the resource whose list or retrieve path
+/// matches the most leading segments; `/v1/events` and webhook endpoints too.
+pub fn permission_for_path(path: &str) -> Option<&'static str> {
+    let path = path.split('?').next().unwrap_or(path);
+    let segments: Vec<&str> = path.split('/').collect();
+    let matched = |template: &str| {
+        let t: Vec<&str> = template.split('/').collect();
+        (t.len() <= segments.len() && t.iter().zip(&segments).all(|(want, got)| want.starts_with('{') || want == got))
+            .then_some(t.len())
+    };
+    if matched("/v1/events").is_some() {
+        return Some(EVENTS_PERMISSION);
+    }
+    if matched("/v1/webhook_endpoints").is_some() {
+        return Some(WEBHOOK_PERMISSION);
+    }
+    RESOURCES
+        .iter()
+        .flat_map(|r| [(r, r.list_path), (r, r.retrieve_path)])
+        .filter_map(|(r, t)| matched(t).map(|n| (n, r.permission)))
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, p)| p)
 }
 
 /// Reads a dotted path (`recurring.interval`) out of an object; `None` for a missing or null value.
@@ -794,6 +843,23 @@ mod tests {
                 assert!(seen.insert(c.name), "{}.{} twice", r.name, c.name);
                 assert!(!c.comment.is_empty());
             }
+        }
+    }
+
+    #[test]
+    fn request_paths_map_to_the_dashboard_permission_they_need() {
+        assert_eq!(permission_for_path("/v1/credit_notes?limit=100"), Some("Billing → Credit notes: Read"));
+        assert_eq!(permission_for_path("/v1/customers"), Some("Core → Customers: Read"));
+        assert_eq!(permission_for_path("/v1/customers/cus_1/payment_methods"), Some("Core → Payment methods: Read"));
+        assert_eq!(permission_for_path("/v1/customers/cus_1/balance_transactions"), Some("Core → Customers: Read"));
+        assert_eq!(permission_for_path("/v1/invoices/in_1/lines"), Some("Billing → Invoices: Read"));
+        assert_eq!(permission_for_path("/v1/invoiceitems/ii_1"), Some("Billing → Invoices: Read"));
+        assert_eq!(permission_for_path("/v1/events"), Some(EVENTS_PERMISSION));
+        assert_eq!(permission_for_path("/v1/webhook_endpoints/we_1"), Some(WEBHOOK_PERMISSION));
+        assert_eq!(permission_for_path("/v1/nothing"), None);
+        for r in RESOURCES {
+            assert!(r.permission.ends_with(": Read"), "{}", r.name);
+            assert_eq!(permission_for_path(&r.list_url_path(Some("cus_1"))), Some(r.permission), "{}", r.name);
         }
     }
 

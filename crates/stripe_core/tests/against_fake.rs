@@ -83,6 +83,49 @@ async fn a_restricted_key_without_permission_names_the_resource() {
 }
 
 #[tokio::test]
+async fn a_restricted_key_has_exactly_its_named_permissions() {
+    let key = "rk_test_51NamedPermissions0000aa";
+    let mut faults = Faults::default();
+    let granted = ["customer_read", "invoice_read", "webhook_write"];
+    faults.restricted_keys.insert(key.into(), granted.iter().map(|p| p.to_string()).collect());
+    let fake = Fake::start(0, Some(&SeedSpec::scaled(5)), faults).await.unwrap();
+    let c = client(&fake, key);
+    // granted: reads, and read through write
+    assert!(c.get("/v1/customers", &[]).await.is_ok());
+    assert!(c.get("/v1/invoiceitems", &[]).await.is_ok());
+    assert!(c.get("/v1/webhook_endpoints", &[]).await.is_ok());
+    let cus = fake.objects("customers")[0]["id"].as_str().unwrap().to_string();
+    assert!(c.get(&format!("/v1/customers/{cus}/balance_transactions"), &[]).await.is_ok());
+    // outside the set: Stripe's 403, naming the rak_ permission; the registry names the Dashboard one
+    for (path, rak, dashboard) in [
+        ("/v1/credit_notes", "rak_credit_note_read", "Billing → Credit notes: Read"),
+        ("/v1/events", "rak_event_read", "Core → Events: Read"),
+        (&format!("/v1/customers/{cus}/payment_methods"), "rak_payment_method_read", "Core → Payment methods: Read"),
+        ("/v1/refunds", "rak_charge_read", "Core → Charges and refunds: Read"),
+    ] {
+        let err = c.get(path, &[]).await.unwrap_err();
+        let StripeError::Permission { message, path: p } = &err else { panic!("{path}: {err:?}") };
+        assert!(message.contains("does not have the required permissions for this endpoint"), "{message}");
+        assert!(message.contains(&format!("Having the '{rak}' permission would allow this request to continue")));
+        assert!(!message.contains("NamedPermissions0000"), "{message}");
+        assert_eq!(stripe_core::resources::permission_for_path(p), Some(dashboard), "{path}");
+    }
+    // read is not write
+    let err = c.post("/v1/customers", &[("name".into(), "x".into())], None).await.unwrap_err();
+    assert!(err.to_string().contains("rak_customer_write"), "{err}");
+    // other restricted keys keep every permission
+    assert!(client(&fake, "rk_test_51SomeOtherKey00000000aa").get("/v1/credit_notes", &[]).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_server_without_an_endpoint_answers_400() {
+    let faults = Faults { unsupported_paths: vec!["/v1/events".into()], ..Faults::default() };
+    let fake = Fake::start(0, Some(&SeedSpec::scaled(5)), faults).await.unwrap();
+    let err = client(&fake, KEY).get("/v1/events", &[]).await.unwrap_err();
+    assert!(matches!(&err, StripeError::InvalidRequest { status: 400, .. }) && err.is_refused(), "{err:?}");
+}
+
+#[tokio::test]
 async fn retrieve_is_none_only_for_resource_missing() {
     let fake = Fake::start(0, Some(&SeedSpec::only_customers(3)), Faults::default()).await.unwrap();
     let c = client(&fake, KEY);

@@ -9,6 +9,7 @@
 //! - [`store`] — ordered collections and list paging.
 //! - [`objects`] — object shapes and deterministic seeding.
 //! - [`api`] — the Stripe endpoints.
+//! - [`permissions`] — restricted keys: the permission each path needs.
 //! - [`server`] — HTTP, authentication, faults, request counters, admin endpoints.
 //! - [`webhooks`] — signing and delivery.
 //! - [`form`] — Stripe's bracket form encoding.
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod form;
 pub mod objects;
+pub mod permissions;
 pub mod server;
 pub mod store;
 pub mod webhooks;
@@ -50,6 +52,13 @@ pub struct Faults {
     /// Collections (`customers`, `webhook_endpoints`, ...) that restricted keys
     /// (`rk_...`) may not use: 403 naming the permission.
     pub restricted_denied: Vec<String>,
+    /// Restricted keys with a named set of permissions (`customer_read`,
+    /// `webhook_write`, ...; see [`permissions`]): a request outside the set gets
+    /// Stripe's 403. Keys not listed here may do everything.
+    pub restricted_keys: BTreeMap<String, Vec<String>>,
+    /// Path prefixes (`/v1/events`) answered 400 "Unrecognized request URL", as a
+    /// Stripe-compatible server without that endpoint does.
+    pub unsupported_paths: Vec<String>,
     /// Every webhook delivery waits this long first, in milliseconds.
     pub webhook_delay_ms: u64,
     /// Extra random delay per delivery in [0, n) ms: deliveries arrive out of order.
@@ -76,6 +85,8 @@ impl Default for Faults {
             drop_rate: 0.0,
             bad_keys: Vec::new(),
             restricted_denied: Vec::new(),
+            restricted_keys: BTreeMap::new(),
+            unsupported_paths: Vec::new(),
             webhook_delay_ms: 0,
             webhook_shuffle_ms: 0,
             webhook_duplicate_rate: 0.0,

@@ -1,16 +1,17 @@
 //! `stripe-fake`: run the fake Stripe API on loopback.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use stripe_fake::objects::SeedSpec;
 use stripe_fake::{Fake, Faults};
 
 /// A stateful fake of the Stripe API on 127.0.0.1, for tests, demos and benchmarks.
 ///
-/// Any sk_test_/rk_test_ key is accepted unless listed with --bad-key. Seeded
+/// Any sk_test_/rk_test_ key is accepted unless listed with --bad-key; restricted
+/// keys given with --restricted-key have only the permissions listed. Seeded
 /// objects are deterministic for a given --seed. Faults can be changed while it
 /// runs: POST /_fake/faults with a JSON object of the fault fields (latency_ms,
 /// rate_limit, error_rate, rate_limited_rate, drop_rate, bad_keys,
-/// restricted_denied, webhook_delay_ms, webhook_shuffle_ms,
+/// restricted_denied, restricted_keys, unsupported_paths, webhook_delay_ms, webhook_shuffle_ms,
 /// webhook_duplicate_rate, webhook_retry_base_ms, webhook_retry_max_ms,
 /// webhook_max_attempts, webhook_concurrency). GET /_fake/stats counts API
 /// requests by path, GET /_fake/counts objects per collection,
@@ -64,6 +65,15 @@ struct Args {
     /// A collection (customers, webhook_endpoints, ...) restricted keys may not use (repeatable).
     #[arg(long = "restricted-deny")]
     restricted_denied: Vec<String>,
+    /// A restricted key and its permissions: rk_test_...=customer_read,invoice_read
+    /// (repeatable). Requests outside the set get Stripe's 403; the permission each
+    /// path needs is listed at the end of --help. Write includes read.
+    #[arg(long = "restricted-key", value_name = "KEY=PERM,...")]
+    restricted_keys: Vec<String>,
+    /// A path prefix answered 400 "Unrecognized request URL" (repeatable), like a
+    /// Stripe-compatible server without that endpoint (for example /v1/events).
+    #[arg(long = "unsupported-path", value_name = "PATH")]
+    unsupported_paths: Vec<String>,
     /// Delay before each webhook delivery, ms.
     #[arg(long, default_value_t = 0)]
     webhook_delay_ms: u64,
@@ -110,8 +120,34 @@ fn seed_spec(a: &Args) -> Result<SeedSpec, String> {
     Ok(s)
 }
 
+fn restricted_keys(a: &Args) -> Result<std::collections::BTreeMap<String, Vec<String>>, String> {
+    a.restricted_keys
+        .iter()
+        .map(|k| {
+            let (key, perms) =
+                k.split_once('=').ok_or_else(|| format!("--restricted-key takes KEY=PERM,..., got {k}"))?;
+            if !key.starts_with("rk_") {
+                return Err(format!("--restricted-key: {key} is not a restricted key (rk_...)"));
+            }
+            Ok((key.to_string(), perms.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect()))
+        })
+        .collect()
+}
+
 fn main() {
-    let args = Args::parse();
+    let help = format!(
+        "Permissions of restricted keys (GET needs <area>_read, other methods <area>_write):\n{}",
+        stripe_fake::permissions::describe()
+    );
+    let matches = Args::command().after_long_help(help.clone()).after_help(help).get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let keys = match restricted_keys(&args) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("stripe-fake: {e}");
+            std::process::exit(2);
+        }
+    };
     let spec = match seed_spec(&args) {
         Ok(s) => s,
         Err(e) => {
@@ -127,6 +163,8 @@ fn main() {
         drop_rate: args.drop_rate,
         bad_keys: args.bad_keys.clone(),
         restricted_denied: args.restricted_denied.clone(),
+        restricted_keys: keys,
+        unsupported_paths: args.unsupported_paths.clone(),
         webhook_delay_ms: args.webhook_delay_ms,
         webhook_shuffle_ms: args.webhook_shuffle_ms,
         webhook_duplicate_rate: args.webhook_duplicate_rate,

@@ -2,7 +2,7 @@
 //! `/_fake/...` admin endpoints tests use to steer the fake while it runs.
 
 use crate::api::{self, Caller, error_body};
-use crate::{Faults, Inner};
+use crate::{Faults, Inner, permissions};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -111,9 +111,14 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
                 request_id: request_id.clone(),
                 key_tail: tail(&key),
             };
-            if let Some(denied) = restricted_denial(&faults, &caller, &method, &path) {
+            if let Some(denied) = restricted_denial(&faults, &key, &caller, &method, &path) {
                 counted(&inner, 403);
                 return Ok(respond(403, denied, &request_id));
+            }
+            if faults.unsupported_paths.iter().any(|p| path.starts_with(p.as_str())) {
+                let msg = format!("Unrecognized request URL ({method}: {path}).");
+                counted(&inner, 400);
+                return Ok(respond(400, error_body("invalid_request_error", None, &msg, None), &request_id));
             }
             let (code, text) = api::handle(&inner, &method, &path_q, &body, &caller);
             counted(&inner, code);
@@ -236,25 +241,18 @@ fn parse_auth(h: &str) -> Option<String> {
     Some(s.split(':').next().unwrap_or_default().to_string())
 }
 
-fn restricted_denial(f: &Faults, caller: &Caller, method: &str, path: &str) -> Option<String> {
+/// Stripe's 403 when a restricted key lacks the permission for this request.
+fn restricted_denial(f: &Faults, key: &str, caller: &Caller, method: &str, path: &str) -> Option<String> {
     if !caller.restricted {
         return None;
     }
+    let needed = permissions::needed(method, path)?;
     let collection = path.strip_prefix("/v1/")?.split('/').next()?;
-    if !f.restricted_denied.iter().any(|d| d == collection) {
-        return None;
-    }
-    let access = if method == "GET" { "read" } else { "write" };
-    let singular = collection.trim_end_matches('s');
-    Some(error_body(
-        "invalid_request_error",
-        None,
-        &format!(
-            "The provided key 'rk_test_***{}' does not have the required permissions for this endpoint on account 'acct_1FakePlatform0000'. Having the 'rak_{singular}_{access}' permission would allow this request to continue.",
-            caller.key_tail
-        ),
-        None,
-    ))
+    let denied = f.restricted_denied.iter().any(|d| d == collection)
+        || f.restricted_keys.get(key).is_some_and(|granted| !permissions::grants(granted, &needed));
+    denied.then(|| {
+        error_body("invalid_request_error", None, &permissions::denial_message(&caller.key_tail, &needed), None)
+    })
 }
 
 fn admin_call(inner: &Inner, method: &str, path: &str, body: &str) -> (u16, String) {

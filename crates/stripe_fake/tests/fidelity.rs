@@ -293,3 +293,13 @@ async fn the_rate_limit_answers_429_with_stripes_body() {
     assert!(limited >= 10, "{limited}");
     assert_eq!(f.stats().by_status[&429], limited);
 }
+
+#[test]
+fn help_documents_restricted_keys_and_the_permission_of_every_path() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stripe-fake")).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--restricted-key") && text.contains("--unsupported-path"), "{text}");
+    for (pattern, area, dashboard) in stripe_fake::permissions::AREAS {
+        assert!(text.contains(pattern) && text.contains(&format!("{area}_read")) && text.contains(dashboard), "{text}");
+    }
+}
