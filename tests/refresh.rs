@@ -3,7 +3,6 @@
 use e2e::{
     Cluster, ClusterConfig, Fake, Faults, SeedSpec, TEST_KEY, add_source, call, compare, id, mutate, start_fake,
 };
-use serde_json::Value;
 use std::time::{Duration, Instant};
 use stripe_core::resources::RESOURCES;
 
