@@ -51,6 +51,15 @@ pub struct Upserted {
     pub ties: Vec<String>,
 }
 
+/// Rows a complete listing that began at `since` would have returned if their
+/// object still existed: written before it began. Stripe's clock has whole
+/// seconds, so a row of the listing's own second counts only when an earlier
+/// refresh wrote it (refreshes of a table run one after another, so that read
+/// came before this listing); a row an event wrote in that second may be newer.
+fn written_before_listing(since: &str) -> String {
+    format!("(_stamp < {since} OR (_stamp = {since} AND _synced_by LIKE 'refresh:%'))")
+}
+
 /// A materialized table and the statements that write it.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -207,8 +216,11 @@ impl Target {
         since: i64,
         seen: Vec<String>,
     ) -> Result<Counts, SyncError> {
-        let cond = "created >= to_timestamp($1) AND created <= to_timestamp($2) AND _stamp < $3 AND NOT (id = ANY($4))";
-        self.delete_where(c, cond, vec![lo.into(), hi.into(), since.into(), seen.into()], since)
+        let cond = format!(
+            "created >= to_timestamp($1) AND created <= to_timestamp($2) AND {} AND NOT (id = ANY($4))",
+            written_before_listing("$3")
+        );
+        self.delete_where(c, &cond, vec![lo.into(), hi.into(), since.into(), seen.into()], since)
     }
 
     /// Deletes one customer's rows that its complete list did not return.
@@ -219,8 +231,8 @@ impl Target {
         since: i64,
         seen: Vec<String>,
     ) -> Result<Counts, SyncError> {
-        let cond = "customer = $1 AND _stamp < $2 AND NOT (id = ANY($3))";
-        self.delete_where(c, cond, vec![customer.into(), since.into(), seen.into()], since)
+        let cond = format!("customer = $1 AND {} AND NOT (id = ANY($3))", written_before_listing("$2"));
+        self.delete_where(c, &cond, vec![customer.into(), since.into(), seen.into()], since)
     }
 
     /// Deletes every row of a deleted customer.
@@ -230,7 +242,8 @@ impl Target {
 
     /// Deletes rows of customers that no longer exist (not among `customers`).
     pub fn delete_orphans(&self, c: &mut SpiClient, since: i64, customers: Vec<String>) -> Result<Counts, SyncError> {
-        self.delete_where(c, "_stamp < $1 AND NOT (customer = ANY($2))", vec![since.into(), customers.into()], since)
+        let cond = format!("{} AND NOT (customer = ANY($2))", written_before_listing("$1"));
+        self.delete_where(c, &cond, vec![since.into(), customers.into()], since)
     }
 
     /// Deletes rows matching `cond` (over `args` as $1..$n) and records tombstones stamped `stamp`.

@@ -282,3 +282,18 @@ fn pg_cron_runs_a_scheduled_refresh() {
     c.execute("SELECT cron.unschedule('stripe-customers')", &[]).unwrap();
     assert_equal(&mut c, &fake, "customer", "a pg_cron refresh");
 }
+
+#[test]
+fn a_deletion_right_after_a_full_refresh_is_seen_by_the_next_one() {
+    let _serial = serial();
+    let (_cluster, mut c, fake) = setup(SeedSpec::only_customers(50), Faults::default());
+    refresh(&mut c, "customer", "full");
+    // Stripe's clock has whole seconds: most rounds fall in the second of the previous read
+    for round in 0..5 {
+        let gone = id(&fake.objects("customers")[round]);
+        call(&fake, "DELETE", &format!("/v1/customers/{gone}"), "");
+        let (_, _, deleted, _) = refresh(&mut c, "customer", "full");
+        assert_eq!(deleted, 1, "round {round}");
+        assert_equal(&mut c, &fake, "customer", &format!("deletion round {round}"));
+    }
+}

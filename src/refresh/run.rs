@@ -463,9 +463,12 @@ fn full(ctx: &mut Ctx) -> Result<(), Stop> {
             } else {
                 Value::Null
             };
+            // the pass covers everything created up to now: a row newer than the
+            // newest object listed now may be one that was deleted since
             let cp = json!({
                 "started": now,
-                "hi": newest_created.unwrap_or(now),
+                "hi": newest_created.unwrap_or(now).max(now),
+                "newest": newest_created,
                 "done": [],
                 "after": null,
                 "events_cursor": events_cursor,
@@ -477,7 +480,7 @@ fn full(ctx: &mut Ctx) -> Result<(), Stop> {
     let mut batch: Vec<Version> = Vec::new();
     let by = "refresh:full".to_string();
     // incremental refreshes continue after the newest object this pass saw
-    let mut newest_created: Option<i64> = cp["hi"].as_i64().filter(|_| r.scope == Scope::Account);
+    let mut newest_created: Option<i64> = cp["newest"].as_i64().filter(|_| r.scope == Scope::Account);
     if r.scope == Scope::Account {
         let hi = cp["hi"].as_i64().unwrap_or(0);
         let done: Vec<(i64, i64)> = cp["done"]
