@@ -24,16 +24,22 @@ pub fn columns(r: &Resource) -> Vec<(&'static str, &'static str, String)> {
     cols
 }
 
+/// The planner's cost of starting a foreign scan: at least one Stripe request
+/// (about 100 ms), like postgres_fdw's `fdw_startup_cost`. It makes a nested loop
+/// with one request per outer row lose to one scan when the outer side is large.
+pub const SCAN_STARTUP_COST: &str = "100";
+
 /// `CREATE FOREIGN TABLE` for one resource.
 pub fn foreign_table(r: &Resource, schema: &str, table: &str, server: &str) -> String {
     let cols: Vec<String> = columns(r).iter().map(|(n, t, _)| format!("{} {t}", ident(n))).collect();
     format!(
-        "CREATE FOREIGN TABLE IF NOT EXISTS {}.{} ({}) SERVER {} OPTIONS (resource {})",
+        "CREATE FOREIGN TABLE IF NOT EXISTS {}.{} ({}) SERVER {} OPTIONS (resource {}, startup_cost {})",
         ident(schema),
         ident(table),
         cols.join(", "),
         ident(server),
-        literal(r.name)
+        literal(r.name),
+        literal(SCAN_STARTUP_COST)
     )
 }
 
@@ -119,7 +125,10 @@ mod tests {
         let sql = foreign_table(lookup("price").unwrap(), "stripe_api", "price", "stripe_default");
         assert!(sql.starts_with("CREATE FOREIGN TABLE IF NOT EXISTS \"stripe_api\".\"price\" (\"id\" text, \"created\" timestamptz, \"product\" text, \"active\" boolean"), "{sql}");
         assert!(sql.contains("\"unit_amount\" bigint"));
-        assert!(sql.ends_with("\"attrs\" jsonb) SERVER \"stripe_default\" OPTIONS (resource 'price')"), "{sql}");
+        assert!(
+            sql.ends_with("\"attrs\" jsonb) SERVER \"stripe_default\" OPTIONS (resource 'price', startup_cost '100')"),
+            "{sql}"
+        );
         assert_eq!(import_statements("s", "srv", "x_").len(), 15);
     }
 

@@ -39,7 +39,17 @@ pub struct StripeSyncFdw {
     columns: Vec<Column>,
     selection: Option<(Selection, Option<u32>)>,
     stream: Option<ObjectStream>,
+    /// The scan's requests start with its first row, not at begin: a nested
+    /// loop's inner scan begins before its first outer row is known.
+    start_pending: bool,
+    /// One client per scan, so its counters cover every rescan (EXPLAIN ANALYZE).
+    client: Option<stripe_core::Client>,
+    rows: u64,
+    scans: u64,
 }
+
+/// Row estimate when the source has no analyzed materialized table.
+const DEFAULT_ROWS: f64 = 1000.0;
 
 /// Errors of the FDW, reported with their SQLSTATE.
 #[derive(Debug)]
@@ -63,17 +73,38 @@ impl From<FdwError> for ErrorReport {
     }
 }
 
-/// Turns a framework qual into a planner condition (None: not understood).
+/// A timestamptz as unix seconds.
+fn unix_of(t: pgrx::datum::TimestampWithTimeZone) -> f64 {
+    let micros: i64 = t.into_inner();
+    micros as f64 / 1e6 + PG_EPOCH_UNIX as f64
+}
+
+/// A date or timestamp as the instant Postgres compares it to a timestamptz
+/// with (midnight, or the wall time, in the session's TimeZone).
+fn as_timestamptz(value: pg_sys::Datum, func: unsafe fn(pg_sys::FunctionCallInfo) -> pg_sys::Datum) -> Option<f64> {
+    unsafe { pgrx::direct_function_call::<pgrx::datum::TimestampWithTimeZone>(func, &[Some(value)]) }.map(unix_of)
+}
+
+/// Whether a parameter's value is known in this execution (a nestloop parameter
+/// before its first outer row, or `$1` of a generic plan at planning, is not).
+fn param_known(q: &Qual) -> bool {
+    q.param.as_ref().is_none_or(|p| p.eval_value.lock().map(|v| v.is_some()).unwrap_or(false))
+}
+
+/// Turns a framework qual into a planner condition (None: not understood, or a
+/// parameter without a value yet).
 fn to_cond(q: &Qual) -> Option<Cond> {
+    if !param_known(q) {
+        return None;
+    }
     let lit = |c: &Cell| match c {
         Cell::String(s) => Some(Lit::Text(s.clone())),
         Cell::I64(i) => Some(Lit::Int(*i)),
         Cell::I32(i) => Some(Lit::Int(*i as i64)),
         Cell::Bool(b) => Some(Lit::Bool(*b)),
-        Cell::Timestamptz(t) => {
-            let micros: i64 = t.into_inner();
-            Some(Lit::Time(micros as f64 / 1e6 + PG_EPOCH_UNIX as f64))
-        }
+        Cell::Timestamptz(t) => Some(Lit::Time(unix_of(*t))),
+        Cell::Date(d) => as_timestamptz(d.into_datum()?, pg_sys::date_timestamptz).map(Lit::Time),
+        Cell::Timestamp(t) => as_timestamptz(t.into_datum()?, pg_sys::timestamp_timestamptz).map(Lit::Time),
         _ => None,
     };
     let (values, any) = match &q.value {
@@ -133,14 +164,40 @@ impl StripeSyncFdw {
 
     fn start(&mut self) -> Result<(), FdwError> {
         let (selection, first_page) = self.selection.clone().expect("begin_scan planned the scan");
-        let client = source::client_for_server(self.server_oid, &self.server_options)?;
+        if self.client.is_none() {
+            self.client = Some(source::client_for_server(self.server_oid, &self.server_options)?);
+        }
+        let client = self.client.clone().expect("set above");
         let parallelism = guc::MAX_PARALLEL_REQUESTS.get().max(1) as usize;
         let stream = ObjectStream::start(client, selection, parallelism, first_page, |job| {
             threads::spawn_blocked("stripe_sync scan", job)
         })?;
         self.stream = Some(stream);
+        self.scans += 1;
         Ok(())
     }
+
+    /// Rows in the source's materialized table of this resource, as last
+    /// analyzed (`pg_class.reltuples`), if there is one.
+    fn materialized_rows(&self, r: &Resource) -> Option<f64> {
+        Spi::get_one_with_args::<f32>(
+            "SELECT c.reltuples FROM stripe_sync._sources s
+               JOIN pg_foreign_server f ON f.srvname = s.server_name
+               JOIN pg_namespace n ON n.nspname = s.schema_name
+               JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.table_prefix || $2
+              WHERE f.oid = $1 AND c.reltuples >= 0",
+            &[self.server_oid.into(), r.name.into()],
+        )
+        .ok()
+        .flatten()
+        .map(f64::from)
+    }
+}
+
+/// Conditions of a scan: planner conditions, with the label of each parameter
+/// whose value became part of the request (for EXPLAIN).
+fn conditions(quals: &[Qual]) -> Vec<(Cond, Option<String>)> {
+    quals.iter().filter_map(|q| to_cond(q).map(|c| (c, q.param.as_ref().map(|p| p.label.clone())))).collect()
 }
 
 impl ForeignDataWrapper<FdwError> for StripeSyncFdw {
@@ -152,7 +209,127 @@ impl ForeignDataWrapper<FdwError> for StripeSyncFdw {
             columns: Vec::new(),
             selection: None,
             stream: None,
+            start_pending: false,
+            client: None,
+            rows: 0,
+            scans: 0,
         })
+    }
+
+    fn get_rel_size(
+        &mut self,
+        quals: &[Qual],
+        columns: &[Column],
+        _sorts: &[Sort],
+        _limit: &Option<Limit>,
+        options: &HashMap<String, String>,
+    ) -> Result<(i64, i32), FdwError> {
+        let resource = Self::resource(options)?;
+        // at planning, parameters have no value yet: an `id = $1` is still one row
+        let conds: Vec<Cond> = quals.iter().filter_map(to_cond).collect();
+        let plan = plan::plan(resource, &conds);
+        let by_param = quals.iter().any(|q| q.field == "id" && q.operator == "=" && !q.use_or && q.param.is_some());
+        let rows = match &plan.selection.ids {
+            Some(ids) => ids.len() as f64,
+            None if by_param => 1.0,
+            None => {
+                // each pushed equality (a list filter, a customer) keeps about a tenth
+                let base = self.materialized_rows(resource).unwrap_or(DEFAULT_ROWS);
+                let filters = plan.selection.filters.len() + usize::from(plan.selection.customer.is_some());
+                base / 10f64.powi(filters as i32)
+            }
+        };
+        let width: i32 = columns.iter().map(|c| if c.name == "attrs" { 3000 } else { 16 }).sum();
+        Ok((rows.max(1.0).round() as i64, width.max(8)))
+    }
+
+    fn param_columns(&self, options: &HashMap<String, String>) -> Vec<String> {
+        // what a scan can push for one outer value: a retrieve by id, a list filter,
+        // one customer's list
+        let Ok(r) = Self::resource(options) else { return Vec::new() };
+        let mut cols = Vec::new();
+        if plan::retrieve_path(r, "x", None).is_some() {
+            cols.push("id".to_string());
+        }
+        cols.extend(
+            r.columns.iter().filter(|c| c.filter.is_some() && c.filter_values.is_empty()).map(|c| c.name.to_string()),
+        );
+        if r.scope == resources::Scope::PerCustomer && !cols.iter().any(|c| c == "customer") {
+            cols.push("customer".to_string());
+        }
+        cols
+    }
+
+    fn explain(
+        &mut self,
+        quals: &[Qual],
+        _columns: &[Column],
+        _sorts: &[Sort],
+        _limit: &Option<Limit>,
+        options: &HashMap<String, String>,
+        analyze: bool,
+    ) -> Result<Vec<(String, String)>, FdwError> {
+        let resource = Self::resource(options)?;
+        let mut conds = conditions(quals);
+        // a text parameter without a value yet (a nestloop parameter) is shown
+        // by its label where its value will go
+        let mut placeholders = Vec::new();
+        for q in quals.iter().filter(|q| !param_known(q) && !q.use_or) {
+            if let Some(p) = &q.param
+                && matches!(p.type_oid, pg_sys::TEXTOID | pg_sys::VARCHAROID)
+            {
+                let token = format!("stripesyncparam{}", placeholders.len());
+                conds.push((Cond::new(&q.field, &q.operator, Lit::Text(token.clone())), None));
+                placeholders.push((token, p.label.clone()));
+            }
+        }
+        let plan = plan::plan(resource, &conds.iter().map(|(c, _)| c.clone()).collect::<Vec<_>>());
+        // a value from a parameter is shown as the parameter, as postgres_fdw shows $1
+        let mut request = plan.selection.describe();
+        for (c, label) in &conds {
+            let Some(label) = label else { continue };
+            match (c.column.as_str(), c.values.as_slice()) {
+                ("created", [Lit::Time(t)]) => {
+                    for (k, v) in plan::created_params(&c.op, *t) {
+                        request = request.replace(&format!("{k}={v}"), &format!("{k}=<{label}>"));
+                    }
+                }
+                (_, [Lit::Text(v)]) => request = request.replace(v.as_str(), &format!("<{label}>")),
+                _ => {}
+            }
+        }
+        for (token, label) in &placeholders {
+            request = request.replace(token.as_str(), &format!("<{label}>"));
+        }
+        let mut lines = vec![("Stripe request".to_string(), request)];
+        let waiting: Vec<String> = quals
+            .iter()
+            .filter(|q| !param_known(q))
+            .filter_map(|q| q.param.as_ref().map(|p| format!("{} {} <{}>", q.field, q.operator, p.label)))
+            .collect();
+        if !waiting.is_empty() {
+            lines.push(("Stripe request per value of".to_string(), waiting.join(", ")));
+        }
+        if let Some(a) = self.server_options.get("account") {
+            lines.push(("Stripe-Account".to_string(), a.clone()));
+        }
+        if analyze {
+            let (requests, retries) = self
+                .client
+                .as_ref()
+                .map(|c| {
+                    (
+                        c.stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+                        c.stats.retries.load(std::sync::atomic::Ordering::Relaxed),
+                    )
+                })
+                .unwrap_or((0, 0));
+            lines.push((
+                "Stripe requests".to_string(),
+                format!("{requests} ({retries} retries), {} rows, {} scans", self.rows, self.scans),
+            ));
+        }
+        Ok(lines)
     }
 
     fn begin_scan(
@@ -176,10 +353,16 @@ impl ForeignDataWrapper<FdwError> for StripeSyncFdw {
         self.resource = Some(resource);
         self.columns = columns.to_vec();
         self.selection = Some((plan.selection, first_page));
-        self.start()
+        self.stream = None;
+        self.start_pending = true;
+        Ok(())
     }
 
     fn iter_scan(&mut self, row: &mut Row) -> Result<Option<()>, FdwError> {
+        if self.start_pending {
+            self.start_pending = false;
+            self.start()?;
+        }
         let Some(stream) = self.stream.as_mut() else { return Ok(None) };
         let next = stream.next(Duration::from_millis(100), || {
             pgrx::check_for_interrupts!();
@@ -194,17 +377,20 @@ impl ForeignDataWrapper<FdwError> for StripeSyncFdw {
             };
             row.push(&col.name, to_cell(value, col.type_oid, &col.name)?);
         }
+        self.rows += 1;
         Ok(Some(()))
     }
 
     fn re_scan(&mut self) -> Result<(), FdwError> {
         self.stream = None;
-        self.start()
+        self.start_pending = true;
+        Ok(())
     }
 
     fn end_scan(&mut self) -> Result<(), FdwError> {
         // dropping the stream disconnects the channel: the fetching thread stops
         self.stream = None;
+        self.start_pending = false;
         Ok(())
     }
 

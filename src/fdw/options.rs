@@ -10,7 +10,7 @@ pub const SERVER_OPTIONS: &[&str] = &["api_url", "api_version", "account", "max_
 /// Options a user mapping accepts.
 pub const USER_MAPPING_OPTIONS: &[&str] = &["api_key"];
 /// Options a foreign table accepts.
-pub const TABLE_OPTIONS: &[&str] = &["resource"];
+pub const TABLE_OPTIONS: &[&str] = &["resource", "startup_cost"];
 
 /// Where an option list comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +66,11 @@ pub fn check(target: Target, name: &str, value: &str) -> Result<(), SyncError> {
                 .hint("Stripe allows about 100 requests/s in live mode and 25 in test mode.")),
         },
         "resource" => resources::lookup(value).map(|_| ()).map_err(|e| bad(e.to_string())),
+        "startup_cost" => match value.parse::<f64>() {
+            Ok(v) if (0.0..=1e9).contains(&v) => Ok(()),
+            _ => Err(bad(format!("startup_cost must be a number in [0, 1e9], not \"{value}\""))
+                .hint("It is the planner's cost of starting a scan (one Stripe request); the default is 100.")),
+        },
         _ => Ok(()),
     }
 }

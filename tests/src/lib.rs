@@ -271,6 +271,12 @@ pub fn private_kb(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Resets a process's peak resident memory (VmHWM) to its current size, so the
+/// next reading is the peak of what came after (Linux `clear_refs` 5).
+pub fn reset_peak_memory(pid: i32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
 /// Resident and peak memory of a process, in kB (VmRSS, VmHWM).
 pub fn memory_kb(pid: i32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -124,7 +124,9 @@ pub fn retrieve_path(r: &Resource, id: &str, customer: Option<&str>) -> Option<S
         (Scope::Account, _, _) => Some(r.retrieve_url_path(id, None)),
         (Scope::PerCustomer, Some(c), _) => Some(r.retrieve_url_path(id, Some(c))),
         // payment methods can be retrieved without their customer
-        (Scope::PerCustomer, None, "customer_payment_method") => Some(format!("/v1/payment_methods/{id}")),
+        (Scope::PerCustomer, None, "customer_payment_method") => {
+            Some(format!("/v1/payment_methods/{}", crate::resources::path_segment(id)))
+        }
         (Scope::PerCustomer, None, _) => None,
     }
 }
@@ -169,6 +171,19 @@ fn lit_text(l: &Lit) -> Option<String> {
     }
 }
 
+/// Whether a value can be a Stripe id (`cus_NffrFeUfNV2Hib`): letters, digits and
+/// underscores. Anything else matches no object and is never put in a request
+/// path (`../webhook_endpoints/we_1` must not become another GET).
+pub fn is_stripe_id(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 255 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The `created[...]` parameters one `created op t` condition alone becomes
+/// (for EXPLAIN, which shows where a bound came from).
+pub fn created_params(op: &str, t: f64) -> Vec<(String, String)> {
+    bounds(op, t).map(|b| b.params("created")).unwrap_or_default()
+}
+
 /// Plans a scan of `resource` under `conds`.
 pub fn plan(resource: &'static Resource, conds: &[Cond]) -> Plan {
     let mut sel = Selection::all(resource);
@@ -181,6 +196,11 @@ pub fn plan(resource: &'static Resource, conds: &[Cond]) -> Plan {
                 && let Some(Lit::Text(v)) = c.single()
             {
                 match &sel.customer {
+                    // not a customer id: nothing can match, and no path is built with it
+                    _ if !is_stripe_id(v) => {
+                        sel.ids = Some(Vec::new());
+                        pushed.push(i);
+                    }
                     None => {
                         sel.customer = Some(v.clone());
                         pushed.push(i);
@@ -197,8 +217,13 @@ pub fn plan(resource: &'static Resource, conds: &[Cond]) -> Plan {
         }
         let ok = match (c.column.as_str(), c.op.as_str()) {
             ("id", "=") => {
-                let ids: Option<Vec<String>> =
-                    c.values.iter().map(|v| if let Lit::Text(s) = v { Some(s.clone()) } else { None }).collect();
+                // values that cannot be Stripe ids match nothing: dropped before any request
+                let ids: Option<Vec<String>> = c
+                    .values
+                    .iter()
+                    .map(|v| if let Lit::Text(s) = v { Some(s.clone()) } else { None })
+                    .collect::<Option<Vec<String>>>()
+                    .map(|ids| ids.into_iter().filter(|id| is_stripe_id(id)).collect());
                 match ids {
                     Some(ids) if retrieve_path(resource, "x", sel.customer.as_deref()).is_some() => {
                         sel.ids = Some(match sel.ids.take() {
@@ -316,6 +341,24 @@ mod tests {
         let qs = p.selection.list_queries(None);
         assert_eq!(qs.len(), 1);
         assert_eq!(qs[0].filters, vec![("active".to_string(), "false".to_string())]);
+    }
+
+    #[test]
+    fn values_that_cannot_be_ids_make_no_request() {
+        let r = lookup("customer").unwrap();
+        let p = plan(r, &[Cond::new("id", "=", text("../webhook_endpoints/we_1"))]);
+        assert!(p.selection.is_empty());
+        assert!(p.fully_pushed(1));
+        let any = Cond {
+            column: "id".into(),
+            op: "=".into(),
+            values: vec![text("cus_1"), text("cus_2?x=1"), text("")],
+            any: true,
+        };
+        assert_eq!(plan(r, &[any]).selection.ids, Some(vec!["cus_1".to_string()]));
+        let cbt = lookup("customer_balance_transaction").unwrap();
+        assert!(plan(cbt, &[Cond::new("customer", "=", text("cus_1/../x"))]).selection.is_empty());
+        assert!(is_stripe_id("cus_NffrFeUfNV2Hib") && !is_stripe_id("a b") && !is_stripe_id("a%2F"));
     }
 
     #[test]

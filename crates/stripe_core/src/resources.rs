@@ -676,12 +676,14 @@ pub fn by_event(event_type: &str) -> Option<(&'static Resource, EventEffect)> {
 impl Resource {
     /// The path of one object's retrieve call.
     pub fn retrieve_url_path(&self, id: &str, customer: Option<&str>) -> String {
-        self.retrieve_path.replace("{id}", id).replace("{customer}", customer.unwrap_or(""))
+        self.retrieve_path
+            .replace("{id}", &path_segment(id))
+            .replace("{customer}", &path_segment(customer.unwrap_or("")))
     }
 
     /// The list path for one customer (per-customer resources) or the account.
     pub fn list_url_path(&self, customer: Option<&str>) -> String {
-        self.list_path.replace("{customer}", customer.unwrap_or(""))
+        self.list_path.replace("{customer}", &path_segment(customer.unwrap_or("")))
     }
 
     /// Event types to subscribe a webhook endpoint to for this resource.
@@ -722,6 +724,23 @@ pub fn permission_for_path(path: &str) -> Option<&'static str> {
         .filter_map(|(r, t)| matched(t).map(|n| (n, r.permission)))
         .max_by_key(|(n, _)| *n)
         .map(|(_, p)| p)
+}
+
+/// A value placed in a URL path, percent-encoded: only letters, digits, `_` and
+/// `-` pass as they are (placeholders such as `{id}` too, for descriptions).
+pub fn path_segment(v: &str) -> String {
+    if v.starts_with('{') && v.ends_with('}') && v[1..v.len() - 1].bytes().all(|b| b.is_ascii_lowercase()) {
+        return v.to_string();
+    }
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Reads a dotted path (`recurring.interval`) out of an object; `None` for a missing or null value.
@@ -793,6 +812,9 @@ mod tests {
         assert!(!pm.created_filter);
         let cbt = lookup("customer_balance_transaction").unwrap();
         assert_eq!(cbt.list_url_path(Some("cus_1")), "/v1/customers/cus_1/balance_transactions");
+        // whatever reaches a path is one encoded segment
+        assert_eq!(lookup("customer").unwrap().retrieve_url_path("../x", None), "/v1/customers/%2E%2E%2Fx");
+        assert_eq!(cbt.list_url_path(Some("{customer}")), "/v1/customers/{customer}/balance_transactions");
     }
 
     #[test]
