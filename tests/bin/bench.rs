@@ -357,6 +357,38 @@ fn main() {
             goal: "<= 1".into(),
         });
         drop(mem_fake);
+        // foreign-table scans of the same account: backend peak memory per query
+        let mut scan = cluster.connect();
+        let pid: i32 = scan.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        scan.query("SELECT id FROM mem_api.customer WHERE id = 'cus_warmup'", &[]).unwrap();
+        for (what, sql) in [
+            ("count(*)", "SELECT count(*) FROM mem_api.customer"),
+            ("sum(length(attrs::text))", "SELECT count(*), sum(length(attrs::text)) FROM mem_api.customer"),
+            ("SELECT * ORDER BY created LIMIT 1", "SELECT * FROM mem_api.customer ORDER BY created LIMIT 1"),
+        ] {
+            e2e::reset_peak_memory(pid);
+            let (rss0, _) = e2e::memory_kb(pid);
+            let t = Instant::now();
+            scan.query(sql, &[]).unwrap();
+            let secs = t.elapsed().as_secs_f64();
+            let (_, peak) = e2e::memory_kb(pid);
+            let growth = peak.saturating_sub(rss0) as f64 / 1024.0;
+            eprintln!(
+                "   foreign scan {what} of {} customers: {secs:.1} s, backend peak growth {growth:.1} MB",
+                a.memory_objects
+            );
+            rows.push(Row {
+                bench: "memory: foreign scan".into(),
+                setting: format!(
+                    "backend peak (VmHWM) growth, `{sql}` over {} customers ({secs:.0} s)",
+                    a.memory_objects
+                ),
+                figure: growth,
+                unit: "MB".into(),
+                limit: 50.0,
+                goal: "<= 1".into(),
+            });
+        }
     }
 
     // 5. incremental cost: events vs full after 1% changed
