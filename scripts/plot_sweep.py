@@ -9,6 +9,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 src, dst = sys.argv[1], sys.argv[2]
 rows = list(csv.DictReader(open(src)))
+if not rows:
+    print(f"{src} is empty: no plot")
+    sys.exit(0)
 p = [int(r["parallelism"]) for r in rows]
 rate = [float(r["objects_per_second"]) for r in rows]
 ceiling = float(rows[0]["ceiling"]) if rows else 10000.0

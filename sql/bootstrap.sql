@@ -166,9 +166,12 @@ CREATE TABLE stripe_sync._inbox (
     status      text NOT NULL DEFAULT 'pending',
     applied_at  timestamptz,
     error       text,
+    attempts    integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz,
     PRIMARY KEY (source, event_id)
 );
 CREATE INDEX _inbox_pending_idx ON stripe_sync._inbox (received_at) WHERE status = 'pending';
+CREATE INDEX _inbox_failed_idx ON stripe_sync._inbox (next_attempt_at) WHERE status = 'failed';
 REVOKE ALL ON stripe_sync._inbox FROM PUBLIC;
 COMMENT ON TABLE stripe_sync._inbox IS 'Internal: verified webhook events, stored before Stripe gets its 2xx, then applied (idempotent on event id).';
 COMMENT ON COLUMN stripe_sync._inbox.source IS 'Source the event was delivered for.';
@@ -177,9 +180,11 @@ COMMENT ON COLUMN stripe_sync._inbox.type IS 'Event type.';
 COMMENT ON COLUMN stripe_sync._inbox.created IS 'Event created time (unix s).';
 COMMENT ON COLUMN stripe_sync._inbox.payload IS 'The verified event.';
 COMMENT ON COLUMN stripe_sync._inbox.received_at IS 'When it was stored.';
-COMMENT ON COLUMN stripe_sync._inbox.status IS 'pending, applied, skipped (type not synced) or failed.';
+COMMENT ON COLUMN stripe_sync._inbox.status IS 'pending, applied, skipped (type not synced, source gone, or skipped by skip_event) or failed (tried again at next_attempt_at).';
 COMMENT ON COLUMN stripe_sync._inbox.applied_at IS 'When it was applied.';
-COMMENT ON COLUMN stripe_sync._inbox.error IS 'Why applying failed.';
+COMMENT ON COLUMN stripe_sync._inbox.error IS 'Why applying failed, or why it was skipped.';
+COMMENT ON COLUMN stripe_sync._inbox.attempts IS 'Failed attempts to apply it.';
+COMMENT ON COLUMN stripe_sync._inbox.next_attempt_at IS 'When a failed event is tried again (backoff doubling per attempt, at most an hour).';
 
 CREATE TABLE stripe_sync._webhook_stats (
     source           text PRIMARY KEY,

@@ -24,6 +24,10 @@ REVOKE ALL ON FUNCTION stripe_sync.set_webhook_secret(text, text, boolean) FROM 
 REVOKE ALL ON FUNCTION stripe_sync.delete_webhook(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION stripe_sync.webhook_status(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION stripe_sync.apply_inbox(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stripe_sync.retry_failed(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stripe_sync.skip_event(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION stripe_sync.retry_failed(text) IS 'Makes failed webhook events of a source (NULL: every source) pending again, to be applied at once; returns how many.';
+COMMENT ON FUNCTION stripe_sync.skip_event(text, text) IS 'Gives up on one stored webhook event (pending or failed): skip_event(event_id, source). It is marked skipped, with who skipped it, and never applied.';
 ALTER FUNCTION stripe_sync.set_webhook_secret(text, text, boolean) SET log_min_error_statement = 'panic';
 ALTER FUNCTION stripe_sync.receive_webhook(text, text, text) SET log_min_error_statement = 'panic';
 ALTER FUNCTION stripe_sync.receive_webhook(text, text, text) SECURITY DEFINER;
@@ -37,4 +41,4 @@ COMMENT ON FUNCTION stripe_sync.receive_webhook(text, text, text) IS
   'SQL ingress for hosts that cannot open a port: receive_webhook(raw body, Stripe-Signature header, source) verifies and stores the event like the worker; returns stored or duplicate, or fails and stores nothing.';
 COMMENT ON FUNCTION stripe_sync.apply_inbox(bigint) IS 'Applies stored webhook events now (the worker does this on its own); returns how many were applied.';
 COMMENT ON FUNCTION stripe_sync.webhook_status(text) IS
-  'A source''s webhook: endpoint id, URL, enabled events, Stripe-side status, counts received / duplicates / applied / skipped / rejected, pending events and lag, last error.';
+  'A source''s webhook: endpoint id, URL, enabled events, Stripe-side status, counts received / duplicates / applied / skipped / rejected, pending and failed events, the last failed event, lag, last error.';

@@ -1,7 +1,8 @@
 //! Writing Stripe objects into materialized tables, by the rules shared by
 //! refreshes, the events catch-up and webhooks:
-//! - a version replaces a row only if it is not older (`_stamp`, Stripe's clock)
-//!   and differs (unchanged rows are not touched: no dead tuples);
+//! - a version replaces a row only if it is newer (`_stamp`, Stripe's clock);
+//!   the same content at a later time only moves `_stamp` (a HOT update: no
+//!   indexed column changes), so an older version arriving later never wins;
 //! - a deletion removes the row and leaves a tombstone, so an older version
 //!   arriving late never brings it back;
 //! - applying the same thing twice is harmless.
@@ -106,14 +107,20 @@ impl Target {
                                   WHERE d.source = $2 AND d.resource = $3 AND d.id = input.o->>'id' AND d.stamp >= input.s)
                 ON CONFLICT (id) DO UPDATE SET {sets}, attrs = EXCLUDED.attrs, _synced_at = EXCLUDED._synced_at,
                     _synced_by = EXCLUDED._synced_by, _stamp = EXCLUDED._stamp
-                WHERE t.attrs IS DISTINCT FROM EXCLUDED.attrs
-                  AND (t._stamp < EXCLUDED._stamp OR (t._stamp = EXCLUDED._stamp AND EXCLUDED._synced_by LIKE 'fetch%'))
+                WHERE (t.attrs IS DISTINCT FROM EXCLUDED.attrs
+                       AND (t._stamp < EXCLUDED._stamp OR (t._stamp = EXCLUDED._stamp AND EXCLUDED._synced_by LIKE 'fetch%')))
+                   -- the same content, known at a later time: only what the row knows moves
+                   OR (t.attrs = EXCLUDED.attrs AND t._stamp < EXCLUDED._stamp)
                 RETURNING (xmax = 0) AS inserted
+             ), restamped AS (
+                SELECT count(*) AS n FROM input JOIN {q} t ON t.id = input.o->>'id'
+                WHERE t.attrs = input.o AND t._stamp < input.s
              ), ties AS (
                 SELECT input.o->>'id' AS id FROM input JOIN {q} t ON t.id = input.o->>'id'
                 WHERE t._stamp = input.s AND t.attrs IS DISTINCT FROM input.o AND input.b NOT LIKE 'fetch%'
              )
-             SELECT (SELECT count(*) FILTER (WHERE inserted) FROM written), (SELECT count(*) FILTER (WHERE NOT inserted) FROM written),
+             SELECT (SELECT count(*) FILTER (WHERE inserted) FROM written),
+                    greatest(0, (SELECT count(*) FILTER (WHERE NOT inserted) FROM written) - (SELECT n FROM restamped)),
                     (SELECT coalesce(array_agg(id), '{{}}') FROM ties)",
             names = names.join(", "),
             exprs = exprs.join(", "),
@@ -194,7 +201,16 @@ impl Target {
         if ids.is_empty() {
             return Ok(Counts::default());
         }
-        let input: Vec<Value> = ids.iter().map(|(id, s)| json!({"id": id, "s": s})).collect();
+        // one tombstone per id, at its latest deletion (an id deleted twice in one
+        // batch would otherwise be written twice by one statement)
+        let mut latest: HashMap<&str, i64> = HashMap::new();
+        for (id, s) in ids {
+            let e = latest.entry(id.as_str()).or_insert(*s);
+            *e = (*e).max(*s);
+        }
+        let mut latest: Vec<(&str, i64)> = latest.into_iter().collect();
+        latest.sort_unstable();
+        let input: Vec<Value> = latest.iter().map(|(id, s)| json!({"id": id, "s": s})).collect();
         let row = c
             .update(
                 &self.delete_ids,

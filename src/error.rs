@@ -37,6 +37,38 @@ impl SyncError {
     }
 }
 
+/// The message of an ERROR (or panic) caught with `PgTryBuilder`.
+pub fn caught_message(e: &pgrx::pg_sys::panic::CaughtError) -> String {
+    use pgrx::pg_sys::panic::CaughtError;
+    match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => redact(r.message()),
+        CaughtError::RustPanic { ereport, .. } => redact(ereport.message()),
+    }
+}
+
+/// Runs `f` in a subtransaction of the current transaction: its writes stay if
+/// it returns `Ok`, and are rolled back if it returns `Err` or raises an ERROR,
+/// whose message comes back as the `Err`. The transaction goes on either way.
+pub fn in_subtransaction<R>(f: impl FnOnce() -> Result<R, SyncError>) -> Result<R, String> {
+    use pgrx::pg_sys;
+    unsafe {
+        let mcx = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(mcx);
+        let r = pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(|| f().map_err(|e| e.message)))
+            .catch_others(|e| Err(caught_message(&e)))
+            .execute();
+        match r {
+            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
+            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+        }
+        pg_sys::MemoryContextSwitchTo(mcx);
+        pg_sys::CurrentResourceOwner = owner;
+        r
+    }
+}
+
 impl std::fmt::Display for SyncError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)

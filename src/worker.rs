@@ -49,15 +49,7 @@ fn tx<R>(f: impl FnOnce() -> R) -> R {
 /// and the worker goes on.
 fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Result<R, String> {
     let r = PgTryBuilder::new(AssertUnwindSafe(|| Ok(tx(f))))
-        .catch_others(|e| {
-            let msg = match &e {
-                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
-                    r.message().to_string()
-                }
-                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-            };
-            Err(msg)
-        })
+        .catch_others(|e| Err(crate::error::caught_message(&e)))
         .execute();
     if let Err(m) = &r {
         unsafe { pg_sys::AbortCurrentTransaction() };

@@ -297,3 +297,30 @@ fn a_deletion_right_after_a_full_refresh_is_seen_by_the_next_one() {
         assert_equal(&mut c, &fake, "customer", &format!("deletion round {round}"));
     }
 }
+
+#[test]
+fn a_full_refresh_over_unchanged_rows_moves_only_their_stamps_with_hot_updates() {
+    let _serial = serial();
+    let (_cluster, mut c, _fake) = setup(SeedSpec::only_customers(2_000), Faults::default());
+    refresh(&mut c, "customer", "full");
+    std::thread::sleep(Duration::from_millis(1_100));
+    let second_started = stripe_core::signature::unix_now();
+    let (ins, upd, del, _) = refresh(&mut c, "customer", "full");
+    assert_eq!((ins, upd, del), (0, 0, 0), "nothing changed at Stripe");
+    // what each row knows moved to the second read (no older version can win now)
+    let oldest: i64 = c.query_one("SELECT min(_stamp) FROM stripe.customer", &[]).unwrap().get(0);
+    assert!(oldest >= second_started - 2, "{oldest} < {second_started}");
+    // the cost: one HOT update per unchanged row (no index entry), measured
+    let (upd, hot) = e2e::wait_for(Duration::from_secs(20), "the refresh worker's statistics", || {
+        let r = c
+            .query_one(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relid = 'stripe.customer'::regclass",
+                &[],
+            )
+            .unwrap();
+        let (upd, hot): (i64, i64) = (r.get(0), r.get(1));
+        (upd >= 2_000).then_some((upd, hot))
+    });
+    println!("full refresh over 2000 unchanged customers: {upd} row versions rewritten, {hot} of them HOT");
+    assert_eq!(upd, 2_000);
+}

@@ -299,3 +299,143 @@ fn removing_the_source_leaves_nothing_at_stripe_and_a_restricted_key_gets_a_clea
     let err = h.c.query_one("SELECT stripe_sync.set_webhook_secret('nope', 'limited')", &[]).unwrap_err();
     assert_eq!(err.code().unwrap().code(), "22023");
 }
+
+/// Stores events through `receive_webhook` in one transaction (one batch for the worker).
+fn receive_all(h: &mut e2e::chaos::Hooked, events: &[Value]) {
+    let secret: String = h.c.query_one("SELECT secrets[1] FROM stripe_sync._webhooks", &[]).unwrap().get(0);
+    let mut t = h.c.transaction().unwrap();
+    for e in events {
+        let body = e.to_string();
+        let sig = signature::header_for(body.as_bytes(), &secret, signature::unix_now());
+        let r: String = t.query_one("SELECT stripe_sync.receive_webhook($1, $2)", &[&body, &sig]).unwrap().get(0);
+        assert_eq!(r, "stored", "{body}");
+    }
+    t.commit().unwrap();
+}
+
+fn event(id: &str, kind: &str, created: i64, object: Value) -> Value {
+    serde_json::json!({"id": id, "object": "event", "api_version": "2026-06-24.dahlia", "created": created,
+                       "type": kind, "data": {"object": object}})
+}
+
+fn wait_applied(h: &mut e2e::chaos::Hooked, ids: &[&str], timeout: Duration) -> Duration {
+    let t = Instant::now();
+    let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    wait_for(timeout, "the events to be applied", || {
+        let n: i64 =
+            h.c.query_one(
+                "SELECT count(*) FROM stripe_sync._inbox WHERE event_id = ANY($1) AND status IN ('applied', 'skipped')",
+                &[&ids],
+            )
+            .unwrap()
+            .get(0);
+        (n as usize == ids.len()).then_some(())
+    });
+    t.elapsed()
+}
+
+#[test]
+fn two_deletions_of_one_object_in_one_batch_never_stall_the_inbox() {
+    let mut h = setup(SeedSpec::scaled(10), Faults::default());
+    let product = h.fake.objects("products")[0].clone();
+    let pid = id(&product);
+    let now = signature::unix_now();
+    receive_all(
+        &mut h,
+        &[
+            event("evt_del_1", "product.deleted", now + 10, product.clone()),
+            event("evt_del_2", "product.deleted", now + 20, product.clone()),
+        ],
+    );
+    // an unrelated event stored after them is applied within a second
+    let cus =
+        serde_json::json!({"id": "cus_unrelated1", "object": "customer", "created": now, "email": "u@example.com"});
+    receive_all(&mut h, &[event("evt_unrelated_1", "customer.created", now, cus)]);
+    let took = wait_applied(&mut h, &["evt_del_1", "evt_del_2", "evt_unrelated_1"], Duration::from_secs(10));
+    println!("two deletions of one product and an unrelated customer.created applied in {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let left: i64 = h.c.query_one("SELECT count(*) FROM stripe.product WHERE id = $1", &[&pid]).unwrap().get(0);
+    assert_eq!(left, 0);
+    let email: String =
+        h.c.query_one("SELECT email FROM stripe.customer WHERE id = 'cus_unrelated1'", &[]).unwrap().get(0);
+    assert_eq!(email, "u@example.com");
+    let status: Value = h.c.query_one("SELECT stripe_sync.webhook_status()::jsonb", &[]).unwrap().get(0);
+    assert_eq!(status["failed"], 0, "{status}");
+    assert_eq!(status["pending"], 0, "{status}");
+}
+
+#[test]
+fn an_event_that_cannot_be_applied_fails_alone_visibly_and_can_be_retried_or_skipped() {
+    let mut h = setup(SeedSpec::scaled(10), Faults::default());
+    let now = signature::unix_now();
+    // a created time that is not a number: its row cannot be written
+    let bad = serde_json::json!({"id": "cus_bad1", "object": "customer", "created": "yesterday"});
+    let good = |n: u32| serde_json::json!({"id": format!("cus_good{n}"), "object": "customer", "created": now, "name": format!("Good {n}")});
+    receive_all(
+        &mut h,
+        &[
+            event("evt_good_1", "customer.created", now - 3, good(1)),
+            event("evt_bad_1", "customer.created", now - 2, bad),
+            event("evt_good_2", "customer.created", now - 1, good(2)),
+        ],
+    );
+    wait_applied(&mut h, &["evt_good_1", "evt_good_2"], Duration::from_secs(10));
+    let n: i64 = h.c.query_one("SELECT count(*) FROM stripe.customer WHERE id LIKE 'cus_good%'", &[]).unwrap().get(0);
+    assert_eq!(n, 2);
+    let row = wait_for(Duration::from_secs(10), "the bad event to be marked failed", || {
+        h.c.query_opt(
+            "SELECT attempts, error FROM stripe_sync._inbox WHERE event_id = 'evt_bad_1' AND status = 'failed'",
+            &[],
+        )
+        .unwrap()
+    });
+    let (attempts, error): (i32, String) = (row.get(0), row.get(1));
+    assert!(attempts >= 1 && !error.is_empty(), "{attempts} {error}");
+    let status: Value = h.c.query_one("SELECT stripe_sync.webhook_status()::jsonb", &[]).unwrap().get(0);
+    assert_eq!(status["failed"], 1, "{status}");
+    assert_eq!(status["last_failed_event"]["event_id"], "evt_bad_1", "{status}");
+    assert!(status["last_error"].as_str().unwrap_or_default().contains("evt_bad_1"), "{status}");
+    // later events still flow
+    receive_all(&mut h, &[event("evt_good_3", "customer.created", now, good(3))]);
+    wait_applied(&mut h, &["evt_good_3"], Duration::from_secs(5));
+    // a DBA retries it (it fails again), then gives up on it
+    let retried: i64 = h.c.query_one("SELECT stripe_sync.retry_failed()", &[]).unwrap().get(0);
+    assert_eq!(retried, 1);
+    wait_for(Duration::from_secs(10), "the retry", || {
+        let a: i32 =
+            h.c.query_one("SELECT attempts FROM stripe_sync._inbox WHERE event_id = 'evt_bad_1'", &[]).unwrap().get(0);
+        (a > attempts).then_some(())
+    });
+    assert!(h.c.query_one("SELECT stripe_sync.skip_event('evt_bad_1')", &[]).unwrap().get::<_, bool>(0));
+    let (status, error): (String, String) = {
+        let r =
+            h.c.query_one("SELECT status, error FROM stripe_sync._inbox WHERE event_id = 'evt_bad_1'", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(status, "skipped");
+    assert!(error.contains("skipped by postgres"), "{error}");
+    let err = h.c.query_one("SELECT stripe_sync.skip_event('evt_bad_1')", &[]).unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "42704");
+}
+
+#[test]
+fn an_identical_newer_version_keeps_an_older_one_from_winning() {
+    let mut h = setup(SeedSpec::scaled(10), Faults::default());
+    let cus = h.fake.objects("customers")[2].clone();
+    let cid = id(&cus);
+    // (after the full refresh that wrote the row)
+    let t = signature::unix_now();
+    let version = |name: &str| {
+        let mut o = cus.clone();
+        o["name"] = serde_json::json!(name);
+        o
+    };
+    // e1 (T+100, A), e3 (T+300, A), then e2 (T+200, B), each applied before the next
+    for (eid, at, name) in [("evt_v1", t + 100, "A"), ("evt_v3", t + 300, "A"), ("evt_v2", t + 200, "B")] {
+        receive_all(&mut h, &[event(eid, "customer.updated", at, version(name))]);
+        wait_applied(&mut h, &[eid], Duration::from_secs(10));
+    }
+    let row = h.c.query_one("SELECT name, _stamp FROM stripe.customer WHERE id = $1", &[&cid]).unwrap();
+    let (name, stamp): (String, i64) = (row.get(0), row.get(1));
+    assert_eq!((name.as_str(), stamp), ("A", t + 300));
+}

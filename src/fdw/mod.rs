@@ -324,9 +324,15 @@ impl ForeignDataWrapper<FdwError> for StripeSyncFdw {
                     )
                 })
                 .unwrap_or((0, 0));
+            // every answered request is one page of a list or one retrieved object
             lines.push((
                 "Stripe requests".to_string(),
-                format!("{requests} ({retries} retries), {} rows, {} scans", self.rows, self.scans),
+                format!(
+                    "{requests} sent, {retries} retried, {} pages or objects answered; {} rows in {} scans",
+                    requests.saturating_sub(retries),
+                    self.rows,
+                    self.scans
+                ),
             ));
         }
         Ok(lines)

@@ -102,13 +102,7 @@ pub extern "C-unwind" fn stripe_sync_refresh_main(_arg: pg_sys::Datum) {
     let job2 = job.clone();
     let outcome = PgTryBuilder::new(AssertUnwindSafe(move || run(&job2)))
         .catch_others(|e| {
-            let msg = match &e {
-                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
-                    r.message().to_string()
-                }
-                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-            };
-            Err(Stop::Failed(SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, msg)))
+            Err(Stop::Failed(SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, crate::error::caught_message(&e))))
         })
         .execute();
     let (status, err) = match outcome {

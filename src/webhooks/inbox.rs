@@ -3,7 +3,7 @@
 //! worker's listener and `stripe_sync.receive_webhook`.
 
 use crate::apply::{EventEffects, Target, table_of};
-use crate::error::SyncError;
+use crate::error::{SyncError, in_subtransaction};
 use crate::{source, threads};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -110,112 +110,231 @@ fn touched(event_type: &str) -> Vec<&'static resources::Resource> {
     out
 }
 
-/// Applies up to `limit` pending events (oldest first). HTTP (completing
-/// truncated lists, settling same-second versions) runs off this thread while
-/// `check` runs every 100 ms. Returns (applied, skipped).
+/// A stored event waiting to be applied.
+struct Pending {
+    source: String,
+    id: String,
+    kind: String,
+    payload: Value,
+}
+
+/// Why an event could not be applied: (source, event id, error).
+type Failure = (String, String, String);
+
+/// Objects written with the same stamp as a different version: (source, resource, ids).
+type Ties = Vec<(String, &'static resources::Resource, Vec<String>)>;
+
+/// Seconds before a failed event is tried again: doubling per attempt, at most an hour.
+pub const RETRY_SQL: &str = "clock_timestamp() + make_interval(secs => least(3600, 2 ^ least(attempts, 12)))";
+
+/// Applies up to `limit` stored events (oldest first): pending ones, and failed
+/// ones whose retry time has come. One event that cannot be applied never holds
+/// back the others: when the batch fails as a whole, each event is applied on its
+/// own, and those that fail are marked `failed` with their error, to be tried
+/// again with backoff. Events of sources that no longer exist are skipped with a
+/// reason. HTTP (completing truncated lists, settling same-second versions) runs
+/// off this thread while `check` runs every 100 ms. Returns (applied, skipped).
 pub fn apply_pending(limit: i64, mut check: impl FnMut()) -> Result<(i64, i64), SyncError> {
-    // 1. read a batch
-    let pending: Vec<(String, String, String, Value)> = Spi::connect(|c| {
+    skip_orphans()?;
+    let batch = read_batch(limit)?;
+    if batch.is_empty() {
+        return Ok((0, 0));
+    }
+    // events no table follows are skipped
+    let (mut todo, skipped): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|e| {
+        !touched(&e.kind).is_empty()
+            && e.payload.get("data").and_then(|d| d.get("object")).and_then(|o| o.get("id")).is_some()
+    });
+    let mut failed: Vec<Failure> = Vec::new();
+    let mut clients: HashMap<String, stripe_core::Client> = HashMap::new();
+    complete_lists(&mut todo, &mut failed, &mut clients, &mut check);
+    // the whole batch at once; one event at a time when that fails
+    let mut ties = Vec::new();
+    let applied: Vec<&Pending> = match in_subtransaction(|| write(&todo)) {
+        Ok(t) => {
+            ties = t;
+            todo.iter().collect()
+        }
+        Err(_) => {
+            let mut ok = Vec::new();
+            for e in &todo {
+                match in_subtransaction(|| write(std::slice::from_ref(e))) {
+                    Ok(t) => {
+                        ties.extend(t);
+                        ok.push(e);
+                    }
+                    Err(msg) => failed.push((e.source.clone(), e.id.clone(), msg)),
+                }
+            }
+            ok
+        }
+    };
+    mark(&applied, &skipped.iter().collect::<Vec<_>>(), &failed)?;
+    // same-second versions: what Stripe has now wins (a failure leaves one of the
+    // two versions and is recorded; the next change or refresh settles it)
+    for (src, r, ids) in ties {
+        let settled = settle(&src, r, ids, &mut clients, &mut check);
+        if let Err(e) = settled {
+            record_error(&src, &format!("settling same-second versions of {}: {}", r.name, e.message))?;
+        }
+    }
+    Ok((applied.len() as i64, skipped.len() as i64))
+}
+
+/// Events of sources that no longer exist (dropped with events pending) are
+/// skipped with a reason, never retried.
+fn skip_orphans() -> Result<(), SyncError> {
+    Spi::run(
+        "UPDATE stripe_sync._inbox i SET status = 'skipped', applied_at = clock_timestamp(),
+                error = 'source \"' || i.source || '\" does not exist (dropped?)'
+         WHERE i.status IN ('pending', 'failed') AND NOT EXISTS (SELECT FROM stripe_sync._sources s WHERE s.name = i.source)",
+    )
+    .map_err(spi_err)
+}
+
+fn read_batch(limit: i64) -> Result<Vec<Pending>, SyncError> {
+    Spi::connect(|c| {
         let mut out = Vec::new();
         for row in c.select(
-            "SELECT source, event_id, type, payload FROM stripe_sync._inbox WHERE status = 'pending' ORDER BY created, received_at LIMIT $1",
+            "(SELECT source, event_id, type, payload, created, received_at FROM stripe_sync._inbox
+               WHERE status = 'pending' ORDER BY created, received_at LIMIT $1)
+             UNION ALL
+             (SELECT source, event_id, type, payload, created, received_at FROM stripe_sync._inbox
+               WHERE status = 'failed' AND next_attempt_at <= clock_timestamp() ORDER BY next_attempt_at LIMIT 100)
+             ORDER BY created, received_at",
             None,
             &[limit.into()],
         )? {
-            if let (Some(s), Some(id), Some(t), Some(p)) = (row.get::<String>(1)?, row.get::<String>(2)?, row.get::<String>(3)?, row.get::<JsonB>(4)?) {
-                out.push((s, id, t, p.0));
+            if let (Some(source), Some(id), Some(kind), Some(p)) =
+                (row.get::<String>(1)?, row.get::<String>(2)?, row.get::<String>(3)?, row.get::<JsonB>(4)?)
+            {
+                out.push(Pending { source, id, kind, payload: p.0 });
             }
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
-    .map_err(spi_err)?;
-    if pending.is_empty() {
-        return Ok((0, 0));
+    .map_err(spi_err)
+}
+
+fn client_of<'a>(
+    clients: &'a mut HashMap<String, stripe_core::Client>,
+    src: &str,
+) -> Result<&'a stripe_core::Client, SyncError> {
+    if !clients.contains_key(src) {
+        clients.insert(src.to_string(), source::client_for_source(src)?);
     }
-    // 2. per source and resource, the events that change it
-    let mut groups: BTreeMap<(String, &'static str), Vec<Value>> = BTreeMap::new();
-    let mut skipped: Vec<(String, String)> = Vec::new();
-    let mut applied: Vec<(String, String)> = Vec::new();
-    for (src, id, t, payload) in &pending {
-        let rs = touched(t);
-        if rs.is_empty() || payload.get("data").and_then(|d| d.get("object")).and_then(|o| o.get("id")).is_none() {
-            skipped.push((src.clone(), id.clone()));
+    Ok(&clients[src])
+}
+
+/// Completes truncated nested lists from the API. An object that is gone keeps
+/// the lists as delivered (its deletion comes as an event of its own); an event
+/// whose lists cannot be read fails alone.
+fn complete_lists(
+    todo: &mut Vec<Pending>,
+    failed: &mut Vec<Failure>,
+    clients: &mut HashMap<String, stripe_core::Client>,
+    check: &mut impl FnMut(),
+) {
+    let mut keep = Vec::with_capacity(todo.len());
+    for mut e in std::mem::take(todo) {
+        let obj = e.payload.get("data").and_then(|d| d.get("object"));
+        let r = obj.and_then(|o| o.get("object")).and_then(Value::as_str).and_then(resources::by_object);
+        let needs = r.is_some_and(|r| {
+            r.nested_lists.iter().any(|f| {
+                obj.and_then(|o| o.get(*f)).and_then(|l| l.get("has_more")).and_then(Value::as_bool) == Some(true)
+            })
+        });
+        let (Some(r), true) = (r, needs) else {
+            keep.push(e);
             continue;
-        }
-        for r in rs {
-            groups.entry((src.clone(), r.name)).or_default().push(payload.clone());
-        }
-        applied.push((src.clone(), id.clone()));
-    }
-    // complete truncated nested lists from the API
-    let mut clients: HashMap<String, stripe_core::Client> = HashMap::new();
-    for ((src, rname), events) in groups.iter_mut() {
-        let r = resources::lookup(rname).map_err(|e| SyncError::invalid(e.to_string()))?;
-        let needs = |e: &Value| {
-            let obj = e.get("data").and_then(|d| d.get("object"));
-            obj.and_then(|o| o.get("object")).and_then(Value::as_str) == Some(r.object)
-                && r.nested_lists.iter().any(|f| {
-                    obj.and_then(|o| o.get(*f)).and_then(|l| l.get("has_more")).and_then(Value::as_bool) == Some(true)
-                })
         };
-        if !events.iter().any(needs) {
-            continue;
-        }
-        if !clients.contains_key(src) {
-            clients.insert(src.clone(), source::client_for_source(src)?);
-        }
-        let client = clients[src].clone();
-        let todo: Vec<(usize, Value)> = events
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| needs(e))
-            .map(|(i, e)| (i, e["data"]["object"].clone()))
-            .collect();
+        let client = match client_of(clients, &e.source) {
+            Ok(c) => c.clone(),
+            Err(err) => {
+                failed.push((e.source.clone(), e.id.clone(), err.message));
+                continue;
+            }
+        };
+        let mut object = e.payload["data"]["object"].clone();
         let done = threads::block_on(
             async move {
-                let mut out = Vec::new();
-                for (i, mut obj) in todo {
-                    sync::complete_nested(&client, r, &mut obj).await?;
-                    out.push((i, obj));
+                match sync::complete_nested(&client, r, &mut object).await {
+                    Ok(()) => Ok(Some(object)),
+                    Err(err) if err.is_not_found() => Ok(None),
+                    Err(err) => Err(err),
                 }
-                Ok::<_, stripe_core::StripeError>(out)
             },
-            &mut check,
-        )
-        .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))??;
-        for (i, obj) in done {
-            events[i]["data"]["object"] = obj;
+            &mut *check,
+        );
+        match done {
+            Ok(Ok(Some(object))) => {
+                e.payload["data"]["object"] = object;
+                keep.push(e);
+            }
+            Ok(Ok(None)) => keep.push(e),
+            Ok(Err(err)) => failed.push((e.source.clone(), e.id.clone(), err.to_string())),
+            Err(err) => failed.push((e.source.clone(), e.id.clone(), err.to_string())),
         }
     }
-    // 3. apply and mark, in one transaction
-    let mut ties: Vec<(String, &'static resources::Resource, Vec<String>)> = Vec::new();
+    *todo = keep;
+}
+
+/// Writes events to their tables; returns the same-second ties to settle.
+fn write(events: &[Pending]) -> Result<Ties, SyncError> {
+    let mut groups: BTreeMap<(String, &'static str), Vec<Value>> = BTreeMap::new();
+    for e in events {
+        for r in touched(&e.kind) {
+            groups.entry((e.source.clone(), r.name)).or_default().push(e.payload.clone());
+        }
+    }
+    let mut ties = Vec::new();
     Spi::connect_mut(|c| {
-        for ((src, rname), events) in &groups {
+        for ((src, rname), payloads) in &groups {
             let r = resources::lookup(rname).map_err(|e| SyncError::invalid(e.to_string()))?;
             let (schema, table) = table_of(src, r)?;
             let target = Target::new(r, src, &schema, &table);
-            let (up, _) = EventEffects::of(r, events).apply(&target, c)?;
+            let (up, _) = EventEffects::of(r, payloads).apply(&target, c)?;
             if !up.ties.is_empty() {
                 ties.push((src.clone(), r, up.ties));
             }
         }
-        for (status, list) in [("applied", &applied), ("skipped", &skipped)] {
-            let (srcs, ids): (Vec<String>, Vec<String>) = list.iter().cloned().unzip();
+        Ok::<(), SyncError>(())
+    })?;
+    Ok(ties)
+}
+
+/// Records what happened to each event, and the counters.
+fn mark(applied: &[&Pending], skipped: &[&Pending], failed: &[Failure]) -> Result<(), SyncError> {
+    Spi::connect_mut(|c| {
+        for (status, list) in [("applied", applied), ("skipped", skipped)] {
+            let (srcs, ids): (Vec<String>, Vec<String>) = list.iter().map(|e| (e.source.clone(), e.id.clone())).unzip();
             c.update(
-                "UPDATE stripe_sync._inbox i SET status = $1, applied_at = clock_timestamp()
+                "UPDATE stripe_sync._inbox i SET status = $1, applied_at = clock_timestamp(), error = NULL, next_attempt_at = NULL
                  FROM unnest($2::text[], $3::text[]) AS x(source, event_id)
-                 WHERE i.source = x.source AND i.event_id = x.event_id AND i.status = 'pending'",
+                 WHERE i.source = x.source AND i.event_id = x.event_id AND i.status IN ('pending', 'failed')",
                 None,
                 &[status.into(), srcs.into(), ids.into()],
             )
             .map_err(spi_err)?;
         }
-        let mut per_source: HashMap<&str, (i64, i64)> = HashMap::new();
-        for (s, _) in &applied {
-            per_source.entry(s.as_str()).or_default().0 += 1;
+        for (src, id, error) in failed {
+            c.update(
+                &format!(
+                    "UPDATE stripe_sync._inbox SET status = 'failed', attempts = attempts + 1, error = $3,
+                            next_attempt_at = {RETRY_SQL}
+                     WHERE source = $1 AND event_id = $2"
+                ),
+                None,
+                &[src.as_str().into(), id.as_str().into(), error.as_str().into()],
+            )
+            .map_err(spi_err)?;
         }
-        for (s, _) in &skipped {
-            per_source.entry(s.as_str()).or_default().1 += 1;
+        let mut per_source: HashMap<&str, (i64, i64)> = HashMap::new();
+        for e in applied {
+            per_source.entry(e.source.as_str()).or_default().0 += 1;
+        }
+        for e in skipped {
+            per_source.entry(e.source.as_str()).or_default().1 += 1;
         }
         for (s, (a, k)) in per_source {
             c.update(
@@ -228,17 +347,36 @@ pub fn apply_pending(limit: i64, mut check: impl FnMut()) -> Result<(i64, i64), 
         }
         Ok::<(), SyncError>(())
     })?;
-    // 4. same-second versions: what Stripe has now wins
-    for (src, r, ids) in ties {
-        let client = match clients.get(&src) {
-            Some(c) => c.clone(),
-            None => source::client_for_source(&src)?,
-        };
-        let fetched = threads::block_on(async move { sync::fetch_current(&client, r, ids).await }, &mut check)
-            .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))??;
-        let (schema, table) = table_of(&src, r)?;
-        let target = Target::new(r, &src, &schema, &table);
-        Spi::connect_mut(|c| target.write_fetched(c, fetched, "fetch:tie"))?;
+    for (src, id, error) in failed {
+        record_error(src, &format!("event {id}: {error}"))?;
     }
-    Ok((applied.len() as i64, skipped.len() as i64))
+    Ok(())
+}
+
+/// The last error of a source's webhook events (webhook_status).
+fn record_error(source: &str, error: &str) -> Result<(), SyncError> {
+    Spi::run_with_args(
+        "INSERT INTO stripe_sync._webhook_stats AS s (source, last_error, last_error_at) VALUES ($1, $2, now())
+         ON CONFLICT (source) DO UPDATE SET last_error = $2, last_error_at = now()",
+        &[source.into(), stripe_core::error::redact(error).as_str().into()],
+    )
+    .map_err(spi_err)
+}
+
+/// Fetches tied objects and writes what Stripe has now.
+fn settle(
+    src: &str,
+    r: &'static resources::Resource,
+    ids: Vec<String>,
+    clients: &mut HashMap<String, stripe_core::Client>,
+    check: &mut impl FnMut(),
+) -> Result<(), SyncError> {
+    let client = client_of(clients, src)?.clone();
+    let fetched = threads::block_on(async move { sync::fetch_current(&client, r, ids).await }, &mut *check)
+        .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))??;
+    let (schema, table) = table_of(src, r)?;
+    let target = Target::new(r, src, &schema, &table);
+    in_subtransaction(|| Spi::connect_mut(|c| target.write_fetched(c, fetched, "fetch:tie")))
+        .map_err(|m| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, m))?;
+    Ok(())
 }

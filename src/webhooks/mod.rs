@@ -219,6 +219,50 @@ fn apply_inbox(max_events: default!(i64, "10000")) -> i64 {
     .unwrap_or_else(|e| e.raise())
 }
 
+/// Makes failed events of a source (or of every source) pending again, to be
+/// applied at once; returns how many.
+#[pg_extern]
+fn retry_failed(source: default!(Option<&str>, "NULL")) -> i64 {
+    if let Some(s) = source {
+        source::require(s).unwrap_or_else(|e| e.raise());
+    }
+    Spi::get_one_with_args::<i64>(
+        "WITH r AS (UPDATE stripe_sync._inbox SET status = 'pending', next_attempt_at = NULL
+                    WHERE status = 'failed' AND ($1::text IS NULL OR source = $1) RETURNING 1)
+         SELECT count(*) FROM r",
+        &[source.into()],
+    )
+    .map_err(spi)
+    .unwrap_or_else(|e| e.raise())
+    .unwrap_or(0)
+}
+
+/// Gives up on one stored event (pending or failed): it is marked skipped, with
+/// who skipped it, and never applied.
+#[pg_extern]
+fn skip_event(event_id: &str, source: default!(&str, "'default'")) -> bool {
+    source::require(source).unwrap_or_else(|e| e.raise());
+    let done = Spi::get_one_with_args::<bool>(
+        "WITH s AS (UPDATE stripe_sync._inbox SET status = 'skipped', applied_at = clock_timestamp(),
+                           error = concat_ws('; ', error, 'skipped by ' || current_user)
+                    WHERE source = $1 AND event_id = $2 AND status IN ('pending', 'failed') RETURNING 1)
+         SELECT EXISTS (SELECT FROM s)",
+        &[source.into(), event_id.into()],
+    )
+    .map_err(spi)
+    .unwrap_or_else(|e| e.raise())
+    .unwrap_or(false);
+    if !done {
+        SyncError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("no pending or failed event \"{event_id}\" of source \"{source}\""),
+        )
+        .hint("See stripe_sync.webhook_status(source) for the failed events; applied events cannot be skipped.")
+        .raise();
+    }
+    true
+}
+
 /// Everything about a source's webhook: endpoint, Stripe-side status, counters, lag.
 #[pg_extern]
 fn webhook_status(source: default!(&str, "'default'")) -> JsonB {
@@ -235,6 +279,11 @@ fn status(source: &str) -> Result<JsonB, SyncError> {
             'skipped', coalesce(s.skipped, 0), 'rejected', coalesce(s.rejected, 0),
             'last_received_at', s.last_received_at, 'last_applied_at', s.last_applied_at,
             'pending', (SELECT count(*) FROM stripe_sync._inbox i WHERE i.source = $1 AND i.status = 'pending'),
+            'failed', (SELECT count(*) FROM stripe_sync._inbox i WHERE i.source = $1 AND i.status = 'failed'),
+            'last_failed_event', (SELECT jsonb_build_object('event_id', i.event_id, 'type', i.type, 'error', i.error,
+                                          'attempts', i.attempts, 'next_attempt_at', i.next_attempt_at)
+                                  FROM stripe_sync._inbox i WHERE i.source = $1 AND i.status = 'failed'
+                                  ORDER BY i.next_attempt_at DESC LIMIT 1),
             'lag_seconds', (SELECT extract(epoch FROM clock_timestamp() - min(received_at)) FROM stripe_sync._inbox i WHERE i.source = $1 AND i.status = 'pending'),
             'last_error', s.last_error, 'last_error_at', s.last_error_at)
          FROM (SELECT $1::text AS source) x

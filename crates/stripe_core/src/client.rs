@@ -104,6 +104,14 @@ pub fn validate_base_url(url: &str) -> Result<String, StripeError> {
     Ok(base)
 }
 
+/// A time at or before Stripe read the data of an answer, on Stripe's clock: the
+/// `Date` header is when the answer was made (after the read), truncated to the
+/// second, and the read came after the request was sent, at most `elapsed`
+/// before the answer.
+pub fn read_no_later_than(date: i64, elapsed: Duration) -> i64 {
+    date - elapsed.as_secs_f64().ceil() as i64
+}
+
 /// Counters of what a client did, shared by its clones.
 #[derive(Debug, Default)]
 pub struct ClientStats {
@@ -232,8 +240,9 @@ impl Client {
             if let Some(acct) = &self.cfg.account {
                 req = req.header("Stripe-Account", acct);
             }
+            let sent = std::time::Instant::now();
             let outcome = match req.send().await {
-                Ok(resp) => self.read_response(resp, path).await,
+                Ok(resp) => self.read_response(resp, path, sent).await,
                 Err(e) => Err(Failure::Retryable(
                     StripeError::Network { message: describe_reqwest(&e), attempts: attempt },
                     None,
@@ -265,7 +274,12 @@ impl Client {
         }
     }
 
-    async fn read_response(&self, resp: reqwest::Response, path: &str) -> Result<(Value, i64), Failure> {
+    async fn read_response(
+        &self,
+        resp: reqwest::Response,
+        path: &str,
+        sent: std::time::Instant,
+    ) -> Result<(Value, i64), Failure> {
         let status = resp.status().as_u16();
         let server_time = resp
             .headers()
@@ -275,6 +289,7 @@ impl Client {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_secs() as i64)
             .unwrap_or_else(crate::signature::unix_now);
+        let server_time = read_no_later_than(server_time, sent.elapsed());
         let should_retry = resp
             .headers()
             .get("Stripe-Should-Retry")
@@ -396,6 +411,14 @@ mod tests {
         assert!(validate_base_url("https://api.stripe.com/other").is_err());
         assert!(validate_base_url("not a url").is_err());
         assert!(validate_base_url("https://user:pw@api.stripe.com").is_err());
+    }
+
+    #[test]
+    fn a_page_is_stamped_no_later_than_stripe_read_it() {
+        // answered at second 100 after 0.25 s: the read may have been at 99.8
+        assert_eq!(read_no_later_than(100, Duration::from_millis(250)), 99);
+        assert_eq!(read_no_later_than(100, Duration::from_millis(2_100)), 97);
+        assert_eq!(read_no_later_than(100, Duration::ZERO), 100);
     }
 
     #[test]
