@@ -49,8 +49,12 @@ impl std::ops::AddAssign for Counts {
 #[derive(Debug, Default, Clone)]
 pub struct Upserted {
     pub counts: Counts,
-    pub ties: Vec<String>,
+    pub ties: Vec<Tie>,
 }
+
+/// An object with two different versions of the same stamp: its id and that stamp.
+/// A fetch sent after both arrived reads a state at least that new.
+pub type Tie = (String, i64);
 
 /// Rows a complete listing that began at `since` would have returned if their
 /// object still existed: written before it began. Stripe's clock has whole
@@ -116,12 +120,12 @@ impl Target {
                 SELECT count(*) AS n FROM input JOIN {q} t ON t.id = input.o->>'id'
                 WHERE t.attrs = input.o AND t._stamp < input.s
              ), ties AS (
-                SELECT input.o->>'id' AS id FROM input JOIN {q} t ON t.id = input.o->>'id'
+                SELECT input.o->>'id' AS id, input.s FROM input JOIN {q} t ON t.id = input.o->>'id'
                 WHERE t._stamp = input.s AND t.attrs IS DISTINCT FROM input.o AND input.b NOT LIKE 'fetch%'
              )
              SELECT (SELECT count(*) FILTER (WHERE inserted) FROM written),
                     greatest(0, (SELECT count(*) FILTER (WHERE NOT inserted) FROM written) - (SELECT n FROM restamped)),
-                    (SELECT coalesce(array_agg(id), '{{}}') FROM ties)",
+                    (SELECT coalesce(array_agg(id), '{{}}') FROM ties), (SELECT coalesce(array_agg(s), '{{}}') FROM ties)",
             names = names.join(", "),
             exprs = exprs.join(", "),
             sets = sets.join(", "),
@@ -153,15 +157,15 @@ impl Target {
         // the newest version per id; two different versions with the same stamp
         // cannot be ordered (deliveries come in any order): a tie, settled by a fetch
         let mut latest: HashMap<String, usize> = HashMap::new();
-        let mut batch_ties: Vec<String> = Vec::new();
+        let mut batch_ties: Vec<Tie> = Vec::new();
         for (i, v) in versions.iter().enumerate() {
             let id = v.object.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
             match latest.get(&id) {
                 Some(j) if versions[*j].stamp > v.stamp => {}
                 Some(j) if versions[*j].stamp == v.stamp && versions[*j].object != v.object => {
                     let fetched = |k: usize| versions[k].by.starts_with("fetch");
-                    if !fetched(*j) && !fetched(i) && !batch_ties.contains(&id) {
-                        batch_ties.push(id.clone());
+                    if !fetched(*j) && !fetched(i) && !batch_ties.iter().any(|(t, _)| *t == id) {
+                        batch_ties.push((id.clone(), v.stamp));
                     }
                     if !fetched(*j) {
                         latest.insert(id, i);
@@ -186,11 +190,12 @@ impl Target {
             )
             .map_err(spi_err)?;
         let first = row.first();
-        let (ins, upd, ties) = first.get_three::<i64, i64, Vec<String>>().map_err(spi_err)?;
-        let mut ties = ties.unwrap_or_default();
-        for id in batch_ties {
-            if !ties.contains(&id) {
-                ties.push(id);
+        let (ins, upd, ids) = first.get_three::<i64, i64, Vec<String>>().map_err(spi_err)?;
+        let stamps = first.get::<Vec<i64>>(4).map_err(spi_err)?.unwrap_or_default();
+        let mut ties: Vec<Tie> = ids.unwrap_or_default().into_iter().zip(stamps).collect();
+        for (id, stamp) in batch_ties {
+            if !ties.iter().any(|(t, _)| *t == id) {
+                ties.push((id, stamp));
             }
         }
         Ok(Upserted { counts: Counts { inserted: ins.unwrap_or(0), updated: upd.unwrap_or(0), deleted: 0 }, ties })
@@ -289,16 +294,21 @@ impl Target {
 
 impl Target {
     /// Writes what the API returned for objects re-read after a tie: versions
-    /// that win ties (`fetch:`), and deletions for objects that are gone.
+    /// that win ties (`fetch:`), and deletions for objects that are gone. Each is
+    /// at least as new as the tie it settles (the fetch was sent after both tied
+    /// versions arrived), whatever the answer's own stamp.
     pub fn write_fetched(
         &self,
         c: &mut SpiClient,
         fetched: Vec<(String, Option<Value>, i64)>,
+        ties: &[Tie],
         by: &str,
     ) -> Result<Counts, SyncError> {
         let mut gone = Vec::new();
         let mut versions = Vec::new();
         for (id, obj, stamp) in fetched {
+            let floor = ties.iter().find(|(t, _)| *t == id).map(|(_, s)| *s).unwrap_or(stamp);
+            let stamp = stamp.max(floor);
             match obj {
                 Some(o) => versions.push(Version { object: o, stamp, by: by.to_string() }),
                 None => gone.push((id, stamp)),

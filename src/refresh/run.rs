@@ -240,13 +240,14 @@ impl Ctx {
     }
 
     /// Fetches objects whose version could not be decided and writes what Stripe has now.
-    fn settle(&mut self, ids: Vec<String>) -> Result<(), Stop> {
+    fn settle(&mut self, ties: Vec<crate::apply::Tie>) -> Result<(), Stop> {
         let client = self.client.clone();
         let r = self.r;
+        let ids: Vec<String> = ties.iter().map(|(id, _)| id.clone()).collect();
         let fetched = self.http(async move { sync::fetch_current(&client, r, ids).await })??;
         let target = self.target.clone();
         self.write(|ctx, c| {
-            ctx.counts += target.write_fetched(c, fetched, "fetch:tie")?;
+            ctx.counts += target.write_fetched(c, fetched, &ties, "fetch:tie")?;
             Ok(())
         })?;
         Ok(())

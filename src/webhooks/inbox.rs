@@ -121,8 +121,8 @@ struct Pending {
 /// Why an event could not be applied: (source, event id, error).
 type Failure = (String, String, String);
 
-/// Objects written with the same stamp as a different version: (source, resource, ids).
-type Ties = Vec<(String, &'static resources::Resource, Vec<String>)>;
+/// Objects written with the same stamp as a different version: (source, resource, ties).
+type Ties = Vec<(String, &'static resources::Resource, Vec<crate::apply::Tie>)>;
 
 /// Seconds before a failed event is tried again: doubling per attempt, at most an hour.
 pub const RETRY_SQL: &str = "clock_timestamp() + make_interval(secs => least(3600, 2 ^ least(attempts, 12)))";
@@ -172,8 +172,8 @@ pub fn apply_pending(limit: i64, mut check: impl FnMut()) -> Result<(i64, i64), 
     mark(&applied, &skipped.iter().collect::<Vec<_>>(), &failed)?;
     // same-second versions: what Stripe has now wins (a failure leaves one of the
     // two versions and is recorded; the next change or refresh settles it)
-    for (src, r, ids) in ties {
-        let settled = settle(&src, r, ids, &mut clients, &mut check);
+    for (src, r, tied) in ties {
+        let settled = settle(&src, r, tied, &mut clients, &mut check);
         if let Err(e) = settled {
             record_error(&src, &format!("settling same-second versions of {}: {}", r.name, e.message))?;
         }
@@ -367,16 +367,17 @@ fn record_error(source: &str, error: &str) -> Result<(), SyncError> {
 fn settle(
     src: &str,
     r: &'static resources::Resource,
-    ids: Vec<String>,
+    ties: Vec<crate::apply::Tie>,
     clients: &mut HashMap<String, stripe_core::Client>,
     check: &mut impl FnMut(),
 ) -> Result<(), SyncError> {
     let client = client_of(clients, src)?.clone();
+    let ids: Vec<String> = ties.iter().map(|(id, _)| id.clone()).collect();
     let fetched = threads::block_on(async move { sync::fetch_current(&client, r, ids).await }, &mut *check)
         .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))??;
     let (schema, table) = table_of(src, r)?;
     let target = Target::new(r, src, &schema, &table);
-    in_subtransaction(|| Spi::connect_mut(|c| target.write_fetched(c, fetched, "fetch:tie")))
+    in_subtransaction(|| Spi::connect_mut(|c| target.write_fetched(c, fetched, &ties, "fetch:tie")))
         .map_err(|m| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, m))?;
     Ok(())
 }
