@@ -123,6 +123,10 @@ impl From<StripeError> for SyncError {
             }
             StripeError::Config { .. } => (ERRCODE_FDW_INVALID_OPTION_NAME, "Fix the option named in the message."),
             StripeError::Cancelled => (ERRCODE_QUERY_CANCELED, "The query was cancelled."),
+            StripeError::Unfinished { .. } => (
+                ERRCODE_INTERNAL_ERROR,
+                "Nothing was decided on the incomplete read; see the server log, and run the statement again.",
+            ),
         };
         SyncError::new(code, e.to_string()).hint(hint)
     }

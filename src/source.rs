@@ -15,7 +15,14 @@ use stripe_core::{ApiKey, Client, ClientConfig, resources};
 
 /// Name of the foreign server of a source.
 pub fn server_name(source: &str) -> String {
-    format!("stripe_sync_{source}")
+    format!("{SERVER_PREFIX}{source}")
+}
+
+const SERVER_PREFIX: &str = "stripe_sync_";
+
+/// The source whose server this is (the inverse of [`server_name`]).
+pub fn source_of_server(server: &str) -> Option<&str> {
+    server.strip_prefix(SERVER_PREFIX)
 }
 
 /// Options of a catalog `List` of `DefElem`s.

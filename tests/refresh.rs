@@ -324,3 +324,20 @@ fn a_full_refresh_over_unchanged_rows_moves_only_their_stamps_with_hot_updates()
     println!("full refresh over 2000 unchanged customers: {upd} row versions rewritten, {hot} of them HOT");
     assert_eq!(upd, 2_000);
 }
+
+#[test]
+fn events_mode_reaches_edits_of_invoice_items_that_stripe_sends_no_event_for() {
+    let _serial = serial();
+    let (_cluster, mut c, fake) = setup(SeedSpec::scaled(20), Faults::default());
+    refresh(&mut c, "invoice_item", "events");
+    refresh(&mut c, "invoice_item", "events");
+    let item = id(&fake.objects("invoiceitems")[0]);
+    call(&fake, "POST", &format!("/v1/invoiceitems/{item}"), "description=Edited+quietly&amount=4242");
+    refresh(&mut c, "invoice_item", "events");
+    let row = c.query_one("SELECT description, amount FROM stripe.invoice_item WHERE id = $1", &[&item]).unwrap();
+    assert_eq!((row.get::<_, String>(0), row.get::<_, i64>(1)), ("Edited quietly".to_string(), 4242));
+    assert_equal(&mut c, &fake, "invoice_item", "an edit Stripe sends no event for");
+    let note: String =
+        c.query_one("SELECT note FROM stripe_sync.sync_status WHERE resource = 'invoice_item'", &[]).unwrap().get(0);
+    assert!(note.contains("no complete events"), "{note}");
+}

@@ -180,13 +180,18 @@ impl StripeSyncFdw {
     /// Rows in the source's materialized table of this resource, as last
     /// analyzed (`pg_class.reltuples`), if there is one.
     fn materialized_rows(&self, r: &Resource) -> Option<f64> {
+        let server = unsafe {
+            let srv = pg_sys::GetForeignServer(self.server_oid);
+            std::ffi::CStr::from_ptr((*srv).servername).to_string_lossy().into_owned()
+        };
+        let source = source::source_of_server(&server)?;
+        // the public view: a role that may read the foreign table plans it too
         Spi::get_one_with_args::<f32>(
-            "SELECT c.reltuples FROM stripe_sync._sources s
-               JOIN pg_foreign_server f ON f.srvname = s.server_name
-               JOIN pg_namespace n ON n.nspname = s.schema_name
+            "SELECT c.reltuples FROM stripe_sync.sources s
+               JOIN pg_namespace n ON n.nspname = s.schema
                JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.table_prefix || $2
-              WHERE f.oid = $1 AND c.reltuples >= 0",
-            &[self.server_oid.into(), r.name.into()],
+              WHERE s.name = $1 AND c.reltuples >= 0",
+            &[source.into(), r.name.into()],
         )
         .ok()
         .flatten()

@@ -293,7 +293,10 @@ impl Ctx {
         Ok(rx)
     }
 
-    /// Feeds every message of a pass to `on`, checking for interruption.
+    /// Feeds every message of a pass to `on`, checking for interruption. The pass
+    /// is complete only when its end marker arrives: a reading thread that ends
+    /// without it (a panic, a runtime that did not start) fails the refresh, and
+    /// nothing is decided on what it read.
     fn consume(
         &mut self,
         rx: Receiver<MsgResult>,
@@ -304,10 +307,16 @@ impl Ctx {
                 return Err(Stop::Interrupted(why));
             }
             match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(Msg::End)) => return Ok(()),
                 Ok(Ok(msg)) => on(self, msg)?,
                 Ok(Err(e)) => return Err(e.into()),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(StripeError::Unfinished {
+                        message: "the reading thread of the refresh stopped without finishing its pass".into(),
+                    }
+                    .into());
+                }
             }
         }
     }

@@ -26,6 +26,9 @@ pub enum StripeError {
     Config { message: String },
     /// The caller gave up (query cancel).
     Cancelled,
+    /// A reading thread ended without saying it had finished (a panic, a runtime
+    /// that did not start): what was read is incomplete.
+    Unfinished { message: String },
 }
 
 impl fmt::Display for StripeError {
@@ -62,6 +65,9 @@ impl fmt::Display for StripeError {
                 write!(f, "invalid Stripe client setting: {message}")
             }
             StripeError::Cancelled => write!(f, "the Stripe request was cancelled"),
+            StripeError::Unfinished { message } => {
+                write!(f, "reading from Stripe ended before it was complete: {message}")
+            }
         }
     }
 }

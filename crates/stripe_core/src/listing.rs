@@ -69,8 +69,14 @@ pub async fn produce(
     first_page: Option<u32>,
     tx: SyncSender<PageResult>,
 ) {
-    if let Err(e) = produce_inner(&client, &sel, parallelism.max(1), first_page, &tx).await {
-        let _ = send(&tx, Err(e)).await;
+    match produce_inner(&client, &sel, parallelism.max(1), first_page, &tx).await {
+        // an empty page says the read is complete (pages with data are never empty)
+        Ok(()) => {
+            let _ = send(&tx, Ok(Vec::new())).await;
+        }
+        Err(e) => {
+            let _ = send(&tx, Err(e)).await;
+        }
     }
 }
 
@@ -217,13 +223,20 @@ impl ObjectStream {
                 return Ok(None);
             }
             match self.rx.recv_timeout(tick) {
+                Ok(Ok(page)) if page.is_empty() => self.done = true,
                 Ok(Ok(page)) => self.page = page.into_iter(),
                 Ok(Err(e)) => {
                     self.done = true;
                     return Err(e);
                 }
                 Err(RecvTimeoutError::Timeout) => check(),
-                Err(RecvTimeoutError::Disconnected) => self.done = true,
+                // the thread went away without the end marker: the rows are incomplete
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.done = true;
+                    return Err(StripeError::Unfinished {
+                        message: "the fetching thread stopped without finishing the scan".into(),
+                    });
+                }
             }
         }
     }

@@ -468,7 +468,10 @@ pub static RESOURCES: &[Resource] = &[
         ],
         nested_lists: &[],
         events: &[("invoiceitem.created", Upsert), ("invoiceitem.deleted", Delete)],
-        events_complete: true,
+        // Stripe sends no invoiceitem.updated (removed in 2024-04-10): an edit of a
+        // pending item, or its attachment to an invoice, never comes as an event, so
+        // events mode reads the list again (webhooks still apply creations and deletions)
+        events_complete: false,
         permission: "Billing → Invoices: Read",
         comment: "Invoice items: one-off charges added to invoices.",
     },

@@ -31,6 +31,9 @@ pub enum Msg {
     CustomersThrough(String),
     /// Events, oldest first.
     Events(Vec<Value>),
+    /// The pass is complete. A pass whose channel closes without it is a failure:
+    /// nothing may be decided (deleted) on what it read.
+    End,
 }
 
 pub type MsgResult = Result<Msg, StripeError>;
@@ -204,9 +207,10 @@ pub async fn full_pass(client: Client, pass: FullPass, tx: SyncSender<MsgResult>
     let fetchers = (0..pass.parallelism.max(1)).map(|_| fetcher(&client, pass.resource, &shared, &tx, &failed));
     futures_util::future::join_all(fetchers).await;
     let err = failed.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(e) = err {
-        send(&tx, Err(e)).await;
-    }
+    match err {
+        Some(e) => send(&tx, Err(e)).await,
+        None => send(&tx, Ok(Msg::End)).await,
+    };
 }
 
 /// A time before which no object exists (within a factor of two of the oldest
@@ -358,9 +362,10 @@ pub async fn per_customer_pass(
     parallelism: usize,
     tx: SyncSender<MsgResult>,
 ) {
-    if let Err(e) = per_customer_inner(&client, r, start_after, created, parallelism, &tx).await {
-        send(&tx, Err(e)).await;
-    }
+    match per_customer_inner(&client, r, start_after, created, parallelism, &tx).await {
+        Ok(()) => send(&tx, Ok(Msg::End)).await,
+        Err(e) => send(&tx, Err(e)).await,
+    };
 }
 
 async fn per_customer_inner(
@@ -450,9 +455,10 @@ pub async fn created_after(
         }
         Ok::<(), StripeError>(())
     };
-    if let Err(e) = run.await {
-        send(&tx, Err(e)).await;
-    }
+    match run.await {
+        Ok(()) => send(&tx, Ok(Msg::End)).await,
+        Err(e) => send(&tx, Err(e)).await,
+    };
 }
 
 /// The newest event of these types: (created, id).
@@ -502,9 +508,10 @@ pub async fn events_since(
         }
         Ok::<(), StripeError>(())
     };
-    if let Err(e) = run.await {
-        send(&tx, Err(e)).await;
-    }
+    match run.await {
+        Ok(()) => send(&tx, Ok(Msg::End)).await,
+        Err(e) => send(&tx, Err(e)).await,
+    };
 }
 
 #[cfg(test)]

@@ -320,10 +320,13 @@ mod sync_passes {
         producer.await.unwrap();
         let mut listed = Vec::new();
         let mut ranges = Vec::new();
+        // a complete pass says so, last
+        assert!(matches!(msgs.last(), Some(Msg::End)), "the pass ends with its end marker");
         for m in msgs {
             match m {
                 Msg::Objects { objects, .. } => listed.extend(ids(&objects)),
                 Msg::RangeDone { lo, hi, seen, .. } => ranges.push((lo, hi, seen)),
+                Msg::End => {}
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -345,6 +348,34 @@ mod sync_passes {
             assert!(r.2.iter().any(|id| id == o["id"].as_str().unwrap()));
         }
         println!("{} requests for 60 pages of customers in {} ranges", c.requests_sent(), ranges.len());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_pass_has_no_end_marker_and_a_scan_without_one_is_an_error() {
+        let fake = Fake::start(0, Some(&SeedSpec::only_customers(300)), Faults::default()).await.unwrap();
+        let c = client(&fake, KEY);
+        let r = stripe_core::lookup("customer").unwrap();
+        fake.set_faults(Faults { unsupported_paths: vec!["/v1/customers".into()], ..Faults::default() });
+        let (tx, rx) = sync_channel(8);
+        let pass = FullPass { resource: r, lo: 0, hi: 2_000_000_000, done: vec![], parallelism: 4 };
+        tokio::spawn(sync::full_pass(c.clone(), pass, tx));
+        let msgs: Vec<sync::MsgResult> =
+            tokio::task::spawn_blocking(move || std::iter::from_fn(|| rx.recv().ok()).collect()).await.unwrap();
+        assert!(msgs.iter().any(|m| m.is_err()));
+        assert!(!msgs.iter().any(|m| matches!(m, Ok(Msg::End))));
+        // a scan whose reading thread goes away without finishing is an error, not fewer rows
+        fake.set_faults(Faults::default());
+        let sel = stripe_core::plan::Selection::all(r);
+        let mut stream = stripe_core::listing::ObjectStream::start(c.clone(), sel, 1, None, |job| {
+            std::thread::spawn(move || {
+                // the job is dropped unrun: its channel closes with no end marker
+                drop(job);
+            });
+            Ok(())
+        })
+        .unwrap();
+        let got = tokio::task::spawn_blocking(move || stream.next(Duration::from_millis(10), || {})).await.unwrap();
+        assert!(matches!(got, Err(StripeError::Unfinished { .. })), "{got:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
