@@ -1,8 +1,8 @@
 //! Writing Stripe objects into materialized tables, by the rules shared by
 //! refreshes, the events catch-up and webhooks:
 //! - a version replaces a row only if it is newer (`_stamp`, Stripe's clock);
-//!   the same content at a later time only moves `_stamp` (a HOT update: no
-//!   indexed column changes), so an older version arriving later never wins;
+//!   the same content at a later time only moves `_stamp`, so an older version
+//!   arriving later never wins (see [`Target::new`] for when);
 //! - a deletion removes the row and leaves a tombstone, so an older version
 //!   arriving late never brings it back;
 //! - applying the same thing twice is harmless.
@@ -92,7 +92,13 @@ fn extract(ty: ColType, path: &str) -> String {
 }
 
 impl Target {
-    pub fn new(resource: &'static Resource, source: &str, schema: &str, table: &str) -> Target {
+    /// `restamp`: whether the same content at a newer time moves `_stamp` (a row
+    /// version each). It is needed wherever an older version can still arrive
+    /// later: always for events; for refreshes only when the source receives
+    /// webhooks (Stripe delivers late for up to three days). Without webhooks, the
+    /// only other writer is an events refresh, which never applies an event older
+    /// than the events cursor a full refresh moved to its own start.
+    pub fn new(resource: &'static Resource, source: &str, schema: &str, table: &str, restamp: bool) -> Target {
         let q = format!("{}.{}", ident(schema), ident(table));
         let mut names = vec!["id".to_string(), "created".to_string()];
         let mut exprs = vec!["o->>'id'".to_string(), extract(ColType::Timestamp, resource.created_field)];
@@ -114,11 +120,11 @@ impl Target {
                 WHERE (t.attrs IS DISTINCT FROM EXCLUDED.attrs
                        AND (t._stamp < EXCLUDED._stamp OR (t._stamp = EXCLUDED._stamp AND EXCLUDED._synced_by LIKE 'fetch%')))
                    -- the same content, known at a later time: only what the row knows moves
-                   OR (t.attrs = EXCLUDED.attrs AND t._stamp < EXCLUDED._stamp)
+                   OR ({restamp} AND t.attrs = EXCLUDED.attrs AND t._stamp < EXCLUDED._stamp)
                 RETURNING (xmax = 0) AS inserted
              ), restamped AS (
                 SELECT count(*) AS n FROM input JOIN {q} t ON t.id = input.o->>'id'
-                WHERE t.attrs = input.o AND t._stamp < input.s
+                WHERE {restamp} AND t.attrs = input.o AND t._stamp < input.s
              ), ties AS (
                 SELECT input.o->>'id' AS id, input.s FROM input JOIN {q} t ON t.id = input.o->>'id'
                 WHERE t._stamp = input.s AND t.attrs IS DISTINCT FROM input.o AND input.b NOT LIKE 'fetch%'
@@ -129,6 +135,7 @@ impl Target {
             names = names.join(", "),
             exprs = exprs.join(", "),
             sets = sets.join(", "),
+            restamp = if restamp { "true" } else { "false" },
         );
         let delete_ids = format!(
             "WITH input AS (
@@ -242,6 +249,54 @@ impl Target {
             written_before_listing("$3")
         );
         self.delete_where(c, &cond, vec![lo.into(), hi.into(), since.into(), seen.into()], since)
+    }
+
+    /// Rows of `[lo, hi]` that a complete listing begun at `since` did not return
+    /// but that may have been written after it began (by an event of that second
+    /// or later): only a fetch of each can tell whether it is gone.
+    pub fn unseen_recent_in_range(
+        &self,
+        c: &mut SpiClient,
+        lo: i64,
+        hi: i64,
+        since: i64,
+        seen: &[String],
+    ) -> Result<Vec<Tie>, SyncError> {
+        let cond = format!(
+            "created >= to_timestamp($1) AND created <= to_timestamp($2) AND NOT {} AND NOT (id = ANY($4))",
+            written_before_listing("$3")
+        );
+        self.select_ties(c, &cond, vec![lo.into(), hi.into(), since.into(), seen.to_vec().into()])
+    }
+
+    /// One customer's rows its complete list did not return but that may be newer
+    /// than the list (see [`Target::unseen_recent_in_range`]).
+    pub fn unseen_recent_of_customer(
+        &self,
+        c: &mut SpiClient,
+        customer: &str,
+        since: i64,
+        seen: &[String],
+    ) -> Result<Vec<Tie>, SyncError> {
+        let cond = format!("customer = $1 AND NOT {} AND NOT (id = ANY($3))", written_before_listing("$2"));
+        self.select_ties(c, &cond, vec![customer.into(), since.into(), seen.to_vec().into()])
+    }
+
+    fn select_ties(
+        &self,
+        c: &mut SpiClient,
+        cond: &str,
+        args: Vec<pgrx::datum::DatumWithOid>,
+    ) -> Result<Vec<Tie>, SyncError> {
+        let rows =
+            c.select(&format!("SELECT id, _stamp FROM {} WHERE {cond}", self.table), None, &args).map_err(spi_err)?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let (Some(id), Some(stamp)) = (r.get::<String>(1).map_err(spi_err)?, r.get::<i64>(2).map_err(spi_err)?) {
+                out.push((id, stamp));
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes one customer's rows that its complete list did not return.

@@ -210,7 +210,7 @@ fn a_nested_loop_pushes_each_outer_value_and_ids_never_reach_a_path_unchecked() 
 
     // row estimates: a default without statistics, the materialized table's once analyzed
     let estimate = |c: &mut postgres::Client| -> String {
-        c.query_one("EXPLAIN SELECT id FROM stripe_api.customer", &[]).unwrap().get(0)
+        c.query("EXPLAIN SELECT id FROM stripe_api.customer", &[]).unwrap()[0].get(0)
     };
     assert!(estimate(&mut s.c).contains("rows=1000 "), "{}", estimate(&mut s.c));
     s.c.query("SELECT * FROM stripe_sync.refresh('customer', 'full')", &[]).unwrap();
@@ -218,7 +218,7 @@ fn a_nested_loop_pushes_each_outer_value_and_ids_never_reach_a_path_unchecked() 
     let n = s.fake.objects("customers").len();
     assert!(estimate(&mut s.c).contains(&format!("rows={n} ")), "{}", estimate(&mut s.c));
     let one: String =
-        s.c.query_one("EXPLAIN SELECT id FROM stripe_api.customer WHERE id = 'cus_x'", &[]).unwrap().get(0);
+        s.c.query("EXPLAIN SELECT id FROM stripe_api.customer WHERE id = 'cus_x'", &[]).unwrap()[0].get(0);
     assert!(one.contains("rows=1 "), "{one}");
 
     // ids that cannot be Stripe ids: no request, no row

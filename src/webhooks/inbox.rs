@@ -292,7 +292,7 @@ fn write(events: &[Pending]) -> Result<Ties, SyncError> {
         for ((src, rname), payloads) in &groups {
             let r = resources::lookup(rname).map_err(|e| SyncError::invalid(e.to_string()))?;
             let (schema, table) = table_of(src, r)?;
-            let target = Target::new(r, src, &schema, &table);
+            let target = Target::new(r, src, &schema, &table, true);
             let (up, _) = EventEffects::of(r, payloads).apply(&target, c)?;
             if !up.ties.is_empty() {
                 ties.push((src.clone(), r, up.ties));
@@ -376,7 +376,7 @@ fn settle(
     let fetched = threads::block_on(async move { sync::fetch_current(&client, r, ids).await }, &mut *check)
         .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))??;
     let (schema, table) = table_of(src, r)?;
-    let target = Target::new(r, src, &schema, &table);
+    let target = Target::new(r, src, &schema, &table, true);
     in_subtransaction(|| Spi::connect_mut(|c| target.write_fetched(c, fetched, &ties, "fetch:tie")))
         .map_err(|m| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, m))?;
     Ok(())

@@ -27,8 +27,9 @@ pub enum Msg {
     RangeDone { lo: i64, hi: i64, seen: Vec<String>, since: i64 },
     /// One customer's list is complete (per-customer resources).
     CustomerDone { customer: String, seen: Vec<String>, since: i64 },
-    /// Every customer up to and including this id is done (a checkpoint).
-    CustomersThrough(String),
+    /// Every customer up to and including this one is done (a checkpoint): its id
+    /// and `created`, where a resume goes on if the customer is deleted meanwhile.
+    CustomersThrough { id: String, created: Option<i64> },
     /// Events, oldest first.
     Events(Vec<Value>),
     /// The pass is complete. A pass whose channel closes without it is a failure:
@@ -357,7 +358,7 @@ async fn fetch_range(
 pub async fn per_customer_pass(
     client: Client,
     r: &'static Resource,
-    start_after: Option<String>,
+    start_after: Option<Resume>,
     created: CreatedRange,
     parallelism: usize,
     tx: SyncSender<MsgResult>,
@@ -368,18 +369,44 @@ pub async fn per_customer_pass(
     };
 }
 
+/// Where a per-customer pass resumes: after this customer (id, created).
+pub type Resume = (String, Option<i64>);
+
 async fn per_customer_inner(
     client: &Client,
     r: &'static Resource,
-    start_after: Option<String>,
+    start_after: Option<Resume>,
     created: CreatedRange,
     parallelism: usize,
     tx: &SyncSender<MsgResult>,
 ) -> Result<(), StripeError> {
     debug_assert_eq!(r.scope, Scope::PerCustomer);
-    let mut customers =
-        Pager::new(client.clone(), ListQuery { starting_after: start_after, ..ListQuery::new("/v1/customers") });
-    while let Some(page) = customers.next_page().await? {
+    let list = ListQuery::new("/v1/customers");
+    let mut customers = Pager::new(
+        client.clone(),
+        ListQuery { starting_after: start_after.as_ref().map(|(id, _)| id.clone()), ..list.clone() },
+    );
+    let mut first = true;
+    loop {
+        let page = match customers.next_page().await {
+            // the checkpoint's customer was deleted since: Stripe refuses it as a
+            // cursor, so go on from its created time (customers of that second
+            // already done are read again, which is harmless)
+            Err(StripeError::InvalidRequest { param: Some(p), .. } | StripeError::NotFound { param: Some(p), .. })
+                if first && p == "starting_after" && start_after.as_ref().is_some_and(|(_, c)| c.is_some()) =>
+            {
+                first = false;
+                let lte = start_after.as_ref().and_then(|(_, c)| *c);
+                customers = Pager::new(
+                    client.clone(),
+                    ListQuery { created: CreatedRange { lte, ..Default::default() }, ..list.clone() },
+                );
+                continue;
+            }
+            other => other?,
+        };
+        first = false;
+        let Some(page) = page else { break };
         let cids: Vec<String> = ids(&page.data).collect();
         let mut lists = stream::iter(cids.clone())
             .map(|cid| async move {
@@ -418,10 +445,11 @@ async fn per_customer_inner(
                 return Ok(());
             }
         }
-        if let Some(last) = cids.last()
-            && !send(tx, Ok(Msg::CustomersThrough(last.clone()))).await
-        {
-            return Ok(());
+        if let Some(last) = page.data.last().and_then(|c| c.get("id")).and_then(Value::as_str) {
+            let created = page.data.last().and_then(|c| c.get("created")).and_then(Value::as_i64);
+            if !send(tx, Ok(Msg::CustomersThrough { id: last.to_string(), created })).await {
+                return Ok(());
+            }
         }
     }
     Ok(())
