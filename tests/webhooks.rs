@@ -416,6 +416,21 @@ fn an_event_that_cannot_be_applied_fails_alone_visibly_and_can_be_retried_or_ski
     assert!(error.contains("skipped by postgres"), "{error}");
     let err = h.c.query_one("SELECT stripe_sync.skip_event('evt_bad_1')", &[]).unwrap_err();
     assert_eq!(err.code().unwrap().code(), "42704");
+    // an event of a source that no longer exists is skipped with the reason, never retried
+    h.c.execute(
+        "INSERT INTO stripe_sync._inbox (source, event_id, type, created, payload) VALUES ('gone', 'evt_orphan_1', 'customer.updated', 1, '{}')",
+        &[],
+    )
+    .unwrap();
+    let error = wait_for(Duration::from_secs(10), "the orphan event to be skipped", || {
+        h.c.query_opt(
+            "SELECT error FROM stripe_sync._inbox WHERE event_id = 'evt_orphan_1' AND status = 'skipped'",
+            &[],
+        )
+        .unwrap()
+        .map(|r| r.get::<_, String>(0))
+    });
+    assert!(error.contains("source \"gone\" does not exist"), "{error}");
 }
 
 #[test]

@@ -135,11 +135,11 @@ pub const RETRY_SQL: &str = "clock_timestamp() + make_interval(secs => least(360
 /// reason. HTTP (completing truncated lists, settling same-second versions) runs
 /// off this thread while `check` runs every 100 ms. Returns (applied, skipped).
 pub fn apply_pending(limit: i64, mut check: impl FnMut()) -> Result<(i64, i64), SyncError> {
-    skip_orphans()?;
     let batch = read_batch(limit)?;
     if batch.is_empty() {
         return Ok((0, 0));
     }
+    let (batch, orphans) = skip_orphans(batch)?;
     // events no table follows are skipped
     let (mut todo, skipped): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|e| {
         !touched(&e.kind).is_empty()
@@ -178,18 +178,30 @@ pub fn apply_pending(limit: i64, mut check: impl FnMut()) -> Result<(i64, i64), 
             record_error(&src, &format!("settling same-second versions of {}: {}", r.name, e.message))?;
         }
     }
-    Ok((applied.len() as i64, skipped.len() as i64))
+    Ok((applied.len() as i64, skipped.len() as i64 + orphans))
 }
 
 /// Events of sources that no longer exist (dropped with events pending) are
-/// skipped with a reason, never retried.
-fn skip_orphans() -> Result<(), SyncError> {
-    Spi::run(
-        "UPDATE stripe_sync._inbox i SET status = 'skipped', applied_at = clock_timestamp(),
-                error = 'source \"' || i.source || '\" does not exist (dropped?)'
-         WHERE i.status IN ('pending', 'failed') AND NOT EXISTS (SELECT FROM stripe_sync._sources s WHERE s.name = i.source)",
-    )
-    .map_err(spi_err)
+/// skipped with a reason, never retried; returns the others.
+fn skip_orphans(batch: Vec<Pending>) -> Result<(Vec<Pending>, i64), SyncError> {
+    let known: Vec<String> =
+        Spi::get_one::<Vec<String>>("SELECT coalesce(array_agg(name), '{}') FROM stripe_sync._sources")
+            .map_err(spi_err)?
+            .unwrap_or_default();
+    let (keep, orphans): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|e| known.contains(&e.source));
+    let n = orphans.len() as i64;
+    if !orphans.is_empty() {
+        let (srcs, ids): (Vec<String>, Vec<String>) = orphans.into_iter().map(|e| (e.source, e.id)).unzip();
+        Spi::run_with_args(
+            "UPDATE stripe_sync._inbox i SET status = 'skipped', applied_at = clock_timestamp(),
+                    error = 'source \"' || i.source || '\" does not exist (dropped?)'
+             FROM unnest($1::text[], $2::text[]) AS x(source, event_id)
+             WHERE i.source = x.source AND i.event_id = x.event_id",
+            &[srcs.into(), ids.into()],
+        )
+        .map_err(spi_err)?;
+    }
+    Ok((keep, n))
 }
 
 fn read_batch(limit: i64) -> Result<Vec<Pending>, SyncError> {
