@@ -178,21 +178,25 @@ fn check_tables_free(schema: &str, prefix: &str) -> Result<(), SyncError> {
             .hint("Give this source its own tables: pass schema => 'another_schema' or table_prefix => 'another_prefix_'."));
         }
     }
-    for (s, t) in &mine {
-        let taken = Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2)",
-            &[s.as_str().into(), t.as_str().into()],
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(true);
-        if taken {
+    // the first of them that exists already, in one query
+    let (schemas, names): (Vec<String>, Vec<String>) = mine.into_iter().unzip();
+    let taken = Spi::get_two_with_args::<String, String>(
+        "SELECT x.s, x.t FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(s, t, i)
+           JOIN pg_namespace n ON n.nspname = x.s
+           JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = x.t
+          ORDER BY x.i LIMIT 1",
+        &[schemas.into(), names.into()],
+    );
+    match taken {
+        Ok((Some(s), Some(t))) => {
             return Err(SyncError::new(
                 PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE,
                 format!("relation \"{s}\".\"{t}\" already exists and is not a table of a stripe_sync source: stripe_sync does not adopt tables it did not create"),
             )
             .hint("Pass schema => or table_prefix => to put this source's tables elsewhere, or move that relation out of the way (tables kept by drop_source go with DROP TABLE, or drop_source(name, drop_tables => true))."));
         }
+        Ok(_) | Err(pgrx::spi::Error::InvalidPosition) => {}
+        Err(e) => return Err(SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string())),
     }
     Ok(())
 }
