@@ -1,8 +1,11 @@
 # stripe_sync: the two commands a newcomer needs.
-.PHONY: test demo demo-stop setup lint bench chaos
+.PHONY: test installcheck demo demo-stop setup lint bench chaos
 
 test:            ## run every test (installs what is missing first)
 	scripts/test
+
+installcheck:    ## the golden SQL suite only (tests/pg_regress), against the fake Stripe
+	scripts/installcheck
 
 demo:            ## start a cluster + the fake Stripe and show stripe_sync at work
 	scripts/demo
@@ -19,6 +22,5 @@ chaos:           ## fault scenarios at full length
 setup:           ## install the toolchain pieces only
 	scripts/setup
 
-lint:            ## formatting and clippy
-	cargo fmt --all --check
-	cargo clippy --workspace --all-targets -- -D warnings
+lint:            ## rustfmt, clippy -D warnings, resource names only in the registry, no unused pub fns
+	scripts/lint

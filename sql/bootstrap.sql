@@ -111,7 +111,9 @@ CREATE VIEW stripe_sync.sync_status AS
            to_timestamp(incremental_cursor) AS incremental_cursor,
            events_cursor_id, to_timestamp(events_cursor_created) AS events_cursor_at,
            checkpoint IS NOT NULL AS resumable,
-           progress, note, last_error, last_error_at,
+           progress, note,
+           CASE WHEN pg_catalog.pg_has_role('stripe_sync_admin', 'USAGE') THEN last_error END AS last_error,
+           last_error_at,
            now() - to_timestamp(newest_stamp) AS freshness
     FROM stripe_sync._sync_state;
 GRANT SELECT ON stripe_sync.sync_status TO PUBLIC;
@@ -132,7 +134,7 @@ COMMENT ON COLUMN stripe_sync.sync_status.events_cursor_at IS 'Created time of t
 COMMENT ON COLUMN stripe_sync.sync_status.resumable IS 'An interrupted full refresh will resume from its checkpoint.';
 COMMENT ON COLUMN stripe_sync.sync_status.progress IS 'Live progress while running: pages, rows, objects per second, API requests.';
 COMMENT ON COLUMN stripe_sync.sync_status.note IS 'What the refresh decided on its own.';
-COMMENT ON COLUMN stripe_sync.sync_status.last_error IS 'Message of the last failure.';
+COMMENT ON COLUMN stripe_sync.sync_status.last_error IS 'Message of the last failure (NULL for roles without stripe_sync_admin: it may quote Stripe).';
 COMMENT ON COLUMN stripe_sync.sync_status.last_error_at IS 'When it happened.';
 COMMENT ON COLUMN stripe_sync.sync_status.freshness IS 'Age of the newest change applied to the table.';
 

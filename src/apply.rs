@@ -13,7 +13,7 @@ use pgrx::spi::SpiClient;
 use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use stripe_core::resources::{ColType, EventEffect, Resource, Scope};
+use stripe_core::resources::{ColType, EventEffect, Resource};
 
 use crate::error::SyncError;
 
@@ -406,7 +406,7 @@ impl EventEffects {
                 Some((res, EventEffect::Delete | EventEffect::Detach)) if res.name == r.name => {
                     fx.gone.push((oid.to_string(), stamp))
                 }
-                _ if t == "customer.deleted" && r.scope == Scope::PerCustomer => {
+                _ if r.parent().is_some_and(|p| p.deleted_event == t) => {
                     fx.gone_customers.push((oid.to_string(), stamp))
                 }
                 _ => {}

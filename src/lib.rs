@@ -52,6 +52,27 @@ fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
 
+/// Refuses to work on a database whose extension is at another version than this
+/// library: after new binaries are installed, `ALTER EXTENSION stripe_sync UPDATE`
+/// brings the tables the library writes to the shape it expects.
+pub fn require_updated() -> Result<(), error::SyncError> {
+    let installed =
+        Spi::get_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'stripe_sync'")
+            .ok()
+            .flatten();
+    match installed {
+        Some(v) if v != env!("CARGO_PKG_VERSION") => Err(error::SyncError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "the stripe_sync library is version {} but the extension in this database is version {v}",
+                env!("CARGO_PKG_VERSION")
+            ),
+        )
+        .hint("Run ALTER EXTENSION stripe_sync UPDATE; (it keeps every table, cursor and stored event).")),
+        _ => Ok(()),
+    }
+}
+
 /// Whether the library was loaded through shared_preload_libraries (needed for webhooks).
 #[pg_extern]
 fn _preloaded() -> bool {
@@ -67,6 +88,14 @@ mod tests {
     fn version_matches_the_crate() {
         assert_eq!(
             Spi::get_one::<String>("SELECT stripe_sync.version()").unwrap(),
+            Some(env!("CARGO_PKG_VERSION").to_string())
+        );
+    }
+
+    #[pg_test]
+    fn the_wrapper_reports_the_crate_version() {
+        assert_eq!(
+            Spi::get_one::<String>("SELECT version FROM stripe_sync.stripe_sync_fdw_meta()").unwrap(),
             Some(env!("CARGO_PKG_VERSION").to_string())
         );
     }

@@ -20,6 +20,9 @@ pub fn server_name(source: &str) -> String {
 
 const SERVER_PREFIX: &str = "stripe_sync_";
 
+/// The role that reads every source's tables (made by the extension script; see sql/finalize.sql).
+pub const READER_ROLE: &str = "stripe_sync_reader";
+
 /// The source whose server this is (the inverse of [`server_name`]).
 pub fn source_of_server(server: &str) -> Option<&str> {
     server.strip_prefix(SERVER_PREFIX)
@@ -84,7 +87,7 @@ pub fn client_for_server(server_oid: pg_sys::Oid, options: &HashMap<String, Stri
     if let Some(v) = options.get("api_version") {
         cfg.api_version = v.clone();
     }
-    cfg.account = options.get("account").cloned();
+    cfg.account = options.get(crate::fdw::options::ACCOUNT_OPTION).cloned();
     // Stripe allows about 100 requests/s in live mode and 25 in test mode
     cfg.max_requests_per_second = match options.get("max_requests_per_second") {
         Some(v) => v.parse().unwrap_or(20.0),
@@ -96,6 +99,7 @@ pub fn client_for_server(server_oid: pg_sys::Oid, options: &HashMap<String, Stri
 
 /// Fails unless a source with this name exists.
 pub fn require(name: &str) -> Result<(), SyncError> {
+    crate::require_updated()?;
     if exists("SELECT EXISTS (SELECT FROM stripe_sync._sources WHERE name = $1)", name) {
         Ok(())
     } else {
@@ -240,6 +244,7 @@ fn add(
     api_version: Option<&str>,
     rps: Option<f64>,
 ) -> Result<String, SyncError> {
+    crate::require_updated()?;
     // validate everything before changing anything
     ApiKey::new(api_key)
         .map_err(|e| SyncError::from(e).hint("Use a secret key (sk_...) or a restricted key (rk_...)."))?;
@@ -248,7 +253,7 @@ fn add(
     check_name("table prefix", prefix, true)?;
     let base = validate_base_url(api_url).map_err(SyncError::from)?;
     if let Some(a) = account {
-        crate::fdw::options::check(crate::fdw::options::Target::Server, "account", a)?;
+        crate::fdw::options::check(crate::fdw::options::Target::Server, crate::fdw::options::ACCOUNT_OPTION, a)?;
     }
     if let Some(v) = api_version {
         check_api_version(v).map_err(SyncError::invalid)?;
@@ -320,6 +325,16 @@ fn add(
             run(&stmt)?;
         }
     }
+    // readers (and admins, its members) read both kinds of tables; the key stays in the mapping
+    run(&format!("GRANT USAGE ON SCHEMA {}, {} TO {READER_ROLE}", ident(schema), ident(&api_schema)))?;
+    let tables: Vec<String> = resources::RESOURCES
+        .iter()
+        .flat_map(|r| {
+            let t = ident(&ddl::table_name(prefix, r));
+            [format!("{}.{t}", ident(schema)), format!("{}.{t}", ident(&api_schema))]
+        })
+        .collect();
+    run(&format!("GRANT SELECT ON {} TO {READER_ROLE}", tables.join(", ")))?;
     Spi::run_with_args(
         "INSERT INTO stripe_sync._sources (name, server_name, schema_name, table_prefix, account, api_url, api_version) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[name.into(), server.as_str().into(), schema.into(), prefix.into(), account.into(), base.as_str().into(), api_version.into()],

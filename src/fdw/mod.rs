@@ -27,7 +27,7 @@ const PG_EPOCH_UNIX: i64 = 946_684_800;
 
 /// The FDW's state for one foreign table scan.
 #[wrappers_fdw(
-    version = "0.1.0",
+    version = "0.2.0",
     author = "stripe_sync",
     website = "https://github.com/stripe-sync/stripe_sync",
     error_type = "FdwError"
@@ -259,8 +259,10 @@ impl ForeignDataWrapper<FdwError> for StripeSyncFdw {
         cols.extend(
             r.columns.iter().filter(|c| c.filter.is_some() && c.filter_values.is_empty()).map(|c| c.name.to_string()),
         );
-        if r.scope == resources::Scope::PerCustomer && !cols.iter().any(|c| c == "customer") {
-            cols.push("customer".to_string());
+        if let Some(parent) = r.parent()
+            && !cols.iter().any(|c| c == parent.column)
+        {
+            cols.push(parent.column.to_string());
         }
         cols
     }
@@ -315,7 +317,7 @@ impl ForeignDataWrapper<FdwError> for StripeSyncFdw {
         if !waiting.is_empty() {
             lines.push(("Stripe request per value of".to_string(), waiting.join(", ")));
         }
-        if let Some(a) = self.server_options.get("account") {
+        if let Some(a) = self.server_options.get(options::ACCOUNT_OPTION) {
             lines.push(("Stripe-Account".to_string(), a.clone()));
         }
         if analyze {

@@ -6,7 +6,9 @@ use stripe_core::client::validate_base_url;
 use stripe_core::{ApiKey, resources};
 
 /// Options a `stripe_sync_fdw` server accepts.
-pub const SERVER_OPTIONS: &[&str] = &["api_url", "api_version", "account", "max_requests_per_second", "api_key"];
+pub const SERVER_OPTIONS: &[&str] = &["api_url", "api_version", ACCOUNT_OPTION, "max_requests_per_second", "api_key"];
+/// The server option naming a connected account (sent as `Stripe-Account`).
+pub const ACCOUNT_OPTION: &str = "account"; // not a resource: the server option
 /// Options a user mapping accepts.
 pub const USER_MAPPING_OPTIONS: &[&str] = &["api_key"];
 /// Options a foreign table accepts.
@@ -50,7 +52,7 @@ pub fn check(target: Target, name: &str, value: &str) -> Result<(), SyncError> {
         }),
         "api_url" => validate_base_url(value).map(|_| ()).map_err(|e| bad(e.to_string())),
         "api_version" => check_api_version(value).map_err(bad),
-        "account" => {
+        ACCOUNT_OPTION => {
             if value.starts_with("acct_")
                 && value.len() > 5
                 && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')

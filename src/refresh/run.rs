@@ -426,7 +426,7 @@ fn note(ctx: &Ctx, text: &str) -> Result<(), SyncError> {
 fn events_refused_note(e: &StripeError) -> String {
     let why = match e {
         StripeError::Permission { .. } => format!("the API key lacks \"{}\"", resources::EVENTS_PERMISSION),
-        other => format!("Stripe refused /v1/events ({other})"),
+        other => format!("Stripe refused {} ({other})", resources::EVENTS_PATH),
     };
     format!(
         "events mode needs \"{}\": {why}, so no events cursor was recorded and refresh(..., 'events') runs full refreshes; give the restricted key that permission to make events refreshes cheap",
@@ -668,9 +668,9 @@ fn events(ctx: &mut Ctx) -> Result<(), Stop> {
         Some(t) => t,
     };
     let mut types: Vec<String> = r.event_types().map(str::to_string).collect();
-    if r.scope == Scope::PerCustomer {
+    if let Some(parent) = r.parent() {
         // a deleted customer takes its payment methods with it, without events of their own
-        types.push("customer.deleted".into());
+        types.push(parent.deleted_event.into());
     }
     let rx = ctx.spawn_pass(move |client, tx| Box::pin(sync::events_since(client, r, types, since, tx)))?;
     // events of the cursor's second up to the cursor itself were applied already

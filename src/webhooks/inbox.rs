@@ -10,7 +10,7 @@ use pgrx::spi::SpiClient;
 use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use stripe_core::resources::{self, RESOURCES, Scope};
+use stripe_core::resources;
 use stripe_core::webhook::Incoming;
 use stripe_core::{signature, sync};
 
@@ -104,9 +104,7 @@ pub fn count_rejected(c: &mut SpiClient, source: &str, n: u64) -> Result<(), Syn
 fn touched(event_type: &str) -> Vec<&'static resources::Resource> {
     let mut out: Vec<&'static resources::Resource> =
         resources::by_event(event_type).map(|(r, _)| r).into_iter().collect();
-    if event_type == "customer.deleted" {
-        out.extend(RESOURCES.iter().filter(|r| r.scope == Scope::PerCustomer));
-    }
+    out.extend(resources::cascaded_by(event_type));
     out
 }
 

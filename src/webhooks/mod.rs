@@ -9,7 +9,7 @@ use crate::{source, threads};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::{Value, json};
-use stripe_core::resources::RESOURCES;
+use stripe_core::resources::{RESOURCES, WEBHOOK_ENDPOINTS_PATH};
 use stripe_core::{Client, StripeError};
 
 /// The concrete event types a source's tables need (Stripe takes no wildcards but `*`).
@@ -107,7 +107,7 @@ async fn create_at_stripe(
     events: &[String],
     known_id: Option<String>,
 ) -> Result<(String, Option<String>), StripeError> {
-    let existing = stripe_core::Pager::new(client.clone(), stripe_core::ListQuery::new("/v1/webhook_endpoints"))
+    let existing = stripe_core::Pager::new(client.clone(), stripe_core::ListQuery::new(WEBHOOK_ENDPOINTS_PATH))
         .collect_all()
         .await?;
     let mut form: Vec<(String, String)> = events.iter().map(|e| ("enabled_events[]".to_string(), e.clone())).collect();
@@ -115,17 +115,17 @@ async fn create_at_stripe(
         let id = e.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
         if known_id.as_deref() == Some(id.as_str()) {
             // ours, and we hold its secret: bring its events up to date
-            client.post(&format!("/v1/webhook_endpoints/{id}"), &form, None).await?;
+            client.post(&format!("{WEBHOOK_ENDPOINTS_PATH}/{id}"), &form, None).await?;
             return Ok((id, None));
         }
         // an endpoint we cannot read the secret of: replace it
-        client.delete(&format!("/v1/webhook_endpoints/{id}")).await?;
+        client.delete(&format!("{WEBHOOK_ENDPOINTS_PATH}/{id}")).await?;
     }
     form.push(("url".into(), url.into()));
     form.push(("api_version".into(), api_version.into()));
     form.push(("description".into(), format!("stripe_sync source {source}")));
     form.push(("metadata[stripe_sync_source]".into(), source.into()));
-    let created = client.post("/v1/webhook_endpoints", &form, None).await?;
+    let created = client.post(WEBHOOK_ENDPOINTS_PATH, &form, None).await?;
     let id = created.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     let secret = created.get("secret").and_then(Value::as_str).map(str::to_string);
     Ok((id, secret))
@@ -181,7 +181,7 @@ pub fn delete(source: &str) -> Result<bool, SyncError> {
     if let (Some(id), Some(true)) = row {
         let client = source::client_for_source(source)?;
         http(async move {
-            match client.delete(&format!("/v1/webhook_endpoints/{id}")).await {
+            match client.delete(&format!("{WEBHOOK_ENDPOINTS_PATH}/{id}")).await {
                 Ok(_) | Err(StripeError::NotFound { .. }) => Ok(()),
                 Err(e) => Err(e),
             }
@@ -212,6 +212,7 @@ fn receive(payload: &str, signature: &str, source: &str) -> Result<String, SyncE
 /// Returns the number applied (events of types no table follows are skipped).
 #[pg_extern]
 fn apply_inbox(max_events: default!(i64, "10000")) -> i64 {
+    crate::require_updated().unwrap_or_else(|e| e.raise());
     inbox::apply_pending(max_events, || {
         pgrx::check_for_interrupts!();
     })
@@ -244,7 +245,7 @@ fn skip_event(event_id: &str, source: default!(&str, "'default'")) -> bool {
     source::require(source).unwrap_or_else(|e| e.raise());
     let done = Spi::get_one_with_args::<bool>(
         "WITH s AS (UPDATE stripe_sync._inbox SET status = 'skipped', applied_at = clock_timestamp(),
-                           error = concat_ws('; ', error, 'skipped by ' || current_user)
+                           error = concat_ws('; ', error, 'skipped by ' || coalesce(nullif(current_setting('role'), 'none'), session_user))
                     WHERE source = $1 AND event_id = $2 AND status IN ('pending', 'failed') RETURNING 1)
          SELECT EXISTS (SELECT FROM s)",
         &[source.into(), event_id.into()],
@@ -297,7 +298,7 @@ fn status(source: &str) -> Result<JsonB, SyncError> {
     let mut out = local;
     if let Some(id) = out.get("endpoint_id").and_then(Value::as_str).map(str::to_string) {
         let client = source::client_for_source(source)?;
-        let remote = http(async move { client.retrieve(&format!("/v1/webhook_endpoints/{id}")).await });
+        let remote = http(async move { client.retrieve(&format!("{WEBHOOK_ENDPOINTS_PATH}/{id}")).await });
         out["stripe_status"] = match remote {
             Ok(Some(ep)) => ep.get("status").cloned().unwrap_or(Value::Null),
             Ok(None) => json!("missing at Stripe"),

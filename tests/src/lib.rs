@@ -216,39 +216,21 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
-/// The fake's collection holding a resource's objects, and whether an object
-/// belongs in the resource's table (payment methods only while attached).
-pub fn fake_collection(resource: &str) -> (&'static str, fn(&serde_json::Value) -> bool) {
-    fn all(_: &serde_json::Value) -> bool {
-        true
-    }
-    fn attached(o: &serde_json::Value) -> bool {
-        o["customer"].is_string()
-    }
-    match resource {
-        "account" => ("accounts", all),
-        "balance_transaction" => ("balance_transactions", all),
-        "charge" => ("charges", all),
-        "credit_note" => ("credit_notes", all),
-        "customer" => ("customers", all),
-        "customer_balance_transaction" => ("customer_balance_transactions", all),
-        "customer_payment_method" => ("payment_methods", attached),
-        "dispute" => ("disputes", all),
-        "invoice" => ("invoices", all),
-        "invoice_item" => ("invoiceitems", all),
-        "payout" => ("payouts", all),
-        "price" => ("prices", all),
-        "product" => ("products", all),
-        "refund" => ("refunds", all),
-        "subscription" => ("subscriptions", all),
-        other => panic!("unknown resource {other}"),
-    }
+/// The fake's collection holding a resource's objects: its Stripe `object` type
+/// in the plural (`invoiceitem` → `invoiceitems`), from the registry.
+pub fn fake_collection(resource: &str) -> String {
+    let r = stripe_core::resources::lookup(resource).unwrap_or_else(|e| panic!("{e}"));
+    format!("{}s", r.object)
 }
 
-/// The objects of a resource the fake holds (complete, as stored).
+/// The objects of a resource the fake holds (complete, as stored); per-customer
+/// objects only while they have a customer (payment methods: while attached).
 pub fn fake_objects(fake: &Fake, resource: &str) -> Vec<serde_json::Value> {
-    let (col, keep) = fake_collection(resource);
-    fake.objects(col).into_iter().filter(keep).collect()
+    let parent = stripe_core::resources::lookup(resource).ok().and_then(|r| r.parent());
+    fake.objects(&fake_collection(resource))
+        .into_iter()
+        .filter(|o| parent.is_none_or(|p| o[p.column].is_string()))
+        .collect()
 }
 
 /// Connects a source named `name` to the fake (schema `stripe`, foreign tables in `stripe_api`).

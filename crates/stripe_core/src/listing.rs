@@ -108,8 +108,8 @@ async fn produce_inner(
         while let Some(obj) = found.next().await {
             let Some(obj) = obj? else { continue };
             // a per-customer row exists only while attached to a customer
-            if r.scope == Scope::PerCustomer {
-                let owner = obj.get("customer").and_then(Value::as_str);
+            if let Some(parent) = r.parent() {
+                let owner = obj.get(parent.column).and_then(Value::as_str);
                 if owner.is_none() || (customer.is_some() && owner != customer.as_deref()) {
                     continue;
                 }
@@ -137,7 +137,8 @@ async fn produce_inner(
             }
         }
         (Scope::PerCustomer, None) => {
-            let mut customers = Pager::new(client.clone(), ListQuery::new("/v1/customers"));
+            let owners = r.parent().map_or("", |p| p.list_path());
+            let mut customers = Pager::new(client.clone(), ListQuery::new(owners));
             while let Some(page) = customers.next_page().await? {
                 let ids: Vec<String> =
                     page.data.iter().filter_map(|c| c.get("id").and_then(Value::as_str).map(str::to_string)).collect();

@@ -5,8 +5,6 @@
 use crate::client::Client;
 use crate::error::StripeError;
 use serde_json::Value;
-use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc};
 
 /// A `created` range. Bounds are unix seconds; any combination may be set.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -18,15 +16,6 @@ pub struct CreatedRange {
 }
 
 impl CreatedRange {
-    /// `[from, to)`.
-    pub fn half_open(from: i64, to: i64) -> CreatedRange {
-        CreatedRange { gte: Some(from), lt: Some(to), ..Default::default() }
-    }
-
-    pub fn is_unbounded(&self) -> bool {
-        *self == CreatedRange::default()
-    }
-
     /// Smallest and largest second inside the range (inclusive).
     pub fn bounds(&self) -> (i64, i64) {
         let lo = [self.gt.map(|v| v.saturating_add(1)), self.gte].into_iter().flatten().max().unwrap_or(i64::MIN);
@@ -142,23 +131,18 @@ pub struct Pager {
     query: ListQuery,
     cursor: Option<String>,
     done: bool,
-    pages: u64,
 }
 
 impl Pager {
     pub fn new(client: Client, query: ListQuery) -> Pager {
         let cursor = query.starting_after.clone();
         let done = query.created.is_empty();
-        Pager { client, query, cursor, done, pages: 0 }
+        Pager { client, query, cursor, done }
     }
 
     /// The id of the last object returned (to resume with `starting_after`).
     pub fn cursor(&self) -> Option<&str> {
         self.cursor.as_deref()
-    }
-
-    pub fn pages_fetched(&self) -> u64 {
-        self.pages
     }
 
     /// The next page, or `None` when the list is exhausted.
@@ -168,7 +152,6 @@ impl Pager {
         }
         let params = self.query.params(self.cursor.as_deref());
         let (mut body, fetched_at) = self.client.get_dated(&self.query.path, &params).await?;
-        self.pages += 1;
         let mut page = take_list(&mut body, &self.query.path)?;
         page.fetched_at = fetched_at;
         match page.data.last().and_then(|o| o.get("id")).and_then(Value::as_str) {
@@ -201,49 +184,6 @@ pub fn take_list(body: &mut Value, path: &str) -> Result<Page, StripeError> {
     match body.get_mut("data").map(Value::take) {
         Some(Value::Array(data)) => Ok(Page { data, has_more, fetched_at: 0 }),
         _ => Err(StripeError::Decode { message: format!("{path} answered a list without data") }),
-    }
-}
-
-/// Fetches several queries (typically `created` slices of one list) concurrently,
-/// at most `parallelism` at a time, sending pages into `tx` as they arrive. A
-/// bounded channel keeps memory bounded. Returns the first error; the other
-/// slices stop as soon as the receiver is gone.
-pub async fn fetch_concurrently(
-    client: &Client,
-    queries: Vec<ListQuery>,
-    parallelism: usize,
-    tx: mpsc::Sender<Result<Page, StripeError>>,
-) {
-    let permits = Arc::new(Semaphore::new(parallelism.max(1)));
-    let mut tasks = Vec::with_capacity(queries.len());
-    for q in queries {
-        let client = client.clone();
-        let tx = tx.clone();
-        let permits = permits.clone();
-        tasks.push(tokio::spawn(async move {
-            let Ok(_permit) = permits.acquire_owned().await else {
-                return;
-            };
-            let mut pager = Pager::new(client, q);
-            loop {
-                match pager.next_page().await {
-                    Ok(Some(page)) => {
-                        if tx.send(Ok(page)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                }
-            }
-        }));
-    }
-    drop(tx);
-    for t in tasks {
-        let _ = t.await;
     }
 }
 

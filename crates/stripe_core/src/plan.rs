@@ -103,10 +103,15 @@ impl Selection {
             params.extend(q.created.params("created").into_iter().map(|(k, v)| format!("{k}={v}")));
             format!("GET {}?{}", q.path, params.join("&"))
         };
-        match (r.scope, &self.customer) {
-            (Scope::PerCustomer, None) => {
-                let q = &self.list_queries(Some("{customer}"))[0];
-                format!("GET /v1/customers (every page), then for each customer {} (every page)", render(q))
+        match (r.parent(), &self.customer) {
+            (Some(parent), None) => {
+                let q = &self.list_queries(Some(&format!("{{{}}}", parent.column)))[0];
+                format!(
+                    "GET {} (every page), then for each {} {} (every page)",
+                    parent.list_path(),
+                    parent.resource,
+                    render(q)
+                )
             }
             (_, c) => self
                 .list_queries(c.as_deref())
@@ -120,14 +125,10 @@ impl Selection {
 
 /// The retrieve path of one object, if it can be retrieved with what is known.
 pub fn retrieve_path(r: &Resource, id: &str, customer: Option<&str>) -> Option<String> {
-    match (r.scope, customer, r.name) {
-        (Scope::Account, _, _) => Some(r.retrieve_url_path(id, None)),
-        (Scope::PerCustomer, Some(c), _) => Some(r.retrieve_url_path(id, Some(c))),
-        // payment methods can be retrieved without their customer
-        (Scope::PerCustomer, None, "customer_payment_method") => {
-            Some(format!("/v1/payment_methods/{}", crate::resources::path_segment(id)))
-        }
-        (Scope::PerCustomer, None, _) => None,
+    match (r.scope, customer) {
+        (Scope::Account, _) => Some(r.retrieve_url_path(id, None)),
+        (Scope::PerCustomer, Some(c)) => Some(r.retrieve_url_path(id, Some(c))),
+        (Scope::PerCustomer, None) => r.retrieve_alone.map(|p| p.replace("{id}", &crate::resources::path_segment(id))),
     }
 }
 
@@ -189,9 +190,9 @@ pub fn plan(resource: &'static Resource, conds: &[Cond]) -> Plan {
     let mut sel = Selection::all(resource);
     let mut pushed = Vec::new();
     // the customer of a per-customer resource is needed to place ids and lists
-    if resource.scope == Scope::PerCustomer {
+    if let Some(parent) = resource.parent() {
         for (i, c) in conds.iter().enumerate() {
-            if c.column == "customer"
+            if c.column == parent.column
                 && c.op == "="
                 && let Some(Lit::Text(v)) = c.single()
             {

@@ -62,9 +62,39 @@ pub enum EventEffect {
 pub enum Scope {
     /// One list for the whole account.
     Account,
-    /// One list per customer: the path has a `{customer}` placeholder.
+    /// One list per customer: the path has a `{customer}` placeholder. The
+    /// customer is the resource's [`Parent`] ([`CUSTOMER_PARENT`]).
     PerCustomer,
 }
+
+/// The owner of per-customer resources: whose list is read to reach theirs, the
+/// column (and object field, and path placeholder) naming the owner, and the
+/// owner's deletion, which takes its children along (the cascade).
+#[derive(Debug)]
+pub struct Parent {
+    /// The owning resource.
+    pub resource: &'static str,
+    /// Column, object field and `{placeholder}` holding the owner's id.
+    pub column: &'static str,
+    /// The event that deletes the owner, and with it every child row.
+    pub deleted_event: &'static str,
+}
+
+impl Parent {
+    /// The list of the owners (`/v1/customers`).
+    pub fn list_path(&self) -> &'static str {
+        RESOURCES.iter().find(|r| r.name == self.resource).map_or("", |r| r.list_path)
+    }
+}
+
+/// Customers own customer balance transactions and payment methods.
+pub const CUSTOMER_PARENT: Parent =
+    Parent { resource: "customer", column: "customer", deleted_event: "customer.deleted" };
+
+/// The events list (events refreshes, the events cursor).
+pub const EVENTS_PATH: &str = "/v1/events";
+/// Webhook endpoints (create_webhook, delete_webhook, webhook_status).
+pub const WEBHOOK_ENDPOINTS_PATH: &str = "/v1/webhook_endpoints";
 
 /// One Stripe resource.
 #[derive(Debug)]
@@ -82,6 +112,8 @@ pub struct Resource {
     pub list_path: &'static str,
     /// Retrieve path with an `{id}` (and for per-customer resources `{customer}`) placeholder.
     pub retrieve_path: &'static str,
+    /// A retrieve path that needs no parent id, for per-customer resources that have one.
+    pub retrieve_alone: Option<&'static str>,
     /// Whether the list accepts `created` / `created[gt|gte|lt|lte]`.
     pub created_filter: bool,
     /// Field holding the creation time (`date` for invoice items).
@@ -161,6 +193,7 @@ pub static RESOURCES: &[Resource] = &[
         scope: Scope::Account,
         list_path: "/v1/accounts",
         retrieve_path: "/v1/accounts/{id}",
+        retrieve_alone: None,
         created_filter: true,
         created_field: "created",
         list_variants: &[],
@@ -187,6 +220,7 @@ pub static RESOURCES: &[Resource] = &[
         scope: Scope::Account,
         list_path: "/v1/balance_transactions",
         retrieve_path: "/v1/balance_transactions/{id}",
+        retrieve_alone: None,
         created_filter: true,
         created_field: "created",
         list_variants: &[],
@@ -216,6 +250,7 @@ pub static RESOURCES: &[Resource] = &[
         scope: Scope::Account,
         list_path: "/v1/charges",
         retrieve_path: "/v1/charges/{id}",
+        retrieve_alone: None,
         created_filter: true,
         created_field: "created",
         list_variants: &[],
@@ -256,6 +291,7 @@ pub static RESOURCES: &[Resource] = &[
         scope: Scope::Account,
         list_path: "/v1/credit_notes",
         retrieve_path: "/v1/credit_notes/{id}",
+        retrieve_alone: None,
         created_filter: true,
         created_field: "created",
         list_variants: &[],
@@ -283,6 +319,7 @@ pub static RESOURCES: &[Resource] = &[
         scope: Scope::Account,
         list_path: "/v1/customers",
         retrieve_path: "/v1/customers/{id}",
+        retrieve_alone: None,
         created_filter: true,
         created_field: "created",
         list_variants: &[],
@@ -309,6 +346,7 @@ pub static RESOURCES: &[Resource] = &[
         scope: Scope::PerCustomer,
         list_path: "/v1/customers/{customer}/balance_transactions",
         retrieve_path: "/v1/customers/{customer}/balance_transactions/{id}",
+        retrieve_alone: None,
         created_filter: true,
         created_field: "created",
         list_variants: &[],
@@ -337,6 +375,8 @@ pub static RESOURCES: &[Resource] = &[
         scope: Scope::PerCustomer,
         list_path: "/v1/customers/{customer}/payment_methods",
         retrieve_path: "/v1/customers/{customer}/payment_methods/{id}",
+        // payment methods can be retrieved without their customer
+        retrieve_alone: Some("/v1/payment_methods/{id}"),
         created_filter: false,
         created_field: "created",
         list_variants: &[],
@@ -366,6 +406,7 @@ pub static RESOURCES: &[Resource] = &[
         scope: Scope::Account,
         list_path: "/v1/disputes",
         retrieve_path: "/v1/disputes/{id}",
+        retrieve_alone: None,
         created_filter: true,
         created_field: "created",
         list_variants: &[],
@@ -398,6 +439,7 @@ pub static RESOURCES: &[Resource] = &[
         scope: Scope::Account,
         list_path: "/v1/invoices",
         retrieve_path: "/v1/invoices/{id}",
+        retrieve_alone: None,
         created_filter: true,
         created_field: "created",
         list_variants: &[],
@@ -455,6 +497,7 @@ pub static RESOURCES: &[Resource] = &[
         scope: Scope::Account,
         list_path: "/v1/invoiceitems",
         retrieve_path: "/v1/invoiceitems/{id}",
+        retrieve_alone: None,
         created_filter: true,
         created_field: "date",
         list_variants: &[],
@@ -483,6 +526,7 @@ pub static RESOURCES: &[Resource] = &[
         scope: Scope::Account,
         list_path: "/v1/payouts",
         retrieve_path: "/v1/payouts/{id}",
+        retrieve_alone: None,
         created_filter: true,
         created_field: "created",
         list_variants: &[],
@@ -522,6 +566,7 @@ pub static RESOURCES: &[Resource] = &[
         scope: Scope::Account,
         list_path: "/v1/prices",
         retrieve_path: "/v1/prices/{id}",
+        retrieve_alone: None,
         created_filter: true,
         created_field: "created",
         // Stripe lists only active prices unless told active=false.
@@ -551,6 +596,7 @@ pub static RESOURCES: &[Resource] = &[
         scope: Scope::Account,
         list_path: "/v1/products",
         retrieve_path: "/v1/products/{id}",
+        retrieve_alone: None,
         created_filter: true,
         created_field: "created",
         list_variants: &[],
@@ -575,6 +621,7 @@ pub static RESOURCES: &[Resource] = &[
         scope: Scope::Account,
         list_path: "/v1/refunds",
         retrieve_path: "/v1/refunds/{id}",
+        retrieve_alone: None,
         created_filter: true,
         created_field: "created",
         list_variants: &[],
@@ -605,6 +652,7 @@ pub static RESOURCES: &[Resource] = &[
         scope: Scope::Account,
         list_path: "/v1/subscriptions",
         retrieve_path: "/v1/subscriptions/{id}",
+        retrieve_alone: None,
         created_filter: true,
         created_field: "created",
         // Without status=all Stripe leaves out canceled subscriptions.
@@ -677,6 +725,14 @@ pub fn by_event(event_type: &str) -> Option<(&'static Resource, EventEffect)> {
 }
 
 impl Resource {
+    /// The owner whose list leads to this resource's lists, for per-customer resources.
+    pub fn parent(&self) -> Option<&'static Parent> {
+        match self.scope {
+            Scope::Account => None,
+            Scope::PerCustomer => Some(&CUSTOMER_PARENT),
+        }
+    }
+
     /// The path of one object's retrieve call.
     pub fn retrieve_url_path(&self, id: &str, customer: Option<&str>) -> String {
         self.retrieve_path
@@ -697,11 +753,12 @@ impl Resource {
     pub fn column(&self, name: &str) -> Option<&'static Column> {
         self.columns.iter().find(|c| c.name == name)
     }
+}
 
-    /// The list filter that `column = value` pushes down to, if any.
-    pub fn filter_for(&self, column: &str) -> Option<&'static str> {
-        self.column(column).and_then(|c| c.filter)
-    }
+/// The resources whose rows go with an owner's deletion event (`customer.deleted`
+/// takes the customer's balance transactions and payment methods).
+pub fn cascaded_by(event_type: &str) -> impl Iterator<Item = &'static Resource> + '_ {
+    RESOURCES.iter().filter(move |r| r.parent().is_some_and(|p| p.deleted_event == event_type))
 }
 
 /// The Dashboard permission a request path needs (`/v1/credit_notes?limit=100` →
@@ -715,10 +772,10 @@ pub fn permission_for_path(path: &str) -> Option<&'static str> {
         (t.len() <= segments.len() && t.iter().zip(&segments).all(|(want, got)| want.starts_with('{') || want == got))
             .then_some(t.len())
     };
-    if matched("/v1/events").is_some() {
+    if matched(EVENTS_PATH).is_some() {
         return Some(EVENTS_PERMISSION);
     }
-    if matched("/v1/webhook_endpoints").is_some() {
+    if matched(WEBHOOK_ENDPOINTS_PATH).is_some() {
         return Some(WEBHOOK_PERMISSION);
     }
     RESOURCES
@@ -802,6 +859,22 @@ mod tests {
         }
         assert!(lookup("").is_err());
         assert!(lookup("customers").is_err());
+    }
+
+    #[test]
+    fn parents_are_registry_resources_and_children_carry_their_column() {
+        for r in RESOURCES.iter().filter(|r| r.parent().is_some()) {
+            let p = r.parent().unwrap();
+            let owner = lookup(p.resource).unwrap();
+            assert!(owner.events.contains(&(p.deleted_event, EventEffect::Delete)), "{}", r.name);
+            assert!(r.column(p.column).is_some_and(|c| c.reference), "{} has no {} reference", r.name, p.column);
+            assert!(r.list_path.contains(&format!("{{{}}}", p.column)), "{}", r.list_path);
+        }
+        assert_eq!(CUSTOMER_PARENT.list_path(), "/v1/customers");
+        let cascaded: Vec<&str> = cascaded_by("customer.deleted").map(|r| r.name).collect();
+        assert_eq!(cascaded, ["customer_balance_transaction", "customer_payment_method"]);
+        assert_eq!(cascaded_by("invoice.deleted").count(), 0);
+        assert!(RESOURCES.iter().all(|r| r.retrieve_alone.is_none() || r.parent().is_some()));
     }
 
     #[test]

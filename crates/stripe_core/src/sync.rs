@@ -9,7 +9,7 @@ use crate::error::StripeError;
 use crate::listing::send;
 use crate::paginate::{CreatedRange, ListQuery, Pager};
 use crate::plan::Selection;
-use crate::resources::{Resource, Scope};
+use crate::resources::{self, Resource, Scope};
 use futures_util::stream::{self, StreamExt};
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -112,11 +112,7 @@ pub async fn fetch_current(
             Some(mut v) => {
                 complete_nested(client, r, &mut v).await?;
                 // a per-customer row exists only while attached
-                if r.scope == Scope::PerCustomer && v.get("customer").is_none_or(Value::is_null) {
-                    None
-                } else {
-                    Some(v)
-                }
+                if r.parent().is_some_and(|p| v.get(p.column).is_none_or(Value::is_null)) { None } else { Some(v) }
             }
             None => None,
         };
@@ -380,8 +376,7 @@ async fn per_customer_inner(
     parallelism: usize,
     tx: &SyncSender<MsgResult>,
 ) -> Result<(), StripeError> {
-    debug_assert_eq!(r.scope, Scope::PerCustomer);
-    let list = ListQuery::new("/v1/customers");
+    let list = ListQuery::new(r.parent().map_or("", |p| p.list_path()));
     let mut customers = Pager::new(
         client.clone(),
         ListQuery { starting_after: start_after.as_ref().map(|(id, _)| id.clone()), ..list.clone() },
@@ -491,7 +486,7 @@ pub async fn created_after(
 
 /// The newest event of these types: (created, id).
 pub async fn newest_event(client: &Client, types: &[&str]) -> Result<Option<(i64, String)>, StripeError> {
-    let mut q = ListQuery { limit: 1, ..ListQuery::new("/v1/events") };
+    let mut q = ListQuery { limit: 1, ..ListQuery::new(resources::EVENTS_PATH) };
     q.filters.extend(types.iter().map(|t| ("types[]".to_string(), t.to_string())));
     let page = Pager::new(client.clone(), q).next_page().await?;
     Ok(page.and_then(|p| {
@@ -513,7 +508,8 @@ pub async fn events_since(
         let mut all = Vec::new();
         // Stripe takes at most 20 types per request
         for chunk in types.chunks(20) {
-            let mut q = ListQuery::new("/v1/events").created(CreatedRange { gte: Some(since), ..Default::default() });
+            let mut q =
+                ListQuery::new(resources::EVENTS_PATH).created(CreatedRange { gte: Some(since), ..Default::default() });
             q.filters.extend(chunk.iter().map(|t| ("types[]".to_string(), t.to_string())));
             all.extend(Pager::new(client.clone(), q).collect_all().await?);
         }

@@ -3,7 +3,7 @@
 use serde_json::Value;
 use std::collections::HashSet;
 use std::time::Duration;
-use stripe_core::paginate::{CreatedRange, ListQuery, Pager, fetch_concurrently};
+use stripe_core::paginate::{CreatedRange, ListQuery, Pager};
 use stripe_core::{ApiKey, Client, ClientConfig, StripeError, signature};
 use stripe_fake::objects::SeedSpec;
 use stripe_fake::{Fake, Faults};
@@ -146,15 +146,14 @@ async fn concurrent_created_slices_return_the_same_set_as_one_sequential_pass() 
         ids(&Pager::new(c.clone(), ListQuery::new("/v1/customers")).collect_all().await.unwrap()).into_iter().collect();
     let spec = SeedSpec::only_customers(0);
     let slices = CreatedRange::split(spec.anchor - spec.years * 365 * 86_400 - 10, spec.anchor + 10, 8);
-    let queries = slices.into_iter().map(|r| ListQuery::new("/v1/customers").created(r)).collect();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-    let c2 = c.clone();
-    let producer = tokio::spawn(async move { fetch_concurrently(&c2, queries, 4, tx).await });
+    let tasks: Vec<_> = slices
+        .into_iter()
+        .map(|r| tokio::spawn(Pager::new(c.clone(), ListQuery::new("/v1/customers").created(r)).collect_all()))
+        .collect();
     let mut concurrent = Vec::new();
-    while let Some(page) = rx.recv().await {
-        concurrent.extend(ids(&page.unwrap().data));
+    for t in tasks {
+        concurrent.extend(ids(&t.await.unwrap().unwrap()));
     }
-    producer.await.unwrap();
     let unique: HashSet<String> = concurrent.iter().cloned().collect();
     assert_eq!(concurrent.len(), unique.len(), "no object twice");
     assert_eq!(unique, sequential);
