@@ -250,13 +250,24 @@ fn add(
         .map_err(|e| SyncError::from(e).hint("Use a secret key (sk_...) or a restricted key (rk_...)."))?;
     check_name("source name", name, false)?;
     check_name("schema", schema, false)?;
+    if schema.starts_with("pg_") {
+        return Err(SyncError::invalid(format!(
+            "invalid schema \"{schema}\": names starting with pg_ are Postgres' own"
+        ))
+        .hint("Choose another schema, for example the default, stripe."));
+    }
     check_name("table prefix", prefix, true)?;
     let base = validate_base_url(api_url).map_err(SyncError::from)?;
     if let Some(a) = account {
         crate::fdw::options::check(crate::fdw::options::Target::Server, crate::fdw::options::ACCOUNT_OPTION, a)?;
     }
     if let Some(v) = api_version {
-        check_api_version(v).map_err(SyncError::invalid)?;
+        check_api_version(v).map_err(|e| {
+            SyncError::invalid(e).hint(format!(
+                "Leave api_version NULL to use the version stripe_sync is built for ({}), or give a version Stripe's changelog names.",
+                stripe_core::client::API_VERSION
+            ))
+        })?;
     }
     if let Some(r) = rps {
         crate::fdw::options::check(crate::fdw::options::Target::Server, "max_requests_per_second", &r.to_string())?;
@@ -377,7 +388,14 @@ fn drop(name: &str, drop_tables: bool) -> Result<bool, SyncError> {
     crate::webhooks::delete(name)?;
     let run =
         |sql: &str| Spi::run(sql).map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
+    // the cascade's list of foreign tables is noise: say what was removed once, below
+    let level = Spi::get_one::<String>("SELECT current_setting('client_min_messages')").ok().flatten();
+    run("SELECT set_config('client_min_messages', 'warning', true)")?;
     run(&format!("DROP SERVER IF EXISTS {} CASCADE", ident(&server)))?;
+    if let Some(level) = level {
+        Spi::run_with_args("SELECT set_config('client_min_messages', $1, true)", &[level.as_str().into()])
+            .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
+    }
     let api_schema = format!("{schema}_api");
     let empty = Spi::get_one_with_args::<bool>(
         "SELECT NOT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1)",

@@ -205,11 +205,31 @@ impl State {
     }
 }
 
-fn extension_ready() -> bool {
-    guarded("checking for the extension", || {
-        Spi::get_one::<bool>("SELECT to_regclass('stripe_sync._inbox') IS NOT NULL").ok().flatten().unwrap_or(false)
+/// Whether the extension exists in the worker's database at this library's
+/// version (after new binaries, the tables take their new shape only with
+/// `ALTER EXTENSION stripe_sync UPDATE`; until then the worker waits).
+fn extension_ready(said: &mut bool) -> bool {
+    let installed = guarded("checking for the extension", || {
+        Spi::get_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'stripe_sync'")
+            .ok()
+            .flatten()
     })
-    .unwrap_or(false)
+    .ok()
+    .flatten();
+    match installed {
+        Some(v) if v == env!("CARGO_PKG_VERSION") => true,
+        Some(v) => {
+            if !*said {
+                log!(
+                    "{WORKER_NAME}: waiting for ALTER EXTENSION stripe_sync UPDATE (the library is version {}, the extension in this database {v})",
+                    env!("CARGO_PKG_VERSION")
+                );
+                *said = true;
+            }
+            false
+        }
+        None => false,
+    }
 }
 
 #[pg_guard]
@@ -219,8 +239,9 @@ pub extern "C-unwind" fn stripe_sync_worker_main(_arg: pg_sys::Datum) {
     let db = guc::string(&guc::DATABASE);
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     log!("{WORKER_NAME} started in database \"{db}\"");
-    // the extension may not be created yet
-    while !extension_ready() {
+    // the extension may not be created (or updated) yet
+    let mut said = false;
+    while !extension_ready(&mut said) {
         if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
             log!("{WORKER_NAME} stopping");
             unsafe { pg_sys::proc_exit(1) };

@@ -76,7 +76,11 @@ fn refresh_all(resource: &str, mode: &str, source: &str) -> Result<Vec<Row>, Syn
     let targets: Vec<&'static resources::Resource> = if resource == "all" {
         resources::RESOURCES.iter().collect()
     } else {
-        vec![resources::lookup(resource).map_err(|e| SyncError::invalid(format!("{e}, or all")))?]
+        vec![resources::lookup(resource).map_err(|e| {
+            SyncError::invalid(format!("{e}, or all")).hint(
+                "Names are also accepted in CamelCase (InvoiceItem); stripe_sync.sync_status lists what was refreshed.",
+            )
+        })?]
     };
     crate::source::require(source)?;
     // One resource's failure never stops the others: each is recorded in

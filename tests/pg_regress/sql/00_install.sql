@@ -17,14 +17,16 @@ SELECT p.oid::regprocedure AS function,
        pg_get_function_result(p.oid) AS returns,
        p.prosecdef AS security_definer,
        p.proconfig AS settings,
-       coalesce(array_to_string(ARRAY(SELECT grantee::regrole::text || '=' || privilege_type
-                                      FROM aclexplode(p.proacl) a
-                                      WHERE grantee <> p.proowner
-                                      ORDER BY 1), ', '), 'PUBLIC=EXECUTE') AS grants,
+       CASE WHEN p.proacl IS NULL THEN 'PUBLIC=EXECUTE (default)'
+            ELSE array_to_string(ARRAY(SELECT CASE WHEN grantee = 0 THEN 'PUBLIC' ELSE grantee::regrole::text END
+                                              || '=' || privilege_type
+                                       FROM aclexplode(p.proacl) a
+                                       WHERE grantee <> p.proowner
+                                       ORDER BY 1), ', ') END AS grants,
        obj_description(p.oid, 'pg_proc') IS NOT NULL AS commented
 FROM pg_proc p
 WHERE p.pronamespace = 'stripe_sync'::regnamespace
-ORDER BY p.proname, 1::text;
+ORDER BY p.oid::regprocedure::text;
 \x on
 SELECT p.proname, pg_get_function_arguments(p.oid) AS arguments, obj_description(p.oid, 'pg_proc') AS comment
 FROM pg_proc p
@@ -42,9 +44,9 @@ SELECT c.oid::regclass AS relation, c.relkind,
           AND col_description(c.oid, a.attnum) IS NULL) AS uncommented_columns
 FROM pg_class c
 WHERE c.relnamespace = 'stripe_sync'::regnamespace AND c.relkind IN ('r', 'v')
-ORDER BY 1::text;
+ORDER BY c.oid::regclass::text;
 \d stripe_sync._inbox
 \d+ stripe_sync.sync_status
 -- the tables whose rows pg_dump keeps
-SELECT unnest(extconfig)::regclass AS dumped FROM pg_extension WHERE extname = 'stripe_sync' ORDER BY 1::text;
+SELECT c::regclass AS dumped FROM pg_extension, unnest(extconfig) c WHERE extname = 'stripe_sync' ORDER BY c::regclass::text;
 \dew+ stripe_sync_fdw

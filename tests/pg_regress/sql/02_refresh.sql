@@ -22,4 +22,3 @@ SELECT * FROM stripe_sync.refresh('customer', 'full', source => 'nowhere');
 SELECT resource, last_mode, status, rows_inserted > 0 AS inserted, events_cursor_id IS NOT NULL AS has_events_cursor,
        resumable, note, last_error, freshness IS NOT NULL AS has_freshness
 FROM stripe_sync.sync_status WHERE source = 'regress' ORDER BY resource;
-\d+ stripe_sync.sync_status
