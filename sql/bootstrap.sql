@@ -99,7 +99,7 @@ CREATE TABLE stripe_sync._deleted (
 );
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync._deleted', '');
 REVOKE ALL ON stripe_sync._deleted FROM PUBLIC;
-COMMENT ON TABLE stripe_sync._deleted IS 'Internal: ids deleted at Stripe, so that an older version arriving late never brings a row back.';
+COMMENT ON TABLE stripe_sync._deleted IS 'Internal: ids deleted at Stripe, so that an older version arriving late never brings a row back; kept 35 days (Stripe keeps events 30 days and retries webhooks for 3).';
 COMMENT ON COLUMN stripe_sync._deleted.source IS 'Source name.';
 COMMENT ON COLUMN stripe_sync._deleted.resource IS 'Resource name.';
 COMMENT ON COLUMN stripe_sync._deleted.id IS 'Stripe id of the deleted object.';
@@ -174,8 +174,10 @@ CREATE TABLE stripe_sync._inbox (
 );
 CREATE INDEX _inbox_pending_idx ON stripe_sync._inbox (received_at) WHERE status = 'pending';
 CREATE INDEX _inbox_failed_idx ON stripe_sync._inbox (next_attempt_at) WHERE status = 'failed';
+-- acknowledged events not yet applied must survive a dump and restore
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync._inbox', '');
 REVOKE ALL ON stripe_sync._inbox FROM PUBLIC;
-COMMENT ON TABLE stripe_sync._inbox IS 'Internal: verified webhook events, stored before Stripe gets its 2xx, then applied (idempotent on event id).';
+COMMENT ON TABLE stripe_sync._inbox IS 'Internal: verified webhook events, stored before Stripe gets its 2xx, then applied (idempotent on event id); applied and skipped ones are deleted after stripe_sync.inbox_retention.';
 COMMENT ON COLUMN stripe_sync._inbox.source IS 'Source the event was delivered for.';
 COMMENT ON COLUMN stripe_sync._inbox.event_id IS 'Stripe event id.';
 COMMENT ON COLUMN stripe_sync._inbox.type IS 'Event type.';
@@ -200,6 +202,7 @@ CREATE TABLE stripe_sync._webhook_stats (
     last_error       text,
     last_error_at    timestamptz
 );
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync._webhook_stats', '');
 REVOKE ALL ON stripe_sync._webhook_stats FROM PUBLIC;
 COMMENT ON TABLE stripe_sync._webhook_stats IS 'Internal: webhook counters per source (see stripe_sync.webhook_status).';
 COMMENT ON COLUMN stripe_sync._webhook_stats.source IS 'Source name.';

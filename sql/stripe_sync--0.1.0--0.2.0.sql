@@ -7,7 +7,12 @@ ALTER TABLE stripe_sync._inbox
     ADD COLUMN attempts integer NOT NULL DEFAULT 0,
     ADD COLUMN next_attempt_at timestamptz;
 CREATE INDEX _inbox_failed_idx ON stripe_sync._inbox (next_attempt_at) WHERE status = 'failed';
+-- acknowledged events not yet applied, and the counters, survive a dump and restore
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync._inbox', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync._webhook_stats', '');
 UPDATE stripe_sync._inbox SET attempts = 1, next_attempt_at = pg_catalog.clock_timestamp() WHERE status = 'failed';
+COMMENT ON TABLE stripe_sync._inbox IS 'Internal: verified webhook events, stored before Stripe gets its 2xx, then applied (idempotent on event id); applied and skipped ones are deleted after stripe_sync.inbox_retention.';
+COMMENT ON TABLE stripe_sync._deleted IS 'Internal: ids deleted at Stripe, so that an older version arriving late never brings a row back; kept 35 days (Stripe keeps events 30 days and retries webhooks for 3).';
 COMMENT ON COLUMN stripe_sync._inbox.status IS 'pending, applied, skipped (type not synced, source gone, or skipped by skip_event) or failed (tried again at next_attempt_at).';
 COMMENT ON COLUMN stripe_sync._inbox.error IS 'Why applying failed, or why it was skipped.';
 COMMENT ON COLUMN stripe_sync._inbox.attempts IS 'Failed attempts to apply it.';

@@ -109,12 +109,13 @@ impl Target {
         let sets: Vec<String> = names.iter().skip(1).map(|n| format!("{n} = EXCLUDED.{n}")).collect();
         let upsert = format!(
             "WITH input AS (
-                SELECT e->'o' AS o, (e->>'s')::bigint AS s, e->>'b' AS b FROM jsonb_array_elements($1) e
+                SELECT e->'o' AS o, (e->>'s')::bigint AS s, e->>'b' AS b, n FROM jsonb_array_elements($1) WITH ORDINALITY AS x(e, n)
              ), written AS (
                 INSERT INTO {q} AS t ({names}, attrs, _synced_at, _synced_by, _stamp)
                 SELECT {exprs}, o, now(), b, s FROM input
                 WHERE NOT EXISTS (SELECT 1 FROM stripe_sync._deleted d
                                   WHERE d.source = $2 AND d.resource = $3 AND d.id = input.o->>'id' AND d.stamp >= input.s)
+                ORDER BY n
                 ON CONFLICT (id) DO UPDATE SET {sets}, attrs = EXCLUDED.attrs, _synced_at = EXCLUDED._synced_at,
                     _synced_by = EXCLUDED._synced_by, _stamp = EXCLUDED._stamp
                 WHERE (t.attrs IS DISTINCT FROM EXCLUDED.attrs
@@ -140,8 +141,10 @@ impl Target {
         let delete_ids = format!(
             "WITH input AS (
                 SELECT e->>'id' AS id, (e->>'s')::bigint AS s FROM jsonb_array_elements($1) e
+             ), locked AS (
+                SELECT t.id, input.s FROM {q} t JOIN input ON t.id = input.id ORDER BY t.id FOR UPDATE OF t
              ), gone AS (
-                DELETE FROM {q} t USING input WHERE t.id = input.id AND t._stamp <= input.s RETURNING t.id
+                DELETE FROM {q} t USING locked WHERE t.id = locked.id AND t._stamp <= locked.s RETURNING t.id
              ), tomb AS (
                 INSERT INTO stripe_sync._deleted AS d (source, resource, id, stamp) SELECT $2, $3, id, s FROM input
                 ON CONFLICT (source, resource, id) DO UPDATE SET stamp = greatest(d.stamp, EXCLUDED.stamp)
@@ -183,11 +186,13 @@ impl Target {
                 }
             }
         }
-        let mut keep: Vec<usize> = latest.into_values().collect();
+        // rows are locked in id order by every writer (refresh pages come newest
+        // first, webhook batches oldest first), so two writers never deadlock
+        let mut keep: Vec<(String, usize)> = latest.into_iter().collect();
         keep.sort_unstable();
         let input: Vec<Value> = keep
             .into_iter()
-            .map(|i| json!({"o": versions[i].object, "s": versions[i].stamp, "b": versions[i].by}))
+            .map(|(_, i)| json!({"o": versions[i].object, "s": versions[i].stamp, "b": versions[i].by}))
             .collect();
         let row = c
             .update(

@@ -9,6 +9,12 @@ pub static WEBHOOK_LISTEN: GucSetting<Option<CString>> = GucSetting::<Option<CSt
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 /// Largest webhook body accepted, in bytes.
 pub static WEBHOOK_MAX_BODY: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+/// Webhook connections the worker serves at once.
+pub static WEBHOOK_MAX_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(256);
+/// Seconds a webhook request's body may take to arrive.
+pub static WEBHOOK_BODY_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10);
+/// How long applied and skipped webhook events stay in the inbox, in seconds.
+pub static INBOX_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 86_400);
 /// Most concurrent API requests one refresh or scan makes.
 pub static MAX_PARALLEL_REQUESTS: GucSetting<i32> = GucSetting::<i32>::new(32);
 
@@ -43,6 +49,36 @@ pub fn init(preloading: bool) {
         64 * 1024 * 1024,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"stripe_sync.webhook_max_connections",
+        c"Webhook connections the stripe_sync worker serves at once (more wait to be accepted).",
+        c"Stripe keeps a few connections open; the cap keeps slow or idle clients from tying up the worker.",
+        &WEBHOOK_MAX_CONNECTIONS,
+        1,
+        10_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"stripe_sync.webhook_body_timeout",
+        c"Seconds a webhook request's body may take to arrive (408 beyond).",
+        c"Headers have 10 s; a client that stops sending frees its connection after this.",
+        &WEBHOOK_BODY_TIMEOUT,
+        1,
+        3600,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"stripe_sync.inbox_retention",
+        c"How long applied and skipped webhook events stay in stripe_sync._inbox.",
+        c"The webhook worker (and apply_inbox) deletes them after this; pending and failed events are kept until dealt with.",
+        &INBOX_RETENTION,
+        60,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
         c"stripe_sync.max_parallel_requests",

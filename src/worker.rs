@@ -27,6 +27,8 @@ use stripe_core::webhook::{Delivery, Listener, ListenerConfig, Secrets};
 pub const WORKER_NAME: &str = "stripe_sync webhook worker";
 /// Deliveries stored per transaction, at most.
 const STORE_BATCH: usize = 2000;
+/// How often the worker deletes events past `stripe_sync.inbox_retention` and old tombstones.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Events applied per transaction, at most.
 const APPLY_BATCH: i64 = 2000;
 
@@ -60,12 +62,14 @@ fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Result<R, String> {
 
 struct State {
     listen: String,
-    max_body: usize,
+    /// max_body, max_connections, body_timeout seconds: a change restarts the listener
+    limits: (usize, usize, u64),
     listener: Option<Listener>,
     rx: Option<Receiver<Delivery>>,
     secrets: Secrets,
     catchup: VecDeque<(String, String)>,
-    catching_up: Option<DynamicBackgroundWorker>,
+    /// The catch-up refresh running, and the lock it holds.
+    catching_up: Option<(DynamicBackgroundWorker, String)>,
 }
 
 impl State {
@@ -89,9 +93,11 @@ impl State {
         let (dtx, drx) = sync_channel(STORE_BATCH * 2);
         let cfg = ListenerConfig {
             addr,
-            max_body: self.max_body,
+            max_body: self.limits.0,
             tolerance_secs: signature::DEFAULT_TOLERANCE_SECS,
             store_timeout: Duration::from_secs(10),
+            max_connections: self.limits.1,
+            body_timeout: Duration::from_secs(self.limits.2),
         };
         match Listener::start(cfg, self.secrets.clone(), dtx, |job| threads::spawn_blocked("stripe_sync webhooks", job))
         {
@@ -106,10 +112,14 @@ impl State {
 
     fn reload_settings(&mut self) {
         let listen = guc::string(&guc::WEBHOOK_LISTEN);
-        let max_body = guc::WEBHOOK_MAX_BODY.get().max(1024) as usize;
-        if listen != self.listen || max_body != self.max_body || self.listener.is_none() {
+        let limits = (
+            guc::WEBHOOK_MAX_BODY.get().max(1024) as usize,
+            guc::WEBHOOK_MAX_CONNECTIONS.get().max(1) as usize,
+            guc::WEBHOOK_BODY_TIMEOUT.get().max(1) as u64,
+        );
+        if listen != self.listen || limits != self.limits || self.listener.is_none() {
             self.listen = listen;
-            self.max_body = max_body;
+            self.limits = limits;
             self.start_listener();
         }
     }
@@ -190,17 +200,44 @@ impl State {
 
     /// One events refresh at a time, for every followed resource of every source
     /// with a webhook: what happened while the worker was down.
+    ///
+    /// Each catch-up holds the same per-resource lock as `stripe_sync.refresh`
+    /// (taken at session level here, released when its worker ends): it never runs
+    /// beside a user's refresh of that resource, and waits for one to finish.
     fn step_catchup(&mut self) {
-        if let Some(w) = &self.catching_up {
+        if let Some((w, key)) = &self.catching_up {
             if w.pid().is_ok() {
                 return;
             }
+            let key = key.clone();
+            let _ = guarded("releasing a catch-up lock", || {
+                Spi::run_with_args("SELECT pg_advisory_unlock(hashtext($1))", &[key.as_str().into()])
+            });
             self.catching_up = None;
         }
         let Some((source, resource)) = self.catchup.pop_front() else { return };
-        match refresh::launch(&source, &resource, "events", unsafe { pg_sys::MyProcPid }) {
-            Ok(w) => self.catching_up = Some(w),
-            Err(e) => log!("{WORKER_NAME}: cannot start the catch-up of {source}/{resource}: {}", e.message),
+        let key = refresh::lock_key(&source, &resource);
+        let locked = guarded("locking a catch-up", || {
+            Spi::get_one_with_args::<bool>("SELECT pg_try_advisory_lock(hashtext($1))", &[key.as_str().into()])
+        });
+        if !matches!(locked, Ok(Ok(Some(true)))) {
+            // a refresh of it is running: try again later
+            self.catchup.push_back((source, resource));
+            return;
+        }
+        let launched = guarded("starting a catch-up", || {
+            refresh::launch(&source, &resource, "events", unsafe { pg_sys::MyProcPid })
+        });
+        match launched {
+            Ok(Ok(w)) => self.catching_up = Some((w, key)),
+            other => {
+                if let Ok(Err(e)) = other {
+                    log!("{WORKER_NAME}: cannot start the catch-up of {source}/{resource}: {}", e.message);
+                }
+                let _ = guarded("releasing a catch-up lock", || {
+                    Spi::run_with_args("SELECT pg_advisory_unlock(hashtext($1))", &[key.as_str().into()])
+                });
+            }
         }
     }
 }
@@ -252,7 +289,7 @@ pub extern "C-unwind" fn stripe_sync_worker_main(_arg: pg_sys::Datum) {
     }
     let mut st = State {
         listen: String::new(),
-        max_body: 0,
+        limits: (0, 0, 0),
         listener: None,
         rx: None,
         secrets: Arc::new(RwLock::new(HashMap::new())),
@@ -281,6 +318,7 @@ pub extern "C-unwind" fn stripe_sync_worker_main(_arg: pg_sys::Datum) {
         st.catchup = list.unwrap_or_default().into();
     }
     let mut last_secrets = Instant::now();
+    let mut last_prune: Option<Instant> = None;
     st.apply(Duration::from_secs(5));
     loop {
         if !BackgroundWorker::wait_latch(Some(Duration::ZERO)) {
@@ -296,6 +334,15 @@ pub extern "C-unwind" fn stripe_sync_worker_main(_arg: pg_sys::Datum) {
             st.count_rejections();
             st.step_catchup();
             last_secrets = Instant::now();
+            if last_prune.is_none_or(|t| t.elapsed() > PRUNE_EVERY) {
+                let retention = guc::INBOX_RETENTION.get() as i64;
+                if let Ok(Ok((events, tombstones))) = guarded("pruning the inbox", || inbox::prune(retention))
+                    && events + tombstones > 0
+                {
+                    log!("{WORKER_NAME}: pruned {events} applied or skipped events and {tombstones} old tombstones");
+                }
+                last_prune = Some(Instant::now());
+            }
         }
         // gather what arrived: wait briefly for the first, then take what is queued
         let mut batch = Vec::new();

@@ -231,8 +231,9 @@ fn upgrade_story(generated_0_1_0: &str, restore: &dyn Fn()) {
     assert_eq!(db.code().code(), "55000", "{db:?}");
     assert!(db.hint().unwrap_or_default().contains("ALTER EXTENSION stripe_sync UPDATE"), "{db:?}");
     println!("before the update, the new library says: {} (hint: {})", db.message(), db.hint().unwrap_or_default());
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(cluster.log().contains("waiting for ALTER EXTENSION stripe_sync UPDATE"), "the worker waits");
+    wait_for(Duration::from_secs(10), "the worker saying it waits for the update", || {
+        cluster.log().contains("waiting for ALTER EXTENSION stripe_sync UPDATE").then_some(())
+    });
     let still: i64 =
         c.query_one("SELECT count(*) FROM stripe_sync._inbox WHERE status = 'pending'", &[]).unwrap().get(0);
     assert_eq!(still, 1);

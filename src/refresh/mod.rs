@@ -130,8 +130,14 @@ fn combined(total: usize, failed: Vec<(&'static str, SyncError)>) -> SyncError {
     .hint(hints.join(" "))
 }
 
+/// The advisory lock key of a source's resource: held by whoever refreshes it
+/// (the calling session for `refresh`, the webhook worker for its catch-up).
+pub fn lock_key(source: &str, resource: &str) -> String {
+    format!("stripe_sync:{source}:{resource}")
+}
+
 fn lock(source: &str, resource: &str) -> Result<(), SyncError> {
-    let key = format!("stripe_sync:{source}:{resource}");
+    let key = lock_key(source, resource);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         let got =

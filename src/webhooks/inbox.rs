@@ -88,6 +88,44 @@ pub fn store(c: &mut SpiClient, source: &str, events: &[&Incoming]) -> Result<Ve
 }
 
 /// Adds rejected deliveries to the counters.
+/// Seconds a tombstone is kept after the deletion it records: Stripe keeps events
+/// 30 days (an events refresh reads no older version than that) and retries a
+/// webhook delivery for up to 3 days, so after 30 days plus a margin no older
+/// version of a deleted object can still arrive; a full refresh never lists it.
+pub const TOMBSTONE_RETENTION_SECS: i64 = 35 * 86_400;
+
+/// Most rows one prune deletes from each table (the next one goes on).
+const PRUNE_BATCH: i64 = 50_000;
+
+/// Deletes applied and skipped inbox events older than `inbox_retention`
+/// seconds, and tombstones past [`TOMBSTONE_RETENTION_SECS`]; returns both counts.
+pub fn prune(inbox_retention: i64) -> Result<(i64, i64), SyncError> {
+    let events = Spi::get_one_with_args::<i64>(
+        "WITH gone AS (
+            DELETE FROM stripe_sync._inbox WHERE ctid = ANY (ARRAY(
+                SELECT ctid FROM stripe_sync._inbox
+                WHERE status IN ('applied', 'skipped') AND applied_at < clock_timestamp() - make_interval(secs => $1)
+                LIMIT $2))
+            RETURNING 1)
+         SELECT count(*) FROM gone",
+        &[(inbox_retention as f64).into(), PRUNE_BATCH.into()],
+    )
+    .map_err(spi_err)?
+    .unwrap_or(0);
+    let tombstones = Spi::get_one_with_args::<i64>(
+        "WITH gone AS (
+            DELETE FROM stripe_sync._deleted WHERE ctid = ANY (ARRAY(
+                SELECT ctid FROM stripe_sync._deleted
+                WHERE stamp < extract(epoch FROM clock_timestamp())::bigint - $1 LIMIT $2))
+            RETURNING 1)
+         SELECT count(*) FROM gone",
+        &[TOMBSTONE_RETENTION_SECS.into(), PRUNE_BATCH.into()],
+    )
+    .map_err(spi_err)?
+    .unwrap_or(0);
+    Ok((events, tombstones))
+}
+
 pub fn count_rejected(c: &mut SpiClient, source: &str, n: u64) -> Result<(), SyncError> {
     c.update(
         "INSERT INTO stripe_sync._webhook_stats AS s (source, rejected) VALUES ($1, $2)

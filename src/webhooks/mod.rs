@@ -213,11 +213,14 @@ fn receive(payload: &str, signature: &str, source: &str) -> Result<String, SyncE
 #[pg_extern]
 fn apply_inbox(max_events: default!(i64, "10000")) -> i64 {
     crate::require_updated().unwrap_or_else(|e| e.raise());
-    inbox::apply_pending(max_events, || {
+    let applied = inbox::apply_pending(max_events, || {
         pgrx::check_for_interrupts!();
     })
     .map(|(applied, _)| applied)
-    .unwrap_or_else(|e| e.raise())
+    .unwrap_or_else(|e| e.raise());
+    // without the worker, this is what keeps the inbox from growing forever
+    inbox::prune(crate::guc::INBOX_RETENTION.get() as i64).unwrap_or_else(|e| e.raise());
+    applied
 }
 
 /// Makes failed events of a source (or of every source) pending again, to be

@@ -122,7 +122,16 @@ pub struct ListenerConfig {
     pub tolerance_secs: i64,
     /// How long a delivery waits for the owner to store it before a 503.
     pub store_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's accept queue, so
+    /// slow or idle clients cannot make the listener take on unbounded work.
+    pub max_connections: usize,
+    /// How long reading a request's body may take before a 408.
+    pub body_timeout: Duration,
 }
+
+/// The key deliveries for sources without a signing secret are counted under:
+/// one row, whatever paths a scanner tries.
+pub const UNKNOWN_SOURCE: &str = "(unknown)";
 
 /// A running listener; dropping it stops the server.
 pub struct Listener {
@@ -168,8 +177,10 @@ impl Listener {
             };
             rt.block_on(async move {
                 let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else { return };
+                let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
                 let serve = async {
                     loop {
+                        let Ok(permit) = permits.clone().acquire_owned().await else { return };
                         let Ok((stream, _)) = listener.accept().await else {
                             tokio::time::sleep(Duration::from_millis(10)).await;
                             continue;
@@ -177,6 +188,7 @@ impl Listener {
                         let _ = stream.set_nodelay(true);
                         let (cfg, secrets, tx, st) = (cfg.clone(), secrets.clone(), tx.clone(), st.clone());
                         tokio::spawn(async move {
+                            let _permit = permit;
                             let svc = service_fn(move |req| {
                                 handle(req, cfg.clone(), secrets.clone(), tx.clone(), st.clone())
                             });
@@ -214,7 +226,8 @@ async fn handle(
         return Ok(text(404, "POST Stripe events to /webhook/<source>"));
     };
     let reject = |r: Reject| {
-        *stats.rejected.lock().unwrap_or_else(|p| p.into_inner()).entry(source.clone()).or_default() += 1;
+        let key = if matches!(r, Reject::UnknownSource(_)) { UNKNOWN_SOURCE.to_string() } else { source.clone() };
+        *stats.rejected.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default() += 1;
         Ok(text(r.status(), &r.to_string()))
     };
     let header = req.headers().get("stripe-signature").and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -226,12 +239,13 @@ async fn handle(
     let too_large = declared.is_some_and(|n| n > cfg.max_body);
     // read what was sent (a little past the limit, so the client can read our 413)
     let read_limit = if too_large { cfg.max_body.saturating_mul(4) } else { cfg.max_body };
-    let body = match Limited::new(req.into_body(), read_limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+    let body = match tokio::time::timeout(cfg.body_timeout, Limited::new(req.into_body(), read_limit).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             return reject(Reject::TooLarge { limit: cfg.max_body });
         }
-        Err(_) => return Ok(text(400, "could not read the body")),
+        Ok(Err(_)) => return Ok(text(400, "could not read the body")),
+        Err(_) => return Ok(text(408, "the body did not arrive in time")),
     };
     if too_large || body.len() > cfg.max_body {
         return reject(Reject::TooLarge { limit: cfg.max_body });
@@ -279,6 +293,48 @@ mod tests {
             .unwrap();
         assert_eq!((e.id.as_str(), e.event_type.as_str(), e.created), ("evt_1", "customer.created", 1_700_000_000));
         assert_eq!(e.raw, body);
+    }
+
+    /// One connection at a time, 300 ms for a body: a client that never sends its
+    /// body holds the only slot until it gets its 408, then the next is served.
+    #[test]
+    fn a_slow_client_holds_a_connection_slot_only_until_its_body_timeout() {
+        use std::io::{Read, Write};
+        let (tx, _rx) = std::sync::mpsc::sync_channel(1);
+        let cfg = ListenerConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            max_body: 1024,
+            tolerance_secs: 300,
+            store_timeout: Duration::from_secs(1),
+            max_connections: 1,
+            body_timeout: Duration::from_millis(300),
+        };
+        let l = Listener::start(cfg, Secrets::default(), tx, |job| {
+            std::thread::spawn(job);
+            Ok(())
+        })
+        .unwrap();
+        let mut slow = std::net::TcpStream::connect(l.addr).unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        slow.write_all(b"POST /webhook/a HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let started = std::time::Instant::now();
+        let mut next = std::net::TcpStream::connect(l.addr).unwrap();
+        next.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        next.write_all(b"POST /webhook/nosuch HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+            .unwrap();
+        let mut answer = String::new();
+        next.read_to_string(&mut answer).unwrap();
+        let waited = started.elapsed();
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        assert!(waited >= Duration::from_millis(200), "served after {waited:?}, while the slow client held the slot");
+        let mut slow_answer = [0u8; 64];
+        let n = slow.read(&mut slow_answer).unwrap();
+        assert!(String::from_utf8_lossy(&slow_answer[..n]).starts_with("HTTP/1.1 408"));
+        // unknown sources are counted under one key, whatever the path
+        let counted = l.stats.take();
+        assert_eq!(counted.get(UNKNOWN_SOURCE), Some(&1), "{counted:?}");
+        assert!(!counted.contains_key("nosuch"));
     }
 
     #[test]
