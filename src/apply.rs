@@ -388,11 +388,17 @@ pub struct EventEffects {
     pub gone: Vec<(String, i64)>,
     /// Deleted customers, whose rows go too (per-customer resources).
     pub gone_customers: Vec<(String, i64)>,
+    /// Objects of events rendered in another API version than the source's:
+    /// fetched in the source's version instead (typed columns such as invoice
+    /// `subscription` moved between versions), with the event's time.
+    pub refetch: Vec<(String, i64)>,
 }
 
 impl EventEffects {
     /// The effects on `r` of these events; events of other resources are ignored.
-    pub fn of(r: &Resource, events: &[Value]) -> EventEffects {
+    /// `api_version` is the version the source reads in: an object rendered in
+    /// another one is fetched again rather than written as delivered.
+    pub fn of(r: &Resource, events: &[Value], api_version: &str) -> EventEffects {
         let mut fx = EventEffects::default();
         for e in events {
             let (Some(t), Some(id), Some(obj)) = (
@@ -406,7 +412,10 @@ impl EventEffects {
             let Some(oid) = obj.get("id").and_then(Value::as_str) else { continue };
             match stripe_core::resources::by_event(t) {
                 Some((res, EventEffect::Upsert)) if res.name == r.name => {
-                    fx.versions.push(Version { object: obj.clone(), stamp, by: format!("event:{id}") })
+                    match e.get("api_version").and_then(Value::as_str) {
+                        Some(v) if v != api_version => fx.refetch.push((oid.to_string(), stamp)),
+                        _ => fx.versions.push(Version { object: obj.clone(), stamp, by: format!("event:{id}") }),
+                    }
                 }
                 Some((res, EventEffect::Delete | EventEffect::Detach)) if res.name == r.name => {
                     fx.gone.push((oid.to_string(), stamp))
@@ -421,7 +430,7 @@ impl EventEffects {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.versions.is_empty() && self.gone.is_empty() && self.gone_customers.is_empty()
+        self.versions.is_empty() && self.gone.is_empty() && self.gone_customers.is_empty() && self.refetch.is_empty()
     }
 
     /// Applies the effects: versions not older than a deletion in the same batch,
@@ -436,7 +445,15 @@ impl EventEffects {
                 gone.iter().filter(|(g, _)| g == id).all(|(_, s)| *s < v.stamp)
             })
             .collect();
-        let up = target.upsert(c, versions)?;
+        let mut up = target.upsert(c, versions)?;
+        // fetched like same-second ties (at least as new as the event), unless a
+        // newer deletion in the batch removes the object anyway
+        for (id, stamp) in self.refetch {
+            let deleted_later = gone.iter().any(|(g, s)| *g == id && *s >= stamp);
+            if !deleted_later && !up.ties.iter().any(|(t, _)| *t == id) {
+                up.ties.push((id, stamp));
+            }
+        }
         let mut deleted = target.delete(c, &gone)?;
         for (customer, stamp) in &self.gone_customers {
             deleted += target.delete_of_customer(c, customer, *stamp)?;

@@ -63,7 +63,8 @@ fn applied_events_and_old_tombstones_are_pruned_and_pending_ones_kept() {
         .collect();
     assert_eq!(tombs, ["cus_gone_lately"], "a tombstone older than 35 days is gone");
     // the retention is a setting
-    c.batch_execute("ALTER SYSTEM SET stripe_sync.inbox_retention = '1min'; SELECT pg_reload_conf()").unwrap();
+    c.batch_execute("ALTER SYSTEM SET stripe_sync.inbox_retention = '1min'").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
     let mut c = cluster.connect();
     c.batch_execute("UPDATE stripe_sync._inbox SET applied_at = now() - interval '2 minutes'").unwrap();
     store(&mut c, "evt_pending", "cus_p");

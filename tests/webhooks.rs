@@ -551,3 +551,71 @@ fn the_catch_up_at_worker_start_waits_for_a_running_refresh_of_its_resource() {
     });
     assert_eq!((mode.as_str(), status.as_str()), ("events", "succeeded"));
 }
+
+/// An event rendered in an older API version (invoice `subscription` at the top
+/// level, as before 2025-03-31) writes the same typed columns as the pinned
+/// version: its object is fetched again in the source's version. An event in
+/// the pinned version is written as delivered, without a request.
+#[test]
+fn an_event_in_an_older_api_version_writes_the_same_typed_columns_as_the_pinned_one() {
+    let mut h = setup(SeedSpec::scaled(10), Faults::default());
+    let secret: String = h.c.query_one("SELECT secrets[1] FROM stripe_sync._webhooks", &[]).unwrap().get(0);
+    let invoice = h
+        .fake
+        .objects("invoices")
+        .into_iter()
+        .find(|i| i["parent"]["subscription_details"]["subscription"].is_string())
+        .expect("an invoice of a subscription");
+    let inv = id(&invoice);
+    let sub = invoice["parent"]["subscription_details"]["subscription"].as_str().unwrap().to_string();
+    let deliver = |c: &mut postgres::Client, evt: &str, version: &str, object: &Value| {
+        let body = serde_json::json!({
+            "id": evt, "object": "event", "type": "invoice.updated", "created": signature::unix_now(),
+            "api_version": version, "data": {"object": object},
+        })
+        .to_string();
+        let sig = signature::header_for(body.as_bytes(), &secret, signature::unix_now());
+        let said: String = c.query_one("SELECT stripe_sync.receive_webhook($1, $2)", &[&body, &sig]).unwrap().get(0);
+        assert_eq!(said, "stored");
+    };
+    // the old shape: no parent, subscription at the top level
+    let mut old = invoice.clone();
+    old.as_object_mut().unwrap().remove("parent");
+    old["subscription"] = Value::String(sub.clone());
+    old["description"] = Value::String("rendered in 2024-06-20".into());
+    h.fake.reset_stats();
+    deliver(&mut h.c, "evt_old_version", "2024-06-20", &old);
+    let row = |c: &mut postgres::Client| -> (Option<String>, Option<String>, String) {
+        let r = c
+            .query_one(
+                "SELECT subscription, attrs->>'description', _synced_by FROM stripe.invoice WHERE id = $1",
+                &[&inv],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    let (got_sub, description, by) = wait_for(Duration::from_secs(10), "the old-version event applied", || {
+        let r = row(&mut h.c);
+        r.2.starts_with("fetch").then_some(r)
+    });
+    assert_eq!(got_sub.as_deref(), Some(sub.as_str()), "subscription from the pinned rendering");
+    assert_eq!(description, invoice["description"].as_str().map(str::to_string), "the object as the API has it");
+    let fetched = h.fake.stats().by_path.get(&format!("GET /v1/invoices/{inv}")).copied().unwrap_or(0);
+    assert!(fetched >= 1, "the invoice was fetched in the source's version");
+    println!(
+        "an invoice.updated rendered in 2024-06-20: fetched again ({fetched} request), subscription = {sub}, written by {by}"
+    );
+    // the pinned version is written as delivered, without a request (a second
+    // later: a different version in the same second would be fetched as a tie)
+    std::thread::sleep(Duration::from_millis(1_100));
+    let mut current = invoice.clone();
+    current["description"] = Value::String("as delivered".into());
+    h.fake.reset_stats();
+    deliver(&mut h.c, "evt_pinned_version", stripe_core::client::API_VERSION, &current);
+    wait_for(Duration::from_secs(10), "the pinned-version event applied", || {
+        let r = row(&mut h.c);
+        (r.1.as_deref() == Some("as delivered")).then_some(())
+    });
+    assert_eq!(row(&mut h.c).0.as_deref(), Some(sub.as_str()));
+    assert_eq!(h.fake.stats().by_path.get(&format!("GET /v1/invoices/{inv}")).copied().unwrap_or(0), 0);
+}

@@ -185,7 +185,13 @@ impl StripeSyncFdw {
             std::ffi::CStr::from_ptr((*srv).servername).to_string_lossy().into_owned()
         };
         let source = source::source_of_server(&server)?;
-        // the public view: a role that may read the foreign table plans it too
+        // the view stripe_sync_reader may read; a role granted only the foreign
+        // table plans with the default estimate instead of failing
+        let readable =
+            Spi::get_one::<bool>("SELECT has_table_privilege('stripe_sync.sources', 'SELECT')").ok().flatten();
+        if readable != Some(true) {
+            return None;
+        }
         Spi::get_one_with_args::<f32>(
             "SELECT c.reltuples FROM stripe_sync.sources s
                JOIN pg_namespace n ON n.nspname = s.schema

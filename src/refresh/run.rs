@@ -712,7 +712,7 @@ fn apply_events(ctx: &mut Ctx, events: Vec<Value>) -> Result<(), Stop> {
         last.get("created").and_then(Value::as_i64).unwrap_or(0),
         last.get("id").and_then(Value::as_str).unwrap_or("").to_string(),
     );
-    let effects = EventEffects::of(ctx.r, &events);
+    let effects = EventEffects::of(ctx.r, &events, &ctx.client.config().api_version);
     ctx.objects += events.len() as u64;
     let target = ctx.target.clone();
     let newest = events.iter().filter_map(|e| e.get("created").and_then(Value::as_i64)).max();

@@ -327,6 +327,16 @@ fn complete_lists(
     *todo = keep;
 }
 
+/// The API version a source reads in (its `api_version`, or the pinned one).
+fn api_version_of(source: &str) -> Result<String, SyncError> {
+    Ok(Spi::get_one_with_args::<String>(
+        "SELECT coalesce(api_version, $2) FROM stripe_sync._sources WHERE name = $1",
+        &[source.into(), stripe_core::client::API_VERSION.into()],
+    )
+    .map_err(spi_err)?
+    .unwrap_or_else(|| stripe_core::client::API_VERSION.to_string()))
+}
+
 /// Writes events to their tables; returns the same-second ties to settle.
 fn write(events: &[Pending]) -> Result<Ties, SyncError> {
     let mut groups: BTreeMap<(String, &'static str), Vec<Value>> = BTreeMap::new();
@@ -341,7 +351,8 @@ fn write(events: &[Pending]) -> Result<Ties, SyncError> {
             let r = resources::lookup(rname).map_err(|e| SyncError::invalid(e.to_string()))?;
             let (schema, table) = table_of(src, r)?;
             let target = Target::new(r, src, &schema, &table, true);
-            let (up, _) = EventEffects::of(r, payloads).apply(&target, c)?;
+            let version = api_version_of(src)?;
+            let (up, _) = EventEffects::of(r, payloads, &version).apply(&target, c)?;
             if !up.ties.is_empty() {
                 ties.push((src.clone(), r, up.ties));
             }

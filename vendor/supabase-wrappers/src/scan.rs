@@ -59,6 +59,9 @@ pub(crate) struct FdwState<E: Into<ErrorReport>, W: ForeignDataWrapper<E>> {
     param_fingerprint: String,
     // a planned state: freed with the memory context of its plan (registered once)
     freed_with_plan: bool,
+    // an execution state: where the executor's reset callback finds it (null once
+    // end_foreign_scan has dropped it), so an aborted scan is dropped too
+    exec_slot: *mut *mut std::ffi::c_void,
     _phantom: PhantomData<E>,
 }
 
@@ -79,6 +82,7 @@ impl<E: Into<ErrorReport>, W: ForeignDataWrapper<E>> FdwState<E, W> {
             row: Row::new(),
             param_fingerprint: String::new(),
             freed_with_plan: false,
+            exec_slot: ptr::null_mut(),
             _phantom: PhantomData,
         }
     }
@@ -187,6 +191,21 @@ impl<E: Into<ErrorReport>, W: ForeignDataWrapper<E>> FdwState<E, W> {
         state.aggregates = self.aggregates.clone();
         state.group_by = self.group_by.clone();
         state
+    }
+}
+
+/// Drops an execution state that end_foreign_scan did not (the query failed or
+/// was cancelled): its instance, and with it whatever threads it reads with.
+unsafe extern "C-unwind" fn free_execution_state<E: Into<ErrorReport>, W: ForeignDataWrapper<E>>(
+    arg: *mut std::ffi::c_void,
+) {
+    let slot = arg as *mut *mut std::ffi::c_void;
+    unsafe {
+        let state = *slot as *mut FdwState<E, W>;
+        if !state.is_null() {
+            *slot = ptr::null_mut();
+            drop_fdw_state(state);
+        }
     }
 }
 
@@ -723,6 +742,18 @@ pub(super) extern "C-unwind" fn begin_foreign_scan<
             (*planned).freed_with_plan = true;
         }
         let mut state = PgBox::<FdwState<E, W>>::from_pg(Box::into_raw(Box::new((*planned).for_execution())));
+        // If the query ends without end_foreign_scan (an error, a cancel, a
+        // statement_timeout), the executor's memory context drops the state.
+        let exec_cxt = pg_sys::CurrentMemoryContext;
+        let slot = pg_sys::MemoryContextAllocZero(exec_cxt, std::mem::size_of::<*mut std::ffi::c_void>())
+            as *mut *mut std::ffi::c_void;
+        *slot = state.as_ptr() as *mut std::ffi::c_void;
+        let cb = pg_sys::MemoryContextAllocZero(exec_cxt, std::mem::size_of::<pg_sys::MemoryContextCallback>())
+            as *mut pg_sys::MemoryContextCallback;
+        (*cb).func = Some(free_execution_state::<E, W>);
+        (*cb).arg = slot as *mut std::ffi::c_void;
+        pg_sys::MemoryContextRegisterResetCallback(exec_cxt, cb);
+        state.exec_slot = slot;
 
         // the parameters' expressions, from this plan's own fdw_exprs
         let fdw_exprs = (*plan).fdw_exprs;
@@ -753,6 +784,7 @@ pub(super) extern "C-unwind" fn begin_foreign_scan<
                 state.begin_scan()
             };
             if result.is_err() {
+                *slot = ptr::null_mut();
                 drop_fdw_state(state.as_ptr());
                 result.report_unwrap();
             }
@@ -907,6 +939,10 @@ pub(super) extern "C-unwind" fn end_foreign_scan<E: Into<ErrorReport>, W: Foreig
         // drop the state by ourselves
         let mut state = PgBox::<FdwState<E, W>>::from_pg(fdw_state);
         let result = state.end_scan();
+        let slot = state.exec_slot;
+        if !slot.is_null() {
+            *slot = ptr::null_mut();
+        }
         drop_fdw_state(state.as_ptr());
         (*node).fdw_state = ptr::null::<FdwState<E, W>>() as _;
 
