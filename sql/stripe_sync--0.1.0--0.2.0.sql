@@ -27,6 +27,16 @@ CREATE FUNCTION stripe_sync.retry_failed("source" text DEFAULT NULL) RETURNS big
 CREATE FUNCTION stripe_sync.skip_event("event_id" text, "source" text DEFAULT 'default') RETURNS boolean
     STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'skip_event_wrapper';
 
+-- refresh(..., wait => false): detached runs
+DROP FUNCTION stripe_sync.refresh(text, text, text);
+CREATE FUNCTION stripe_sync.refresh("resource" text, "mode" text DEFAULT 'incremental', "source" text DEFAULT 'default',
+                                    "wait" boolean DEFAULT true)
+    RETURNS TABLE ("resource" text, "mode" text, "rows_inserted" bigint, "rows_updated" bigint, "rows_deleted" bigint,
+                   "api_requests" bigint, "started_at" timestamp with time zone, "finished_at" timestamp with time zone)
+    LANGUAGE c AS 'MODULE_PATHNAME', 'refresh_resources_wrapper';
+COMMENT ON FUNCTION stripe_sync.refresh(text, text, text, boolean) IS
+  'Brings materialized tables up to date: refresh(resource or ''all'', mode full|incremental|events, source, wait). Runs in a background worker that commits as it goes; an interrupted full refresh resumes. Returns one row per resource; wait => false returns as soon as the run started (progress in sync_status) and holds no snapshot.';
+
 COMMENT ON FUNCTION stripe_sync.add_source(text, text, text, text, text, text, text, double precision) IS
   'Connects a Stripe account: add_source(api_key, name, schema, table_prefix, account, api_url, api_version, max_requests_per_second). Creates server stripe_sync_<name>, a user mapping for PUBLIC holding the key, the 15 foreign tables in <schema>_api and the 15 materialized tables in <schema>. Refuses tables that belong to another source or that it did not create.';
 COMMENT ON FUNCTION stripe_sync.drop_source(text, boolean) IS 'Removes a source: drop_source(name, drop_tables => false). Drops its server, user mapping, foreign tables, sync state, tombstones, webhook endpoint (also at Stripe), inbox and counters; nothing of any other source. The materialized tables are kept unless drop_tables.';
@@ -78,7 +88,7 @@ BEGIN
     FOREACH f IN ARRAY ARRAY[
         'stripe_sync.add_source(text, text, text, text, text, text, text, double precision)',
         'stripe_sync.drop_source(text, boolean)',
-        'stripe_sync.refresh(text, text, text)',
+        'stripe_sync.refresh(text, text, text, boolean)',
         'stripe_sync.create_webhook(text, text)',
         'stripe_sync.set_webhook_secret(text, text, boolean)',
         'stripe_sync.delete_webhook(text)',

@@ -462,6 +462,21 @@ impl EventEffects {
     }
 }
 
+/// Moves what `sync_status.freshness` measures from: the newest Stripe time of a
+/// change written to the table, by any path (refreshes and webhooks alike).
+pub fn record_newest(c: &mut SpiClient, source: &str, resource: &str, newest: Option<i64>) -> Result<(), SyncError> {
+    if let Some(n) = newest {
+        c.update(
+            "INSERT INTO stripe_sync._sync_state AS s (source, resource, newest_stamp) VALUES ($1, $2, $3)
+             ON CONFLICT (source, resource) DO UPDATE SET newest_stamp = greatest(s.newest_stamp, EXCLUDED.newest_stamp)",
+            None,
+            &[source.into(), resource.into(), n.into()],
+        )
+        .map_err(spi_err)?;
+    }
+    Ok(())
+}
+
 /// The materialized table of a resource for a source: (schema, table).
 pub fn table_of(source: &str, r: &Resource) -> Result<(String, String), SyncError> {
     let row = Spi::get_two_with_args::<String, String>(

@@ -68,8 +68,7 @@ struct State {
     rx: Option<Receiver<Delivery>>,
     secrets: Secrets,
     catchup: VecDeque<(String, String)>,
-    /// The catch-up refresh running, and the lock it holds.
-    catching_up: Option<(DynamicBackgroundWorker, String)>,
+    catching_up: Option<DynamicBackgroundWorker>,
 }
 
 impl State {
@@ -201,43 +200,25 @@ impl State {
     /// One events refresh at a time, for every followed resource of every source
     /// with a webhook: what happened while the worker was down.
     ///
-    /// Each catch-up holds the same per-resource lock as `stripe_sync.refresh`
-    /// (taken at session level here, released when its worker ends): it never runs
-    /// beside a user's refresh of that resource, and waits for one to finish.
+    /// A catch-up is a refresh like any other: its worker holds the resource's
+    /// lock for its run, so it never runs beside a user's refresh of that resource;
+    /// while one runs, the catch-up waits for it.
     fn step_catchup(&mut self) {
-        if let Some((w, key)) = &self.catching_up {
+        if let Some(w) = &self.catching_up {
             if w.pid().is_ok() {
                 return;
             }
-            let key = key.clone();
-            let _ = guarded("releasing a catch-up lock", || {
-                Spi::run_with_args("SELECT pg_advisory_unlock(hashtext($1))", &[key.as_str().into()])
-            });
             self.catching_up = None;
         }
         let Some((source, resource)) = self.catchup.pop_front() else { return };
-        let key = refresh::lock_key(&source, &resource);
-        let locked = guarded("locking a catch-up", || {
-            Spi::get_one_with_args::<bool>("SELECT pg_try_advisory_lock(hashtext($1))", &[key.as_str().into()])
-        });
-        if !matches!(locked, Ok(Ok(Some(true)))) {
-            // a refresh of it is running: try again later
+        let free = guarded("checking a catch-up's lock", || refresh::lock_is_free(&source, &resource));
+        if free != Ok(true) {
             self.catchup.push_back((source, resource));
             return;
         }
-        let launched = guarded("starting a catch-up", || {
-            refresh::launch(&source, &resource, "events", unsafe { pg_sys::MyProcPid })
-        });
-        match launched {
-            Ok(Ok(w)) => self.catching_up = Some((w, key)),
-            other => {
-                if let Ok(Err(e)) = other {
-                    log!("{WORKER_NAME}: cannot start the catch-up of {source}/{resource}: {}", e.message);
-                }
-                let _ = guarded("releasing a catch-up lock", || {
-                    Spi::run_with_args("SELECT pg_advisory_unlock(hashtext($1))", &[key.as_str().into()])
-                });
-            }
+        match refresh::launch(&source, &resource, "events", unsafe { pg_sys::MyProcPid }, false) {
+            Ok(w) => self.catching_up = Some(w),
+            Err(e) => log!("{WORKER_NAME}: cannot start the catch-up of {source}/{resource}: {}", e.message),
         }
     }
 }

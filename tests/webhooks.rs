@@ -79,6 +79,16 @@ fn changes_made_at_stripe_arrive_within_a_second() {
     let status: Value = h.c.query_one("SELECT stripe_sync.webhook_status()::json", &[]).unwrap().get(0);
     assert_eq!(status["stripe_status"], "enabled", "{status}");
     assert!(status["applied"].as_i64().unwrap() >= 70, "{status}");
+    // freshness moves with webhooks too, not only with refreshes
+    let fresh: f64 = h
+        .c
+        .query_one(
+            "SELECT extract(epoch FROM freshness)::float8 FROM stripe_sync.sync_status WHERE source = 'default' AND resource = 'customer'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(fresh < 60.0, "customer freshness {fresh:.0} s after webhooks");
 }
 
 #[test]

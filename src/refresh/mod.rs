@@ -7,9 +7,11 @@
 //! checkpoint on the next call. The calling session waits for the worker, stops
 //! it if the call is cancelled, and returns what it did.
 //!
-//! Two refreshes of the same source and resource never run at once: the calling
-//! session holds a transaction-level advisory lock while its worker runs; a
-//! second call waits up to 2 seconds for it, then fails with SQLSTATE 55P03.
+//! Two refreshes of the same source and resource never run at once: the worker
+//! holds a session-level advisory lock on the resource for its whole run (so a
+//! detached run, `refresh('all')` and the webhook worker's catch-up are covered
+//! alike, and each resource is locked only while it runs). A call for a busy
+//! resource waits up to 2 seconds for it, then fails with SQLSTATE 55P03.
 
 pub mod run;
 
@@ -18,6 +20,9 @@ use pgrx::bgworkers::BackgroundWorkerBuilder;
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, PgTryBuilder};
 use stripe_core::resources;
+
+/// The resource name that means every resource.
+pub const ALL: &str = "all";
 
 /// The modes of a refresh.
 pub const MODES: &[&str] = &["full", "incremental", "events"];
@@ -40,13 +45,56 @@ type Row = (
     Option<pgrx::datum::TimestampWithTimeZone>,
 );
 
+/// A required argument of an SQL function.
+fn not_null<'a>(v: Option<&'a str>, what: &str) -> Result<&'a str, SyncError> {
+    v.ok_or_else(|| {
+        SyncError::new(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{what} must not be NULL")).hint(
+            "refresh(resource or 'all', mode => 'full' | 'incremental' | 'events', source => 'default', wait => true)",
+        )
+    })
+}
+
+/// The result rows of `refresh`.
+type Rows = TableIterator<
+    'static,
+    (
+        name!(resource, String),
+        name!(mode, String),
+        name!(rows_inserted, i64),
+        name!(rows_updated, i64),
+        name!(rows_deleted, i64),
+        name!(api_requests, i64),
+        name!(started_at, Option<pgrx::datum::TimestampWithTimeZone>),
+        name!(finished_at, Option<pgrx::datum::TimestampWithTimeZone>),
+    ),
+>;
+
+/// The C symbol of 0.1.0's three-argument `refresh` (no SQL of its own): a
+/// database not yet updated to this library's version gets the version check's
+/// error (55000, with the `ALTER EXTENSION` hint) rather than a failed call.
+#[pg_extern(sql = false)]
+fn refresh(_resource: Option<&str>, _mode: Option<&str>, _source: Option<&str>) -> Rows {
+    crate::require_updated()
+        .and_then(|_| {
+            Err(SyncError::new(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "refresh has a new definition",
+            )
+            .hint("Run ALTER EXTENSION stripe_sync UPDATE;"))
+        })
+        .unwrap_or_else(|e| e.raise())
+}
+
 /// Refreshes one resource (or `'all'`) of a source; one row per resource.
 #[allow(clippy::type_complexity)]
-#[pg_extern]
-fn refresh(
-    resource: &str,
-    mode: default!(&str, "'incremental'"),
-    source: default!(&str, "'default'"),
+#[pg_extern(name = "refresh")]
+fn refresh_resources(
+    // Options, checked below: a NULL gets a clear error, and a database still on
+    // the previous version's definition (three arguments) reaches the version check
+    resource: Option<&str>,
+    mode: default!(Option<&str>, "'incremental'"),
+    source: default!(Option<&str>, "'default'"),
+    wait: default!(Option<bool>, "true"),
 ) -> TableIterator<
     'static,
     (
@@ -60,28 +108,82 @@ fn refresh(
         name!(finished_at, Option<pgrx::datum::TimestampWithTimeZone>),
     ),
 > {
-    match refresh_all(resource, mode, source) {
+    let rows = (|| {
+        crate::require_updated()?;
+        let (resource, mode, source) =
+            (not_null(resource, "resource")?, not_null(mode, "mode")?, not_null(source, "source")?);
+        if wait.unwrap_or(true) { refresh_all(resource, mode, source) } else { start_detached(resource, mode, source) }
+    })();
+    match rows {
         Ok(rows) => TableIterator::new(rows),
         Err(e) => e.raise(),
     }
 }
 
-fn refresh_all(resource: &str, mode: &str, source: &str) -> Result<Vec<Row>, SyncError> {
+/// The resources a call names (`all`, or one name in any accepted spelling).
+fn targets(resource: &str, mode: &str) -> Result<Vec<&'static resources::Resource>, SyncError> {
     if !MODES.contains(&mode) {
         return Err(SyncError::invalid(format!("unknown refresh mode \"{mode}\"")).hint(format!(
             "Valid modes: {} (full re-reads everything, incremental appends new objects, events follows every change).",
             MODES.join(", ")
         )));
     }
-    let targets: Vec<&'static resources::Resource> = if resource == "all" {
-        resources::RESOURCES.iter().collect()
-    } else {
-        vec![resources::lookup(resource).map_err(|e| {
-            SyncError::invalid(format!("{e}, or all")).hint(
-                "Names are also accepted in CamelCase (InvoiceItem); stripe_sync.sync_status lists what was refreshed.",
-            )
-        })?]
+    if resource == ALL {
+        return Ok(resources::RESOURCES.iter().collect());
+    }
+    Ok(vec![resources::lookup(resource).map_err(|e| {
+        SyncError::invalid(format!("{e}, or all")).hint(
+            "Names are also accepted in CamelCase (InvoiceItem); stripe_sync.sync_status lists what was refreshed.",
+        )
+    })?])
+}
+
+/// Starts the run in a background worker and returns once it runs (one row,
+/// counts zero, `finished_at` NULL); progress and the outcome are in
+/// `sync_status`. `all` runs the resources one after another in one worker.
+/// The call holds no snapshot or lock once it returns. A resource whose refresh
+/// is running is skipped with a NOTICE (no row).
+fn start_detached(resource: &str, mode: &str, source: &str) -> Result<Vec<Row>, SyncError> {
+    let targets = targets(resource, mode)?;
+    crate::source::require(source)?;
+    let name = if targets.len() == 1 { targets[0].name } else { ALL };
+    let first = targets[0].name;
+    // a busy resource is skipped with a NOTICE: a scheduled job that overlaps its
+    // previous run succeeds and changes nothing (the running refresh covers it)
+    let skipped = |e: SyncError| {
+        pgrx::notice!("{}; this call skips it", e.message);
+        Ok(Vec::new())
     };
+    if let Err(e) = wait_until_free(source, first) {
+        return skipped(e);
+    }
+    let launched = clock();
+    let worker = launch(source, name, mode, unsafe { pg_sys::MyProcPid }, true)?;
+    let worker_pid = worker.wait_for_startup().map_err(|s| {
+        SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("the refresh worker did not start ({s:?})"))
+    })?;
+    // it runs once it has the lock and says so; or it ended (quickly, or refused)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let started = Spi::get_one_with_args::<pgrx::datum::TimestampWithTimeZone>(
+            "SELECT max(started_at) FROM stripe_sync._sync_state
+             WHERE source = $1 AND resource = $2 AND started_at >= to_timestamp($3) AND (running_pid = $4 OR status <> 'running')",
+            &[source.into(), first.into(), launched.into(), worker_pid.into()],
+        )
+        .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
+        if let Some(at) = started {
+            return Ok(vec![(name.to_string(), mode.to_string(), 0, 0, 0, 0, Some(at), None)]);
+        }
+        if worker.pid().is_err() || std::time::Instant::now() > deadline {
+            return skipped(already_running(source, first));
+        }
+        pgrx::check_for_interrupts!();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn refresh_all(resource: &str, mode: &str, source: &str) -> Result<Vec<Row>, SyncError> {
+    let targets = targets(resource, mode)?;
     crate::source::require(source)?;
     // One resource's failure never stops the others: each is recorded in
     // sync_status as it happens, and one error at the end lists them all.
@@ -136,51 +238,65 @@ pub fn lock_key(source: &str, resource: &str) -> String {
     format!("stripe_sync:{source}:{resource}")
 }
 
-fn lock(source: &str, resource: &str) -> Result<(), SyncError> {
-    let key = lock_key(source, resource);
+/// Whether the resource's lock is free now (taken and given back at once: the
+/// refresh worker takes it for its run).
+pub fn lock_is_free(source: &str, resource: &str) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "SELECT pg_try_advisory_lock(hashtext($1)) AND pg_advisory_unlock(hashtext($1))",
+        &[lock_key(source, resource).as_str().into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
+/// Waits up to 2 seconds for a running refresh of the resource to end.
+fn wait_until_free(source: &str, resource: &str) -> Result<(), SyncError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
-        let got =
-            Spi::get_one_with_args::<bool>("SELECT pg_try_advisory_xact_lock(hashtext($1))", &[key.as_str().into()])
-                .ok()
-                .flatten()
-                .unwrap_or(false);
-        if got {
+        if lock_is_free(source, resource) {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            let pid = Spi::get_one_with_args::<i32>(
-                "SELECT running_pid FROM stripe_sync._sync_state WHERE source = $1 AND resource = $2",
-                &[source.into(), resource.into()],
-            )
-            .ok()
-            .flatten();
-            return Err(SyncError::new(
-                PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
-                format!(
-                    "a refresh of {source}/{resource} is already running{}",
-                    pid.map(|p| format!(" (worker pid {p})")).unwrap_or_default()
-                ),
-            )
-            .hint("Wait for it to finish (see stripe_sync.sync_status), or schedule refreshes further apart."));
+            return Err(already_running(source, resource));
         }
         pgrx::check_for_interrupts!();
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
-/// Starts a refresh worker without waiting for it (no lock is taken).
+fn already_running(source: &str, resource: &str) -> SyncError {
+    let pid = Spi::get_one_with_args::<i32>(
+        "SELECT running_pid FROM stripe_sync._sync_state WHERE source = $1 AND resource = $2",
+        &[source.into(), resource.into()],
+    )
+    .ok()
+    .flatten();
+    SyncError::new(
+        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+        format!(
+            "a refresh of {source}/{resource} is already running{}",
+            pid.map(|p| format!(" (worker pid {p})")).unwrap_or_default()
+        ),
+    )
+    .hint("Wait for it to finish (see stripe_sync.sync_status), or schedule refreshes further apart.")
+}
+
+/// Starts a refresh worker without waiting for it (it takes the resource's lock
+/// itself). `caller` is told when it starts and stops; unless `detached`, the run
+/// stops when the caller's session ends.
 pub fn launch(
     source: &str,
     resource: &str,
     mode: &str,
     caller: i32,
+    detached: bool,
 ) -> Result<pgrx::bgworkers::DynamicBackgroundWorker, SyncError> {
     let (db, user) = unsafe { (pg_sys::MyDatabaseId, pg_sys::GetUserId()) };
     let job = run::Job {
         db: db.to_u32(),
         user: user.to_u32(),
-        caller,
+        caller: if detached { 0 } else { caller },
         source: source.to_string(),
         resource: resource.to_string(),
         mode: mode.to_string(),
@@ -203,8 +319,9 @@ pub fn launch(
         })
 }
 
-fn clock() -> i64 {
-    Spi::get_one::<f64>("SELECT extract(epoch FROM clock_timestamp())::float8").ok().flatten().unwrap_or(0.0) as i64
+/// Now, to the microsecond (a run that ended earlier in the same second is not ours).
+fn clock() -> f64 {
+    Spi::get_one::<f64>("SELECT extract(epoch FROM clock_timestamp())::float8").ok().flatten().unwrap_or(0.0)
 }
 
 fn refresh_one(
@@ -213,10 +330,10 @@ fn refresh_one(
     source: &str,
     notices: &mut std::collections::HashSet<String>,
 ) -> Result<Row, SyncError> {
-    lock(source, r.name)?;
+    wait_until_free(source, r.name)?;
     let launched = clock();
     let pid = unsafe { pg_sys::MyProcPid };
-    let worker = launch(source, r.name, mode, pid)?;
+    let worker = launch(source, r.name, mode, pid, false)?;
     let worker_pid = worker.wait_for_startup().map_err(|s| {
         SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("the refresh worker did not start ({s:?})"))
     })?;
@@ -237,7 +354,7 @@ fn read_result(
     source: &str,
     resource: &str,
     mode: &str,
-    launched: i64,
+    launched: f64,
     notices: &mut std::collections::HashSet<String>,
 ) -> Result<Row, SyncError> {
     let row = Spi::connect(|c| {
@@ -263,10 +380,14 @@ fn read_result(
         )))
     })
     .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
+    // no run of ours: another refresh took the resource between the check and our
+    // worker's start (ours then leaves without touching anything)
     let Some((status, (ins, upd, del, req), (started, finished), (err, code, hint), note)) = row else {
-        return Err(SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the refresh worker recorded no result")
-            .hint("See the server log for the refresh worker's messages."));
+        return Err(already_running(source, resource));
     };
+    if status == "running" {
+        return Err(already_running(source, resource));
+    }
     // a note is said once per call (refresh('all') would repeat the same one per resource)
     for n in note.iter().flat_map(|n| n.split(NOTE_SEPARATOR)) {
         if notices.insert(n.to_string()) {

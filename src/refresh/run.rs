@@ -99,6 +99,22 @@ pub extern "C-unwind" fn stripe_sync_refresh_main(_arg: pg_sys::Datum) {
         return;
     };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(job.db)), Some(pg_sys::Oid::from(job.user)));
+    if job.resource == super::ALL {
+        // one resource after the other, each locked only while it runs
+        for r in resources::RESOURCES {
+            if BackgroundWorker::sigterm_received() {
+                break;
+            }
+            run_and_record(&Job { resource: r.name.to_string(), ..job.clone() });
+            tx(|| Spi::run("SELECT pg_advisory_unlock_all()")).unwrap_or_else(|e| log!("stripe_sync refresh: {e}"));
+        }
+    } else {
+        run_and_record(&job);
+    }
+}
+
+/// Runs one resource's refresh and records how it ended in `_sync_state`.
+fn run_and_record(job: &Job) {
     let job2 = job.clone();
     let outcome = PgTryBuilder::new(AssertUnwindSafe(move || run(&job2)))
         .catch_others(|e| {
@@ -153,7 +169,8 @@ impl Ctx {
         if BackgroundWorker::sigterm_received() {
             return Some("the worker was asked to stop");
         }
-        if unsafe { libc::kill(self.job.caller, 0) } != 0 {
+        // a detached run (caller 0) goes on without its caller
+        if self.job.caller != 0 && unsafe { libc::kill(self.job.caller, 0) } != 0 {
             return Some("the calling session ended");
         }
         None
@@ -258,7 +275,7 @@ impl Ctx {
         let caller = self.job.caller;
         let mut stop = None;
         let r = threads::block_on(fut, || {
-            if BackgroundWorker::sigterm_received() || unsafe { libc::kill(caller, 0) } != 0 {
+            if BackgroundWorker::sigterm_received() || (caller != 0 && unsafe { libc::kill(caller, 0) } != 0) {
                 stop = Some(());
             }
         })
@@ -323,15 +340,7 @@ impl Ctx {
 }
 
 fn set_newest(c: &mut pgrx::spi::SpiClient, job: &Job, newest: Option<i64>) -> Result<(), SyncError> {
-    if let Some(n) = newest {
-        c.update(
-            "UPDATE stripe_sync._sync_state SET newest_stamp = greatest(newest_stamp, $3) WHERE source = $1 AND resource = $2",
-            None,
-            &[job.source.as_str().into(), job.resource.as_str().into(), n.into()],
-        )
-        .map_err(spi_err)?;
-    }
-    Ok(())
+    crate::apply::record_newest(c, &job.source, &job.resource, newest)
 }
 
 fn state_value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
@@ -355,8 +364,36 @@ fn set_state(job: &Job, assignments: &str, args: Vec<pgrx::datum::DatumWithOid>)
     .map_err(spi_err)
 }
 
+/// Takes the per-resource lock for the worker's whole life (a session-level
+/// advisory lock, released when the worker exits however it ends), waiting up to
+/// 2 seconds. False: another refresh of the resource runs; nothing is touched.
+fn lock_for_the_run(job: &Job) -> Result<bool, Stop> {
+    let key = super::lock_key(&job.source, &job.resource);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let got =
+            tx(|| Spi::get_one_with_args::<bool>("SELECT pg_try_advisory_lock(hashtext($1))", &[key.as_str().into()]))
+                .map_err(spi_err)?
+                .unwrap_or(false);
+        if got {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(100))) {
+            // shutting down before it began: nothing to record
+            return Ok(false);
+        }
+    }
+}
+
 fn run(job: &Job) -> Result<(), Stop> {
     let r = resources::lookup(&job.resource).map_err(|e| SyncError::invalid(e.to_string()))?;
+    if !lock_for_the_run(job)? {
+        log!("stripe_sync refresh of {}/{}: another refresh of it is running; not started", job.source, job.resource);
+        return Ok(());
+    }
     let (client, target) = tx(|| -> Result<_, SyncError> {
         Spi::run_with_args(
             "INSERT INTO stripe_sync._sync_state AS s (source, resource, last_mode, status, started_at, finished_at, running_pid,

@@ -353,6 +353,8 @@ fn write(events: &[Pending]) -> Result<Ties, SyncError> {
             let target = Target::new(r, src, &schema, &table, true);
             let version = api_version_of(src)?;
             let (up, _) = EventEffects::of(r, payloads, &version).apply(&target, c)?;
+            let newest = payloads.iter().filter_map(|p| p.get("created").and_then(Value::as_i64)).max();
+            crate::apply::record_newest(c, src, r.name, newest)?;
             if !up.ties.is_empty() {
                 ties.push((src.clone(), r, up.ties));
             }

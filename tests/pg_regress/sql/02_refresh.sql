@@ -11,12 +11,29 @@ SELECT resource, mode, rows_inserted, rows_updated, rows_deleted FROM stripe_syn
 SELECT resource, mode, rows_inserted, rows_deleted FROM stripe_sync.refresh('all', 'full', source => 'regress') ORDER BY resource;
 SELECT (SELECT count(*) FROM regress.invoice) = (SELECT count(*) FROM regress_api.invoice) AS invoices_match,
        (SELECT count(*) FROM regress.price) = (SELECT count(*) FROM regress_api.price) AS prices_match;
+-- detached: returns once the run started; the outcome shows in sync_status
+SELECT resource, mode, rows_inserted, started_at IS NOT NULL AS started, finished_at IS NULL AS running
+FROM stripe_sync.refresh('product', 'full', source => 'regress', wait => false);
+CREATE FUNCTION pg_temp.within_10s(q text) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE ok boolean;
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXECUTE q INTO ok;
+        IF ok THEN RETURN true; END IF;
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+    RETURN false;
+END $$;
+SELECT pg_temp.within_10s($$SELECT status = 'succeeded' FROM stripe_sync.sync_status
+                            WHERE source = 'regress' AND resource = 'product'$$) AS detached_run_succeeded;
 -- refusals
 SELECT * FROM stripe_sync.refresh('customers_and_more', 'full', source => 'regress');
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM stripe_sync.refresh('customer', 'sometimes', source => 'regress');
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM stripe_sync.refresh('customer', 'full', source => 'nowhere');
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM stripe_sync.refresh(NULL, 'full', source => 'regress');
 \echo :LAST_ERROR_SQLSTATE
 -- the status view, per resource
 SELECT resource, last_mode, status, rows_inserted > 0 AS inserted, events_cursor_id IS NOT NULL AS has_events_cursor,
