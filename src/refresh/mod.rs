@@ -89,8 +89,7 @@ fn refresh(_resource: Option<&str>, _mode: Option<&str>, _source: Option<&str>) 
 #[allow(clippy::type_complexity)]
 #[pg_extern(name = "refresh")]
 fn refresh_resources(
-    // Options, checked below: a NULL gets a clear error, and a database still on
-    // the previous version's definition (three arguments) reaches the version check
+    // Options, checked below: a NULL gets a clear error (22004), not a failed unboxing
     resource: Option<&str>,
     mode: default!(Option<&str>, "'incremental'"),
     source: default!(Option<&str>, "'default'"),
