@@ -203,7 +203,6 @@ unsafe extern "C-unwind" fn free_execution_state<E: Into<ErrorReport>, W: Foreig
     unsafe {
         let state = *slot as *mut FdwState<E, W>;
         if !state.is_null() {
-            *slot = ptr::null_mut();
             drop_fdw_state(state);
         }
     }
@@ -237,6 +236,14 @@ impl<E: Into<ErrorReport>, W: ForeignDataWrapper<E>> Drop for FdwState<E, W> {
 unsafe fn drop_fdw_state<E: Into<ErrorReport>, W: ForeignDataWrapper<E>>(
     fdw_state: *mut FdwState<E, W>,
 ) {
+    // an execution state is dropped once, whichever path comes first (end of
+    // scan, an error in iterate or rescan, or the executor's reset callback)
+    unsafe {
+        let slot = (*fdw_state).exec_slot;
+        if !slot.is_null() {
+            *slot = ptr::null_mut();
+        }
+    }
     let boxed_fdw_state = unsafe { Box::from_raw(fdw_state) };
     drop(boxed_fdw_state);
 }
@@ -784,7 +791,6 @@ pub(super) extern "C-unwind" fn begin_foreign_scan<
                 state.begin_scan()
             };
             if result.is_err() {
-                *slot = ptr::null_mut();
                 drop_fdw_state(state.as_ptr());
                 result.report_unwrap();
             }
@@ -939,10 +945,6 @@ pub(super) extern "C-unwind" fn end_foreign_scan<E: Into<ErrorReport>, W: Foreig
         // drop the state by ourselves
         let mut state = PgBox::<FdwState<E, W>>::from_pg(fdw_state);
         let result = state.end_scan();
-        let slot = state.exec_slot;
-        if !slot.is_null() {
-            *slot = ptr::null_mut();
-        }
         drop_fdw_state(state.as_ptr());
         (*node).fdw_state = ptr::null::<FdwState<E, W>>() as _;
 
