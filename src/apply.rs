@@ -127,8 +127,14 @@ impl Target {
                 SELECT count(*) AS n FROM input JOIN {q} t ON t.id = input.o->>'id'
                 WHERE {restamp} AND t.attrs = input.o AND t._stamp < input.s
              ), ties AS (
-                SELECT input.o->>'id' AS id, input.s FROM input JOIN {q} t ON t.id = input.o->>'id'
-                WHERE t._stamp = input.s AND t.attrs IS DISTINCT FROM input.o AND input.b NOT LIKE 'fetch%'
+                -- versions that cannot be ordered, fetched again at the row's stamp: the same
+                -- second; or a page (stamped at or before Stripe read it: its Date, to the
+                -- second, less the request's time) read up to {window} s before the row's event,
+                -- which may be older or newer than that event
+                SELECT input.o->>'id' AS id, greatest(input.s, t._stamp) AS s FROM input JOIN {q} t ON t.id = input.o->>'id'
+                WHERE t.attrs IS DISTINCT FROM input.o AND input.b NOT LIKE 'fetch%'
+                  AND (t._stamp = input.s
+                       OR (input.b LIKE 'refresh:%' AND t._stamp > input.s AND t._stamp <= input.s + {window}))
              )
              SELECT (SELECT count(*) FILTER (WHERE inserted) FROM written),
                     greatest(0, (SELECT count(*) FILTER (WHERE NOT inserted) FROM written) - (SELECT n FROM restamped)),
@@ -137,6 +143,7 @@ impl Target {
             exprs = exprs.join(", "),
             sets = sets.join(", "),
             restamp = if restamp { "true" } else { "false" },
+            window = PAGE_READ_WINDOW_SECS,
         );
         let delete_ids = format!(
             "WITH input AS (
@@ -476,6 +483,10 @@ pub fn record_newest(c: &mut SpiClient, source: &str, resource: &str, newest: Op
     }
     Ok(())
 }
+
+/// How far after a page's stamp Stripe may still have read it: the stamp is the
+/// answer's `Date` (whole seconds) less the request's duration, rounded up.
+pub const PAGE_READ_WINDOW_SECS: i64 = 10;
 
 /// The materialized table of a resource for a source: (schema, table).
 pub fn table_of(source: &str, r: &Resource) -> Result<(String, String), SyncError> {
