@@ -37,6 +37,16 @@ impl SyncError {
     }
 }
 
+impl From<crate::threads::Wait> for SyncError {
+    fn from(w: crate::threads::Wait) -> SyncError {
+        let code = match w {
+            crate::threads::Wait::Stopped => PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+            crate::threads::Wait::Failed(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        };
+        SyncError::new(code, w.to_string())
+    }
+}
+
 /// The message of an ERROR (or panic) caught with `PgTryBuilder`.
 pub fn caught_message(e: &pgrx::pg_sys::panic::CaughtError) -> String {
     use pgrx::pg_sys::panic::CaughtError;

@@ -32,6 +32,30 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Events applied per transaction, at most.
 const APPLY_BATCH: i64 = 2000;
 
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this background worker (webhook or refresh) was asked to stop. Unlike
+/// pgrx's `sigterm_received`, which clears the flag it reads, the answer stays
+/// true once SIGTERM came: every wait that checks it ends, and so does the loop
+/// around it.
+pub fn stopping() -> bool {
+    use std::sync::atomic::Ordering;
+    if BackgroundWorker::sigterm_received() {
+        STOPPING.store(true, Ordering::SeqCst);
+    }
+    STOPPING.load(Ordering::SeqCst)
+}
+
+/// Waits on the latch for up to `timeout`; false when the worker must stop
+/// (SIGTERM, or the postmaster died).
+pub fn wait(timeout: Duration) -> bool {
+    let alive = BackgroundWorker::wait_latch(Some(timeout));
+    if !alive {
+        STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    alive && !stopping()
+}
+
 /// Registers the worker; only possible while loading from shared_preload_libraries.
 pub fn register() {
     BackgroundWorkerBuilder::new(WORKER_NAME)
@@ -162,10 +186,19 @@ impl State {
     fn apply(&mut self, budget: Duration) {
         let until = Instant::now() + budget;
         loop {
-            let r = guarded("applying webhook events", || inbox::apply_pending(APPLY_BATCH, || {}));
+            // each step commits on its own: no row lock is held while Stripe is asked,
+            // and a SIGTERM ends any wait for Stripe at once
+            let r = inbox::apply_pending(APPLY_BATCH, stopping, |step| {
+                guarded("applying webhook events", step).unwrap_or_else(|msg| {
+                    Err(crate::error::SyncError::new(pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, msg))
+                })
+            });
+            if stopping() {
+                return;
+            }
             match r {
-                Ok(Ok((applied, skipped))) if applied + skipped > 0 && Instant::now() < until => continue,
-                Ok(Err(e)) => {
+                Ok((applied, skipped)) if applied + skipped > 0 && Instant::now() < until => continue,
+                Err(e) => {
                     let msg = e.message.clone();
                     log!("{WORKER_NAME}: applying webhook events failed: {msg}");
                     let _ = guarded("recording the error", || {
@@ -260,7 +293,7 @@ pub extern "C-unwind" fn stripe_sync_worker_main(_arg: pg_sys::Datum) {
     // the extension may not be created (or updated) yet
     let mut said = false;
     while !extension_ready(&mut said) {
-        if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
+        if !wait(Duration::from_secs(1)) {
             log!("{WORKER_NAME} stopping");
             unsafe { pg_sys::proc_exit(1) };
         }
@@ -302,7 +335,7 @@ pub extern "C-unwind" fn stripe_sync_worker_main(_arg: pg_sys::Datum) {
     let mut last_prune: Option<Instant> = None;
     st.apply(Duration::from_secs(5));
     loop {
-        if !BackgroundWorker::wait_latch(Some(Duration::ZERO)) {
+        if !wait(Duration::ZERO) {
             break;
         }
         if BackgroundWorker::sighup_received() {

@@ -102,7 +102,7 @@ pub extern "C-unwind" fn stripe_sync_refresh_main(_arg: pg_sys::Datum) {
     if job.resource == super::ALL {
         // one resource after the other, each locked only while it runs
         for r in resources::RESOURCES {
-            if BackgroundWorker::sigterm_received() {
+            if crate::worker::stopping() {
                 break;
             }
             run_and_record(&Job { resource: r.name.to_string(), ..job.clone() });
@@ -166,7 +166,7 @@ struct Ctx {
 
 impl Ctx {
     fn interrupted(&self) -> Option<&'static str> {
-        if BackgroundWorker::sigterm_received() {
+        if crate::worker::stopping() {
             return Some("the worker was asked to stop");
         }
         // a detached run (caller 0) goes on without its caller
@@ -270,20 +270,18 @@ impl Ctx {
         Ok(())
     }
 
-    /// Runs HTTP work off the main thread, stopping if interrupted.
+    /// Runs HTTP work off the main thread; an interruption (SIGTERM, the caller
+    /// gone) ends the wait at once, whatever the request still has to do.
     fn http<T: Send + 'static>(&self, fut: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, Stop> {
-        let caller = self.job.caller;
-        let mut stop = None;
-        let r = threads::block_on(fut, || {
-            if BackgroundWorker::sigterm_received() || (caller != 0 && unsafe { libc::kill(caller, 0) } != 0) {
-                stop = Some(());
-            }
-        })
-        .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
-        if stop.is_some() {
-            return Err(Stop::Interrupted("asked to stop while waiting for Stripe"));
+        let mut why = None;
+        match threads::block_on(fut, || {
+            why = self.interrupted();
+            why.is_some()
+        }) {
+            Ok(r) => Ok(r),
+            Err(threads::Wait::Stopped) => Err(Stop::Interrupted(why.unwrap_or("asked to stop"))),
+            Err(e) => Err(SyncError::from(e).into()),
         }
-        Ok(r)
     }
 
     /// Starts a pass on its own thread; returns the receiving end.
@@ -381,7 +379,7 @@ fn lock_for_the_run(job: &Job) -> Result<bool, Stop> {
         if Instant::now() > deadline {
             return Ok(false);
         }
-        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(100))) {
+        if !crate::worker::wait(Duration::from_millis(100)) {
             // shutting down before it began: nothing to record
             return Ok(false);
         }
@@ -709,7 +707,8 @@ fn events(ctx: &mut Ctx) -> Result<(), Stop> {
         // a deleted customer takes its payment methods with it, without events of their own
         types.push(parent.deleted_event.into());
     }
-    let rx = ctx.spawn_pass(move |client, tx| Box::pin(sync::events_since(client, r, types, since, tx)))?;
+    let pass = sync::EventsPass { resource: r, types, since, parallelism: ctx.parallelism };
+    let rx = ctx.spawn_pass(move |client, tx| Box::pin(sync::events_since(client, pass, tx)))?;
     // events of the cursor's second up to the cursor itself were applied already
     let mut skipping = cursor_id.is_some();
     let mut held: Vec<Value> = Vec::new();

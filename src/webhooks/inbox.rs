@@ -168,53 +168,96 @@ pub const RETRY_SQL: &str = "clock_timestamp() + make_interval(secs => least(360
 /// back the others: when the batch fails as a whole, each event is applied on its
 /// own, and those that fail are marked `failed` with their error, to be tried
 /// again with backoff. Events of sources that no longer exist are skipped with a
-/// reason. HTTP (completing truncated lists, settling same-second versions) runs
-/// off this thread while `check` runs every 100 ms. Returns (applied, skipped).
-pub fn apply_pending(limit: i64, mut check: impl FnMut()) -> Result<(i64, i64), SyncError> {
-    let batch = read_batch(limit)?;
-    if batch.is_empty() {
-        return Ok((0, 0));
-    }
-    let (batch, orphans) = skip_orphans(batch)?;
-    // events no table follows are skipped
-    let (mut todo, skipped): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|e| {
-        !touched(&e.kind).is_empty()
-            && e.payload.get("data").and_then(|d| d.get("object")).and_then(|o| o.get("id")).is_some()
-    });
+/// reason. Returns (applied, skipped).
+///
+/// The work is three steps, each run through `in_tx` (the worker commits each in
+/// a transaction of its own; SQL callers run them in theirs), with HTTP only
+/// between them, when no row is locked: completing truncated lists before the
+/// writes, fetching same-second ties after them. HTTP runs off this thread while
+/// `check` runs every 100 ms; when it returns true (a shutdown) the wait ends at
+/// once: events not written stay pending, and unsettled ties are recorded.
+pub fn apply_pending(
+    limit: i64,
+    mut check: impl FnMut() -> bool,
+    mut in_tx: impl FnMut(&mut dyn FnMut() -> Result<(), SyncError>) -> Result<(), SyncError>,
+) -> Result<(i64, i64), SyncError> {
+    // 1. read the batch (no row locks but the orphans' inbox rows, committed here)
+    let mut todo: Vec<Pending> = Vec::new();
+    let mut skipped: Vec<Pending> = Vec::new();
+    let mut orphans = 0;
     let mut failed: Vec<Failure> = Vec::new();
     let mut clients: HashMap<String, stripe_core::Client> = HashMap::new();
-    complete_lists(&mut todo, &mut failed, &mut clients, &mut check);
-    // the whole batch at once; one event at a time when that fails
-    let mut ties = Vec::new();
-    let applied: Vec<&Pending> = match in_subtransaction(|| write(&todo)) {
-        Ok(t) => {
-            ties = t;
-            todo.iter().collect()
-        }
-        Err(_) => {
-            let mut ok = Vec::new();
-            for e in &todo {
-                match in_subtransaction(|| write(std::slice::from_ref(e))) {
-                    Ok(t) => {
-                        ties.extend(t);
-                        ok.push(e);
-                    }
-                    Err(msg) => failed.push((e.source.clone(), e.id.clone(), msg)),
-                }
+    in_tx(&mut || {
+        let (batch, n) = skip_orphans(read_batch(limit)?)?;
+        orphans = n;
+        // events no table follows are skipped
+        (todo, skipped) = batch.into_iter().partition(|e| {
+            !touched(&e.kind).is_empty()
+                && e.payload.get("data").and_then(|d| d.get("object")).and_then(|o| o.get("id")).is_some()
+        });
+        for e in &todo {
+            if needs_completion(e).is_some()
+                && let Err(err) = client_of(&mut clients, &e.source)
+            {
+                failed.push((e.source.clone(), e.id.clone(), err.message));
             }
-            ok
         }
-    };
-    mark(&applied, &skipped.iter().collect::<Vec<_>>(), &failed)?;
-    // same-second versions: what Stripe has now wins (a failure leaves one of the
-    // two versions and is recorded; the next change or refresh settles it)
-    for (src, r, tied) in ties {
-        let settled = settle(&src, r, tied, &mut clients, &mut check);
-        if let Err(e) = settled {
-            record_error(&src, &format!("settling same-second versions of {}: {}", r.name, e.message))?;
-        }
+        Ok(())
+    })?;
+    if todo.is_empty() && skipped.is_empty() && orphans == 0 {
+        return Ok((0, 0));
     }
-    Ok((applied.len() as i64, skipped.len() as i64 + orphans))
+    // HTTP: truncated lists
+    if complete_lists(&mut todo, &mut failed, &clients, &mut check).is_err() {
+        return Ok((0, orphans));
+    }
+    // 2. write the whole batch at once; one event at a time when that fails
+    let mut ties: Ties = Vec::new();
+    let mut applied = 0;
+    in_tx(&mut || {
+        let ok: Vec<&Pending> = match in_subtransaction(|| write(&todo)) {
+            Ok(t) => {
+                ties = t;
+                todo.iter().collect()
+            }
+            Err(_) => {
+                let mut ok = Vec::new();
+                for e in &todo {
+                    match in_subtransaction(|| write(std::slice::from_ref(e))) {
+                        Ok(t) => {
+                            ties.extend(t);
+                            ok.push(e);
+                        }
+                        Err(msg) => failed.push((e.source.clone(), e.id.clone(), msg)),
+                    }
+                }
+                ok
+            }
+        };
+        applied = ok.len() as i64;
+        mark(&ok, &skipped.iter().collect::<Vec<_>>(), &failed)?;
+        for (src, _, _) in &ties {
+            client_of(&mut clients, src)?;
+        }
+        Ok(())
+    })?;
+    // HTTP, then 3.: same-second versions, what Stripe has now wins (a failure
+    // leaves one of the two versions and is recorded; the next change or refresh
+    // settles it)
+    for (src, r, tied) in ties {
+        let fetched = fetch_ties(r, &tied, &clients[&src], &mut check);
+        in_tx(&mut || {
+            let written = match &fetched {
+                Ok(objects) => write_ties(&src, r, objects.clone(), &tied),
+                Err(e) => Err(SyncError::new(e.code, e.message.clone())),
+            };
+            if let Err(e) = written {
+                record_error(&src, &format!("settling same-second versions of {}: {}", r.name, e.message))?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok((applied, skipped.len() as i64 + orphans))
 }
 
 /// Events of sources that no longer exist (dropped with events pending) are
@@ -274,35 +317,33 @@ fn client_of<'a>(
     Ok(&clients[src])
 }
 
+/// The resource of an event whose object has a truncated nested list.
+fn needs_completion(e: &Pending) -> Option<&'static resources::Resource> {
+    let obj = e.payload.get("data").and_then(|d| d.get("object"))?;
+    let r = obj.get("object").and_then(Value::as_str).and_then(resources::by_object)?;
+    r.nested_lists
+        .iter()
+        .any(|f| obj.get(*f).and_then(|l| l.get("has_more")).and_then(Value::as_bool) == Some(true))
+        .then_some(r)
+}
+
 /// Completes truncated nested lists from the API. An object that is gone keeps
 /// the lists as delivered (its deletion comes as an event of its own); an event
-/// whose lists cannot be read fails alone.
+/// whose lists cannot be read fails alone. Err when `check` asked to stop.
 fn complete_lists(
     todo: &mut Vec<Pending>,
     failed: &mut Vec<Failure>,
-    clients: &mut HashMap<String, stripe_core::Client>,
-    check: &mut impl FnMut(),
-) {
+    clients: &HashMap<String, stripe_core::Client>,
+    check: &mut impl FnMut() -> bool,
+) -> Result<(), threads::Wait> {
     let mut keep = Vec::with_capacity(todo.len());
     for mut e in std::mem::take(todo) {
-        let obj = e.payload.get("data").and_then(|d| d.get("object"));
-        let r = obj.and_then(|o| o.get("object")).and_then(Value::as_str).and_then(resources::by_object);
-        let needs = r.is_some_and(|r| {
-            r.nested_lists.iter().any(|f| {
-                obj.and_then(|o| o.get(*f)).and_then(|l| l.get("has_more")).and_then(Value::as_bool) == Some(true)
-            })
-        });
-        let (Some(r), true) = (r, needs) else {
+        let Some(r) = needs_completion(&e) else {
             keep.push(e);
             continue;
         };
-        let client = match client_of(clients, &e.source) {
-            Ok(c) => c.clone(),
-            Err(err) => {
-                failed.push((e.source.clone(), e.id.clone(), err.message));
-                continue;
-            }
-        };
+        // no client: the failure is recorded already
+        let Some(client) = clients.get(&e.source).cloned() else { continue };
         let mut object = e.payload["data"]["object"].clone();
         let done = threads::block_on(
             async move {
@@ -321,10 +362,12 @@ fn complete_lists(
             }
             Ok(Ok(None)) => keep.push(e),
             Ok(Err(err)) => failed.push((e.source.clone(), e.id.clone(), err.to_string())),
+            Err(threads::Wait::Stopped) => return Err(threads::Wait::Stopped),
             Err(err) => failed.push((e.source.clone(), e.id.clone(), err.to_string())),
         }
     }
     *todo = keep;
+    Ok(())
 }
 
 /// The API version a source reads in (its `api_version`, or the pinned one).
@@ -424,21 +467,31 @@ fn record_error(source: &str, error: &str) -> Result<(), SyncError> {
     .map_err(spi_err)
 }
 
-/// Fetches tied objects and writes what Stripe has now.
-fn settle(
+/// An object as fetched: (id, the object or None when it is gone, Stripe's time).
+type Fetched = (String, Option<Value>, i64);
+
+/// Fetches tied objects (HTTP, no transaction needed).
+fn fetch_ties(
+    r: &'static resources::Resource,
+    ties: &[crate::apply::Tie],
+    client: &stripe_core::Client,
+    check: &mut impl FnMut() -> bool,
+) -> Result<Vec<Fetched>, SyncError> {
+    let client = client.clone();
+    let ids: Vec<String> = ties.iter().map(|(id, _)| id.clone()).collect();
+    Ok(threads::block_on(async move { sync::fetch_current(&client, r, ids).await }, &mut *check)??)
+}
+
+/// Writes fetched ties: what Stripe has now.
+fn write_ties(
     src: &str,
     r: &'static resources::Resource,
-    ties: Vec<crate::apply::Tie>,
-    clients: &mut HashMap<String, stripe_core::Client>,
-    check: &mut impl FnMut(),
+    fetched: Vec<Fetched>,
+    ties: &[crate::apply::Tie],
 ) -> Result<(), SyncError> {
-    let client = client_of(clients, src)?.clone();
-    let ids: Vec<String> = ties.iter().map(|(id, _)| id.clone()).collect();
-    let fetched = threads::block_on(async move { sync::fetch_current(&client, r, ids).await }, &mut *check)
-        .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))??;
     let (schema, table) = table_of(src, r)?;
     let target = Target::new(r, src, &schema, &table, true);
-    in_subtransaction(|| Spi::connect_mut(|c| target.write_fetched(c, fetched, &ties, "fetch:tie")))
+    in_subtransaction(|| Spi::connect_mut(|c| target.write_fetched(c, fetched, ties, "fetch:tie")))
         .map_err(|m| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, m))?;
     Ok(())
 }

@@ -25,8 +25,8 @@ fn http<T: Send + 'static>(
 ) -> Result<T, SyncError> {
     threads::block_on(fut, || {
         pgrx::check_for_interrupts!();
-    })
-    .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?
+        false
+    })?
     .map_err(SyncError::from)
 }
 
@@ -213,9 +213,14 @@ fn receive(payload: &str, signature: &str, source: &str) -> Result<String, SyncE
 #[pg_extern]
 fn apply_inbox(max_events: default!(i64, "10000")) -> i64 {
     crate::require_updated().unwrap_or_else(|e| e.raise());
-    let applied = inbox::apply_pending(max_events, || {
-        pgrx::check_for_interrupts!();
-    })
+    let applied = inbox::apply_pending(
+        max_events,
+        || {
+            pgrx::check_for_interrupts!();
+            false
+        },
+        |step| step(),
+    )
     .map(|(applied, _)| applied)
     .unwrap_or_else(|e| e.raise());
     // without the worker, this is what keeps the inbox from growing forever

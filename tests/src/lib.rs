@@ -152,6 +152,15 @@ impl Cluster {
         self.pg_ctl_start();
     }
 
+    /// Stops with `-m fast` (what a service manager's stop does) and waits for it.
+    pub fn stop_fast(&self) {
+        let data = self.data_dir();
+        check(
+            as_postgres("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "-t", "120", "stop"]),
+            "pg_ctl stop",
+        );
+    }
+
     /// The server log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()

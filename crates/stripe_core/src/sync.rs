@@ -495,42 +495,202 @@ pub async fn newest_event(client: &Client, types: &[&str]) -> Result<Option<(i64
     }))
 }
 
-/// Events of these types created at or after `since`, sent oldest first (in
-/// chunks), with the truncated nested lists of `r`'s objects completed.
-pub async fn events_since(
+/// A catch-up holds at most this many events of one `created` slice before
+/// splitting it: what bounds its memory, with [`EventsPass::window`].
+pub const SLICE_EVENTS: usize = 500;
+
+/// Events sent to the writer per message (each is applied, and the cursor
+/// checkpointed, in one transaction).
+const EVENTS_PER_MESSAGE: usize = 500;
+
+/// An events catch-up: events of `types` created at or after `since`.
+pub struct EventsPass {
+    pub resource: &'static Resource,
+    pub types: Vec<String>,
+    pub since: i64,
+    /// Slices read at once.
+    pub parallelism: usize,
+}
+
+impl EventsPass {
+    /// Slices from the oldest unsent one that may be read or held: reading
+    /// never runs further ahead of the writer than this.
+    fn window(&self) -> usize {
+        self.parallelism.max(1) * 2
+    }
+
+    /// The first slices: `[since, now]` cut in equal parts, the last one open
+    /// (events created while the pass runs are in it).
+    fn first_slices(&self, now: i64) -> Vec<(i64, Option<i64>)> {
+        let n = self.window() as i64;
+        let step = ((now - self.since) / n).max(1);
+        let mut out = Vec::new();
+        let mut lo = self.since;
+        while out.len() as i64 + 1 < n && lo + step <= now {
+            out.push((lo, Some(lo + step - 1)));
+            lo += step;
+        }
+        out.push((lo, None));
+        out
+    }
+}
+
+/// One slice of an events pass, as read.
+struct SliceRead {
+    lo: i64,
+    hi: Option<i64>,
+    /// Oldest first: every event of `(cut, hi]` (of `[lo, hi]` without a cut).
+    events: Vec<Value>,
+    /// The slice held more than [`SLICE_EVENTS`]: `[lo, cut]` is still to read.
+    cut: Option<i64>,
+}
+
+enum SliceState {
+    Pending,
+    Running,
+    Done(Vec<Value>),
+}
+
+fn created_of(e: &Value) -> i64 {
+    e.get("created").and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// Reads one slice newest first, stopping after [`SLICE_EVENTS`] unless the
+/// rest would not be a smaller slice (a single busy second is read whole).
+async fn read_slice(
     client: Client,
     r: &'static Resource,
-    types: Vec<String>,
-    since: i64,
-    tx: SyncSender<MsgResult>,
-) {
-    let run = async {
-        let mut all = Vec::new();
-        // Stripe takes at most 20 types per request
-        for chunk in types.chunks(20) {
-            let mut q =
-                ListQuery::new(resources::EVENTS_PATH).created(CreatedRange { gte: Some(since), ..Default::default() });
-            q.filters.extend(chunk.iter().map(|t| ("types[]".to_string(), t.to_string())));
-            all.extend(Pager::new(client.clone(), q).collect_all().await?);
-        }
-        // Stripe lists newest first; reversed, then a stable sort by created (which
-        // only matters when several lists were merged) gives oldest first, keeping
-        // Stripe's order within a second
-        all.reverse();
-        all.sort_by_key(|e| e.get("created").and_then(Value::as_i64).unwrap_or(0));
-        for chunk in all.chunks_mut(500) {
-            for e in chunk.iter_mut() {
-                if let Some(obj) = e.get_mut("data").and_then(|d| d.get_mut("object"))
-                    && obj.get("object").and_then(Value::as_str) == Some(r.object)
-                {
-                    complete_nested(&client, r, obj).await?;
+    types: Arc<Vec<String>>,
+    lo: i64,
+    hi: Option<i64>,
+) -> Result<SliceRead, StripeError> {
+    let mut all = Vec::new();
+    let mut cut: Option<i64> = None;
+    // Stripe takes at most 20 types per request
+    for chunk in types.chunks(20) {
+        let mut q = ListQuery::new(resources::EVENTS_PATH).created(CreatedRange {
+            gte: Some(lo),
+            lte: hi,
+            ..Default::default()
+        });
+        q.filters.extend(chunk.iter().map(|t| ("types[]".to_string(), t.to_string())));
+        let mut pager = Pager::new(client.clone(), q);
+        let mut got: Vec<Value> = Vec::new();
+        while let Some(page) = pager.next_page().await? {
+            let more = page.has_more;
+            got.extend(page.data);
+            if more && got.len() >= SLICE_EVENTS {
+                let m = got.last().map(created_of).unwrap_or(lo);
+                // events of the second `m` may go on in the next page: that
+                // second is read again with the older part
+                if hi.is_none_or(|h| m < h) {
+                    cut = Some(cut.map_or(m, |c| c.max(m)));
+                    break;
                 }
             }
-            if !send(&tx, Ok(Msg::Events(chunk.to_vec()))).await {
+        }
+        all.extend(got);
+    }
+    if let Some(m) = cut {
+        all.retain(|e| created_of(e) > m);
+    }
+    // Stripe lists newest first; reversed, then a stable sort by created (which
+    // only matters when several lists were merged) gives oldest first, keeping
+    // Stripe's order within a second
+    all.reverse();
+    all.sort_by_key(created_of);
+    for e in all.iter_mut() {
+        if let Some(obj) = e.get_mut("data").and_then(|d| d.get_mut("object"))
+            && obj.get("object").and_then(Value::as_str) == Some(r.object)
+        {
+            complete_nested(&client, r, obj).await?;
+        }
+    }
+    Ok(SliceRead { lo, hi, events: all, cut })
+}
+
+/// Streams the events of a pass to the writer, oldest first, in messages of
+/// at most 500 events (the writer checkpoints its cursor after each).
+///
+/// The window `[since, now]` is cut into `created` slices read concurrently, up
+/// to `parallelism` at once, within the client's rate budget. A slice with more
+/// than [`SLICE_EVENTS`] events keeps the newest part it read and hands the
+/// older rest back, split in two, so slices fit whatever the events' density.
+/// Slices are sent in order as soon as every older one is sent, and only the
+/// oldest [`EventsPass::window`] unsent slices are read or held: memory stays
+/// bounded by about `window × SLICE_EVENTS` events however long the window is,
+/// and an interrupted catch-up re-reads only what was in flight.
+pub async fn events_since(client: Client, pass: EventsPass, tx: SyncSender<MsgResult>) {
+    let r = pass.resource;
+    let types = Arc::new(pass.types.clone());
+    let run = async {
+        // lo → (hi, state); slices are disjoint and cover [since, ∞)
+        let mut slices: std::collections::BTreeMap<i64, (Option<i64>, SliceState)> = pass
+            .first_slices(crate::signature::unix_now())
+            .into_iter()
+            .map(|(lo, hi)| (lo, (hi, SliceState::Pending)))
+            .collect();
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        loop {
+            for (lo, (hi, st)) in slices.iter_mut().take(pass.window()) {
+                if running.len() >= pass.parallelism.max(1) {
+                    break;
+                }
+                if matches!(st, SliceState::Pending) {
+                    *st = SliceState::Running;
+                    running.push(read_slice(client.clone(), r, types.clone(), *lo, *hi));
+                }
+            }
+            // send what is ready, oldest first, without waiting on a busy writer
+            let mut blocked = false;
+            while let Some(mut head) = slices.first_entry() {
+                let SliceState::Done(events) = &mut head.get_mut().1 else { break };
+                if events.is_empty() {
+                    head.remove();
+                    continue;
+                }
+                let n = events.len().min(EVENTS_PER_MESSAGE);
+                let chunk: Vec<Value> = events.drain(..n).collect();
+                match tx.try_send(Ok(Msg::Events(chunk))) {
+                    Ok(()) => {}
+                    Err(std::sync::mpsc::TrySendError::Full(Ok(Msg::Events(back)))) => {
+                        events.splice(0..0, back);
+                        blocked = true;
+                        break;
+                    }
+                    Err(_) => return Ok(()),
+                }
+            }
+            if slices.is_empty() {
                 return Ok(());
             }
+            let next = if blocked || running.is_empty() {
+                match tokio::time::timeout(Duration::from_millis(2), running.next()).await {
+                    Ok(n) => n,
+                    Err(_) => continue,
+                }
+            } else {
+                running.next().await
+            };
+            let Some(read) = next else { continue };
+            let SliceRead { lo, hi, events, cut } = read?;
+            slices.remove(&lo);
+            match cut {
+                None => {
+                    slices.insert(lo, (hi, SliceState::Done(events)));
+                }
+                Some(m) => {
+                    slices.insert(m + 1, (hi, SliceState::Done(events)));
+                    let mid = lo + (m - lo + 1) / 2;
+                    if mid > lo {
+                        slices.insert(lo, (Some(mid - 1), SliceState::Pending));
+                        slices.insert(mid, (Some(m), SliceState::Pending));
+                    } else {
+                        slices.insert(lo, (Some(m), SliceState::Pending));
+                    }
+                }
+            }
         }
-        Ok::<(), StripeError>(())
     };
     match run.await {
         Ok(()) => send(&tx, Ok(Msg::End)).await,
@@ -549,5 +709,21 @@ mod tests {
         assert_eq!(pending_ranges(0, 100, &[(10, 20), (50, 60)]), vec![(0, 9), (21, 49), (61, 100)]);
         assert_eq!(pending_ranges(0, 100, &[(50, 60), (0, 5), (55, 70)]), vec![(6, 49), (71, 100)]);
         assert_eq!(pending_ranges(0, 10, &[(0, 3), (4, 10)]), vec![]);
+    }
+
+    #[test]
+    fn first_event_slices_cover_the_window_and_end_open() {
+        let pass = |since| EventsPass { resource: &resources::RESOURCES[0], types: vec![], since, parallelism: 4 };
+        let s = pass(1_000).first_slices(1_800);
+        assert_eq!(s.len(), 8);
+        assert_eq!(s[0], (1_000, Some(1_099)));
+        assert_eq!(s[7], (1_700, None));
+        for w in s.windows(2) {
+            assert_eq!(w[0].1.unwrap() + 1, w[1].0, "contiguous");
+        }
+        // a window of a few seconds: one-second slices, the last one open
+        assert_eq!(pass(1_000).first_slices(1_002), vec![(1_000, Some(1_000)), (1_001, Some(1_001)), (1_002, None)]);
+        // a cursor in the future (clock skew): one open slice
+        assert_eq!(pass(2_000).first_slices(1_000), vec![(2_000, None)]);
     }
 }

@@ -349,6 +349,55 @@ mod sync_passes {
         println!("{} requests for 60 pages of customers in {} ranges", c.requests_sent(), ranges.len());
     }
 
+    /// A catch-up over 30,000 events, most of them packed in one hour of a
+    /// seven-day window (with a busy second of 700): every event arrives once,
+    /// oldest first in Stripe's order, in messages of at most 500, with about
+    /// one request per 100 events.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_events_catch_up_streams_every_event_once_oldest_first_whatever_their_density() {
+        let fake = Fake::start(0, Some(&SeedSpec::only_customers(200)), Faults::default()).await.unwrap();
+        let now = signature::unix_now();
+        let since = now - 7 * 86_400;
+        fake.backfill_updates(5_000, since, now - 3_600);
+        fake.backfill_updates(24_300, now - 3_600, now - 60);
+        fake.backfill_updates(700, now - 30, now - 30);
+        let c = client(&fake, KEY);
+        let r = stripe_core::lookup("customer").unwrap();
+        // Stripe's order, oldest first: the list reversed
+        let mut expected: Vec<String> = fake
+            .objects("events")
+            .into_iter()
+            .filter(|e| e["created"].as_i64().unwrap() >= since)
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect();
+        expected.reverse();
+        assert_eq!(expected.len(), 30_000);
+        let (tx, rx) = sync_channel(8);
+        let pass = sync::EventsPass { resource: r, types: vec!["customer.updated".into()], since, parallelism: 8 };
+        let producer = tokio::spawn(sync::events_since(c.clone(), pass, tx));
+        let msgs = tokio::task::spawn_blocking(move || drain(rx)).await.unwrap();
+        producer.await.unwrap();
+        assert!(matches!(msgs.last(), Some(Msg::End)), "the pass ends with its end marker");
+        let mut got = Vec::new();
+        let mut largest = 0;
+        for m in msgs {
+            match m {
+                Msg::Events(events) => {
+                    largest = largest.max(events.len());
+                    got.extend(ids(&events));
+                }
+                Msg::End => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(largest <= 500, "messages of at most 500 events: {largest}");
+        assert_eq!(got.len(), expected.len(), "each event once");
+        assert!(got == expected, "oldest first, in Stripe's order within a second");
+        let requests = c.requests_sent();
+        println!("30,000 events in {requests} requests (300 pages of 100 at least)");
+        assert!(requests < 300 + 150, "about one request per 100 events: {requests}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_pass_has_no_end_marker_and_a_scan_without_one_is_an_error() {
         let fake = Fake::start(0, Some(&SeedSpec::only_customers(300)), Faults::default()).await.unwrap();

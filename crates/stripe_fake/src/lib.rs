@@ -271,6 +271,13 @@ impl Fake {
         self.inner.store.lock().unwrap_or_else(|p| p.into_inner()).col(collection).values().cloned().collect()
     }
 
+    /// Writes a history of `n` `customer.updated` events over `[from, to]` (see
+    /// `POST /_fake/history`); returns how many.
+    pub fn backfill_updates(&self, n: usize, from: i64, to: i64) -> usize {
+        let mut store = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
+        webhooks::backfill_updates(&self.inner, &mut store, n, from, to)
+    }
+
     /// Runs one API call in-process, as if it came over HTTP with a valid key:
     /// handy for tests that mutate state (`("POST", "/v1/customers", "email=a@b.c")`).
     pub fn call(&self, method: &str, path: &str, body: &str) -> (u16, Value) {

@@ -16,7 +16,9 @@ use stripe_fake::{Fake, Faults};
 /// webhook_max_attempts, webhook_concurrency). GET /_fake/stats counts API
 /// requests by path, GET /_fake/counts objects per collection,
 /// GET /_fake/objects/{collection} lists them complete, GET /_fake/deliveries
-/// shows webhook delivery counters.
+/// shows webhook delivery counters, POST /_fake/history with {"events": n,
+/// "from": unix, "to": unix} writes past customer.updated events (a catch-up's
+/// backlog).
 #[derive(Parser, Debug)]
 #[command(name = "stripe-fake", version)]
 struct Args {

@@ -292,11 +292,20 @@ fn admin_call(inner: &Inner, method: &str, path: &str, body: &str) -> (u16, Stri
                 None => (404, json!({"error": format!("no collection {col}")}).to_string()),
             }
         }
+        ("POST", "history") => {
+            // {"events": n, "from": unix, "to": unix}: customer.updated events in the past
+            let v: Value = serde_json::from_str(body).unwrap_or_default();
+            let (Some(n), Some(from), Some(to)) = (v["events"].as_u64(), v["from"].as_i64(), v["to"].as_i64()) else {
+                return (400, json!({"error": "body must be {\"events\": n, \"from\": unix, \"to\": unix}"}).to_string());
+            };
+            let mut store = inner.store.lock().unwrap_or_else(|p| p.into_inner());
+            ok(json!({"events": crate::webhooks::backfill_updates(inner, &mut store, n as usize, from, to)}))
+        }
         ("GET", "counts") => {
             let store = inner.store.lock().unwrap_or_else(|p| p.into_inner());
             let m: serde_json::Map<String, Value> = store.collections.iter().map(|(k, c)| (k.to_string(), json!(c.len()))).collect();
             ok(Value::Object(m))
         }
-        _ => (404, json!({"error": "unknown admin endpoint; try GET /_fake/stats, /_fake/faults, /_fake/counts, /_fake/objects/{collection}, /_fake/deliveries"}).to_string()),
+        _ => (404, json!({"error": "unknown admin endpoint; try GET /_fake/stats, /_fake/faults, /_fake/counts, /_fake/objects/{collection}, /_fake/deliveries, POST /_fake/history"}).to_string()),
     }
 }

@@ -168,6 +168,37 @@ pub fn emit(
     }
 }
 
+/// A history of `n` `customer.updated` events spread evenly over `[from, to]`
+/// (unix seconds), as if customers had changed while nobody listened: each
+/// event sets one customer's `metadata.rev` (customers taken in turn), and
+/// every customer ends as its last event shows it. Nothing is delivered (the
+/// events are in the past). Returns how many events were written.
+pub fn backfill_updates(inner: &Inner, store: &mut Store, n: usize, from: i64, to: i64) -> usize {
+    let ids: Vec<String> =
+        store.col("customers").values().filter_map(|c| c["id"].as_str().map(str::to_string)).collect();
+    if ids.is_empty() || n == 0 {
+        return 0;
+    }
+    let span = (to - from).max(0) as f64;
+    for i in 0..n {
+        let t = from + (span * i as f64 / n as f64) as i64;
+        let cid = &ids[i % ids.len()];
+        let Some(mut obj) = store.col("customers").get(cid).cloned() else { continue };
+        let rev = format!("{i}");
+        let previous = json!({"metadata": obj["metadata"].clone()});
+        obj["metadata"]["rev"] = json!(rev);
+        store.col_mut("customers").replace(obj.clone());
+        let id = inner.rng.lock().unwrap_or_else(|p| p.into_inner()).id("evt_");
+        store.add(json!({
+            "id": id, "object": "event", "api_version": API_VERSION, "created": t,
+            "data": {"object": crate::api::render(&obj), "previous_attributes": previous},
+            "livemode": false, "pending_webhooks": 0, "request": {"id": null, "idempotency_key": null},
+            "type": "customer.updated"
+        }));
+    }
+    n
+}
+
 fn validate_events(params: &Value) -> Result<Vec<String>, ApiErr> {
     let events = list_param(params, "enabled_events");
     if events.is_empty() {
