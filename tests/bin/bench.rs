@@ -32,14 +32,17 @@ struct Args {
     clients: usize,
     memory_objects: usize,
     incremental_objects: usize,
+    catchup_events: usize,
+    vacuum_minutes: usize,
     out: String,
-    /// Only these sections (limit, engine, webhooks, memory, incremental); empty = all.
+    /// Only these sections (limit, engine, webhooks, memory, incremental, catchup, vacuum); empty = all
+    /// but vacuum, which takes `vacuum_minutes` on its own.
     only: Vec<String>,
 }
 
 impl Args {
     fn runs(&self, section: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|s| s == section)
+        (self.only.is_empty() && section != "vacuum") || self.only.iter().any(|s| s == section)
     }
 }
 
@@ -52,6 +55,8 @@ fn parse() -> Args {
         clients: 64,
         memory_objects: 1_000_000,
         incremental_objects: 100_000,
+        catchup_events: 200_000,
+        vacuum_minutes: 10,
         out: "bench/out".into(),
         only: Vec::new(),
     };
@@ -68,11 +73,13 @@ fn parse() -> Args {
             "--clients" => a.clients = n(),
             "--memory-objects" => a.memory_objects = n(),
             "--incremental-objects" => a.incremental_objects = n(),
+            "--catchup-events" => a.catchup_events = n(),
+            "--vacuum-minutes" => a.vacuum_minutes = n(),
             "--out" => a.out = v.clone(),
             "--only" => a.only = v.split(',').map(str::to_string).collect(),
             "--help" | "-h" => {
                 println!(
-                    "bench [--customers 100000] [--seq-customers 20000] [--invoices 100000] [--events 20000] [--clients 64] [--memory-objects 1000000] [--incremental-objects 100000] [--out bench/out] [--only limit,engine,webhooks,memory,incremental]"
+                    "bench [--customers 100000] [--seq-customers 20000] [--invoices 100000] [--events 20000] [--clients 64] [--memory-objects 1000000] [--incremental-objects 100000] [--catchup-events 200000] [--vacuum-minutes 10] [--out bench/out] [--only limit,engine,webhooks,memory,incremental,catchup,vacuum]"
                 );
                 std::process::exit(0);
             }
@@ -423,6 +430,113 @@ fn main() {
             unit: "requests (events mode)".into(),
             limit: full_req as f64,
             goal: "(lower is better)".into(),
+        });
+    }
+
+    // 6. events catch-up after a week of downtime: 100 ms per request, 80 requests/s
+    if a.runs("catchup") {
+        eprintln!("== events catch-up");
+        let n = a.catchup_events;
+        let fake = start_fake(Some(SeedSpec::only_customers(1_000)), Faults::default());
+        source(&mut c, &fake.url(), "catchup", 80.0);
+        refresh(&mut c, "customer", "full", "catchup");
+        let now = signature::unix_now();
+        let since = now - 7 * 86_400;
+        c.execute(
+            "UPDATE stripe_sync._sync_state SET events_cursor_created = $1, events_cursor_id = NULL
+             WHERE source = 'catchup' AND resource = 'customer'",
+            &[&since],
+        )
+        .unwrap();
+        // the last refresh was a week ago too
+        c.execute("UPDATE catchup.customer SET _stamp = $1", &[&since]).unwrap();
+        fake.backfill_updates(n, since + 1, now - 60);
+        fake.set_faults(Faults { latency_ms: 100, ..Faults::default() });
+        fake.reset_stats();
+        let ((secs, requests), peak_kb) = with_worker_peak(&cluster, || {
+            let mut c = cluster.connect();
+            refresh(&mut c, "customer", "events", "catchup")
+        });
+        let rate = n as f64 / secs;
+        eprintln!("   {n} events in {secs:.1} s, {requests} requests, worker memory growth {} kB", peak_kb);
+        rows.push(Row {
+            bench: "events catch-up".into(),
+            setting: format!(
+                "{n} customer.updated events over 7 days, 100 ms per request, 80 requests/s ({requests} requests)"
+            ),
+            figure: rate,
+            unit: "events/s".into(),
+            limit: 80.0 * 100.0,
+            goal: ">= 0.8 of the rate-limit ceiling".into(),
+        });
+        rows.push(Row {
+            bench: "catch-up memory".into(),
+            setting: format!("growth of the refresh worker's private memory (RssAnon) during the {n}-event catch-up"),
+            figure: peak_kb as f64 / 1024.0,
+            unit: "MB".into(),
+            limit: 100.0,
+            goal: "< 100 MB (ratio < 1)".into(),
+        });
+    }
+
+    // 7. vacuum during a long detached refresh (only with --only vacuum: it takes minutes)
+    if a.runs("vacuum") {
+        let minutes = a.vacuum_minutes.max(1);
+        eprintln!("== VACUUM during a {minutes}-minute detached full refresh");
+        // one request at a time, every 10 s: 60 pages of customers take 10 minutes
+        let fake = start_fake(
+            Some(SeedSpec::only_customers(minutes * 600)),
+            Faults { latency_ms: 10_000, ..Faults::default() },
+        );
+        source(&mut c, &fake.url(), "vac", 1000.0);
+        c.batch_execute(
+            "SET stripe_sync.max_parallel_requests = 1;
+             CREATE TABLE bench_unrelated (id int PRIMARY KEY, v int);
+             INSERT INTO bench_unrelated SELECT g, 0 FROM generate_series(1, 1000) g",
+        )
+        .unwrap();
+        let t = Instant::now();
+        c.query("SELECT * FROM stripe_sync.refresh('customer', 'full', 'vac', wait => false)", &[]).unwrap();
+        c.batch_execute("RESET stripe_sync.max_parallel_requests").unwrap();
+        let (mut v, notices) = e2e::connect_collecting_notices(&cluster);
+        let (mut made, mut removed, mut kept_max, mut rounds) = (0i64, 0i64, 0i64, 0);
+        let running = |c: &mut postgres::Client| -> bool {
+            c.query_one(
+                "SELECT finished_at IS NULL FROM stripe_sync.sync_status WHERE source = 'vac' AND resource = 'customer'",
+                &[],
+            )
+            .map(|r| r.get(0))
+            .unwrap_or(false)
+        };
+        while t.elapsed() < Duration::from_secs(minutes as u64 * 60) && running(&mut c) {
+            std::thread::sleep(Duration::from_secs(30));
+            notices.lock().unwrap().clear();
+            v.batch_execute("UPDATE bench_unrelated SET v = v + 1; VACUUM (VERBOSE) bench_unrelated").unwrap();
+            let said = notices.lock().unwrap().join("\n");
+            // "tuples: 1000 removed, 1000 remain, 0 are dead but not yet removable"
+            let line = said.lines().find(|l| l.contains("are dead but not yet removable")).unwrap_or_default();
+            let num = |before: &str| -> i64 {
+                line.split(before).next().and_then(|x| x.rsplit(' ').next()).and_then(|x| x.parse().ok()).unwrap_or(-1)
+            };
+            let (r, k) = (num(" removed,"), num(" are dead but not yet removable"));
+            made += 1000;
+            removed += r.max(0);
+            kept_max = kept_max.max(k);
+            rounds += 1;
+            eprintln!("   {:>4.0} s: VACUUM removed {r}, kept {k} dead tuples", t.elapsed().as_secs_f64());
+        }
+        let lasted = t.elapsed().as_secs_f64();
+        let still = running(&mut c);
+        eprintln!("   the refresh ran {lasted:.0} s (still running: {still}); {rounds} rounds, at most {kept_max} kept");
+        rows.push(Row {
+            bench: "vacuum during refresh".into(),
+            setting: format!(
+                "dead tuples VACUUM removed from a 1,000-row table updated every 30 s, {rounds} rounds during a detached full refresh that ran {lasted:.0} s (at most {kept_max} kept)"
+            ),
+            figure: removed as f64,
+            unit: "tuples removed".into(),
+            limit: made as f64,
+            goal: "1.00 (every dead tuple removed)".into(),
         });
     }
 

@@ -175,6 +175,11 @@ impl Cluster {
         self.connect_as("postgres")
     }
 
+    /// A connection, or None while the cluster does not accept one (restarting).
+    pub fn connect_opt(&self) -> Option<postgres::Client> {
+        postgres::Client::connect(&self.connstr("postgres"), postgres::NoTls).ok()
+    }
+
     pub fn connect_as(&self, user: &str) -> postgres::Client {
         let s = format!("host=127.0.0.1 port={} user={user} dbname=postgres connect_timeout=10", self.port);
         let deadline = Instant::now() + Duration::from_secs(30);

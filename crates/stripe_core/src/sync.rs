@@ -495,34 +495,39 @@ pub async fn newest_event(client: &Client, types: &[&str]) -> Result<Option<(i64
     }))
 }
 
-/// A catch-up holds at most this many events of one `created` slice before
-/// splitting it: what bounds its memory, with [`EventsPass::window`].
-pub const SLICE_EVENTS: usize = 500;
+/// A slice is read up to this many events, then cut: the newest part is kept
+/// and the older rest becomes a slice of its own.
+pub const SLICE_EVENTS: usize = 300;
+
+/// Events a catch-up holds at most, read ahead of the writer (slices waiting
+/// for an older one, and slices being read, at [`SLICE_EVENTS`] each): what
+/// bounds its memory, whatever the window's size. The oldest slice is always
+/// read, so the pass never stalls.
+pub const BUFFERED_EVENTS: usize = 4_000;
+
+/// The older rest of a cut slice is split into parts of about this many events
+/// (by the density of what was read), read concurrently. Each part ends on a
+/// partly filled page: larger parts waste fewer requests.
+const PART_EVENTS: f64 = 1_000.0;
 
 /// Events sent to the writer per message (each is applied, and the cursor
 /// checkpointed, in one transaction).
-const EVENTS_PER_MESSAGE: usize = 500;
+const EVENTS_PER_MESSAGE: usize = 250;
 
 /// An events catch-up: events of `types` created at or after `since`.
 pub struct EventsPass {
     pub resource: &'static Resource,
     pub types: Vec<String>,
     pub since: i64,
-    /// Slices read at once.
+    /// Slices read at once, at most.
     pub parallelism: usize,
 }
 
 impl EventsPass {
-    /// Slices from the oldest unsent one that may be read or held: reading
-    /// never runs further ahead of the writer than this.
-    fn window(&self) -> usize {
-        self.parallelism.max(1) * 2
-    }
-
-    /// The first slices: `[since, now]` cut in equal parts, the last one open
-    /// (events created while the pass runs are in it).
+    /// The first slices: `[since, now]` cut in `2 × parallelism` equal parts,
+    /// the last one open (events created while the pass runs are in it).
     fn first_slices(&self, now: i64) -> Vec<(i64, Option<i64>)> {
-        let n = self.window() as i64;
+        let n = self.parallelism.max(1) as i64 * 2;
         let step = ((now - self.since) / n).max(1);
         let mut out = Vec::new();
         let mut lo = self.since;
@@ -543,6 +548,8 @@ struct SliceRead {
     events: Vec<Value>,
     /// The slice held more than [`SLICE_EVENTS`]: `[lo, cut]` is still to read.
     cut: Option<i64>,
+    /// Events read per second of the part read (how dense the rest may be).
+    density: f64,
 }
 
 enum SliceState {
@@ -566,6 +573,7 @@ async fn read_slice(
 ) -> Result<SliceRead, StripeError> {
     let mut all = Vec::new();
     let mut cut: Option<i64> = None;
+    let mut newest = lo;
     // Stripe takes at most 20 types per request
     for chunk in types.chunks(20) {
         let mut q = ListQuery::new(resources::EVENTS_PATH).created(CreatedRange {
@@ -589,11 +597,14 @@ async fn read_slice(
                 }
             }
         }
+        newest = newest.max(got.first().map(created_of).unwrap_or(lo));
         all.extend(got);
     }
+    let read = all.len();
     if let Some(m) = cut {
         all.retain(|e| created_of(e) > m);
     }
+    let density = read as f64 / (newest - cut.unwrap_or(lo) + 1).max(1) as f64;
     // Stripe lists newest first; reversed, then a stable sort by created (which
     // only matters when several lists were merged) gives oldest first, keeping
     // Stripe's order within a second
@@ -606,23 +617,35 @@ async fn read_slice(
             complete_nested(&client, r, obj).await?;
         }
     }
-    Ok(SliceRead { lo, hi, events: all, cut })
+    Ok(SliceRead { lo, hi, events: all, cut, density })
+}
+
+/// The older rest `[lo, m]` of a cut slice, in parts of about [`PART_EVENTS`]
+/// at `density` events per second (at most `parallelism` parts, each at least
+/// a second).
+fn rest_parts(lo: i64, m: i64, density: f64, parallelism: usize) -> Vec<(i64, i64)> {
+    let seconds = m - lo + 1;
+    let parts = ((density * seconds as f64 / PART_EVENTS).ceil() as i64).clamp(1, parallelism as i64).min(seconds);
+    let step = seconds / parts;
+    (0..parts).map(|i| (lo + i * step, if i + 1 == parts { m } else { lo + (i + 1) * step - 1 })).collect()
 }
 
 /// Streams the events of a pass to the writer, oldest first, in messages of
-/// at most 500 events (the writer checkpoints its cursor after each).
+/// at most 250 events (the writer checkpoints its cursor after each).
 ///
 /// The window `[since, now]` is cut into `created` slices read concurrently, up
 /// to `parallelism` at once, within the client's rate budget. A slice with more
-/// than [`SLICE_EVENTS`] events keeps the newest part it read and hands the
-/// older rest back, split in two, so slices fit whatever the events' density.
-/// Slices are sent in order as soon as every older one is sent, and only the
-/// oldest [`EventsPass::window`] unsent slices are read or held: memory stays
-/// bounded by about `window × SLICE_EVENTS` events however long the window is,
-/// and an interrupted catch-up re-reads only what was in flight.
+/// than [`SLICE_EVENTS`] events keeps the newest part it read, and the older
+/// rest is split into parts of about [`PART_EVENTS`] by the density read so
+/// far, so slices fit whatever the events' density. Slices
+/// are sent in order as soon as every older one is sent; no slice but the
+/// oldest is started while [`BUFFERED_EVENTS`] would be exceeded, so memory
+/// stays flat however long the window is, and an interrupted catch-up re-reads
+/// only what was read ahead.
 pub async fn events_since(client: Client, pass: EventsPass, tx: SyncSender<MsgResult>) {
     let r = pass.resource;
     let types = Arc::new(pass.types.clone());
+    let parallelism = pass.parallelism.max(1);
     let run = async {
         // lo → (hi, state); slices are disjoint and cover [since, ∞)
         let mut slices: std::collections::BTreeMap<i64, (Option<i64>, SliceState)> = pass
@@ -632,12 +655,22 @@ pub async fn events_since(client: Client, pass: EventsPass, tx: SyncSender<MsgRe
             .collect();
         let mut running = futures_util::stream::FuturesUnordered::new();
         loop {
-            for (lo, (hi, st)) in slices.iter_mut().take(pass.window()) {
-                if running.len() >= pass.parallelism.max(1) {
+            // start slices, oldest first, within the budget (the oldest always)
+            let mut held: usize = slices
+                .values()
+                .map(|(_, st)| match st {
+                    SliceState::Done(e) => e.len(),
+                    SliceState::Running => SLICE_EVENTS,
+                    SliceState::Pending => 0,
+                })
+                .sum();
+            for (i, (lo, (hi, st))) in slices.iter_mut().enumerate() {
+                if running.len() >= parallelism || (i > 0 && held + SLICE_EVENTS > BUFFERED_EVENTS) {
                     break;
                 }
                 if matches!(st, SliceState::Pending) {
                     *st = SliceState::Running;
+                    held += SLICE_EVENTS;
                     running.push(read_slice(client.clone(), r, types.clone(), *lo, *hi));
                 }
             }
@@ -673,7 +706,7 @@ pub async fn events_since(client: Client, pass: EventsPass, tx: SyncSender<MsgRe
                 running.next().await
             };
             let Some(read) = next else { continue };
-            let SliceRead { lo, hi, events, cut } = read?;
+            let SliceRead { lo, hi, events, cut, density } = read?;
             slices.remove(&lo);
             match cut {
                 None => {
@@ -681,12 +714,8 @@ pub async fn events_since(client: Client, pass: EventsPass, tx: SyncSender<MsgRe
                 }
                 Some(m) => {
                     slices.insert(m + 1, (hi, SliceState::Done(events)));
-                    let mid = lo + (m - lo + 1) / 2;
-                    if mid > lo {
-                        slices.insert(lo, (Some(mid - 1), SliceState::Pending));
-                        slices.insert(mid, (Some(m), SliceState::Pending));
-                    } else {
-                        slices.insert(lo, (Some(m), SliceState::Pending));
+                    for (a, b) in rest_parts(lo, m, density, parallelism) {
+                        slices.insert(a, (Some(b), SliceState::Pending));
                     }
                 }
             }
@@ -712,9 +741,26 @@ mod tests {
     }
 
     #[test]
+    fn the_rest_of_a_cut_slice_is_split_by_density() {
+        // 10 events/s over 1,000 s: 10 parts of 100 s
+        let p = rest_parts(0, 999, 10.0, 32);
+        assert_eq!(p.len(), 10);
+        assert_eq!(p[0], (0, 99));
+        assert_eq!(p[9], (900, 999));
+        for w in p.windows(2) {
+            assert_eq!(w[0].1 + 1, w[1].0);
+        }
+        // at most parallelism parts, at least one second each, one part when sparse
+        assert_eq!(rest_parts(0, 999, 1_000.0, 4).len(), 4);
+        assert_eq!(rest_parts(5, 7, 1_000.0, 32), vec![(5, 5), (6, 6), (7, 7)]);
+        assert_eq!(rest_parts(0, 999, 0.01, 32), vec![(0, 999)]);
+    }
+
+    #[test]
     fn first_event_slices_cover_the_window_and_end_open() {
         let pass = |since| EventsPass { resource: &resources::RESOURCES[0], types: vec![], since, parallelism: 4 };
         let s = pass(1_000).first_slices(1_800);
+        // 2 x parallelism slices
         assert_eq!(s.len(), 8);
         assert_eq!(s[0], (1_000, Some(1_099)));
         assert_eq!(s[7], (1_700, None));

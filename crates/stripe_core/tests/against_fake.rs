@@ -351,7 +351,7 @@ mod sync_passes {
 
     /// A catch-up over 30,000 events, most of them packed in one hour of a
     /// seven-day window (with a busy second of 700): every event arrives once,
-    /// oldest first in Stripe's order, in messages of at most 500, with about
+    /// oldest first in Stripe's order, in messages of at most 250, with about
     /// one request per 100 events.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_events_catch_up_streams_every_event_once_oldest_first_whatever_their_density() {
@@ -390,7 +390,7 @@ mod sync_passes {
                 other => panic!("unexpected {other:?}"),
             }
         }
-        assert!(largest <= 500, "messages of at most 500 events: {largest}");
+        assert!(largest <= 250, "messages of at most 250 events: {largest}");
         assert_eq!(got.len(), expected.len(), "each event once");
         assert!(got == expected, "oldest first, in Stripe's order within a second");
         let requests = c.requests_sent();
