@@ -24,9 +24,10 @@ fn watch_memory(cluster: &Cluster, stop: Arc<AtomicBool>) -> std::thread::JoinHa
             if c.is_none() {
                 c = postgres::Client::connect(&connstr, postgres::NoTls).ok();
             }
-            let pids: Vec<i32> = match c.as_mut().map(|c| {
-                c.query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'stripe_sync refresh'", &[])
-            }) {
+            let pids: Vec<i32> = match c
+                .as_mut()
+                .map(|c| c.query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'stripe_sync refresh'", &[]))
+            {
                 Some(Ok(rows)) => rows.iter().map(|r| r.get(0)).collect(),
                 _ => {
                     c = None;
@@ -56,11 +57,8 @@ fn a_week_of_events_catches_up_in_bounded_memory_resumes_after_a_kill_and_runs_a
     let cluster = Cluster::start(ClusterConfig::default());
     let mut c = cluster.connect_with_extension();
     let fake = start_fake(Some(SeedSpec::only_customers(1_000)), Faults::default());
-    c.execute(
-        "SELECT stripe_sync.add_source($1, api_url => $2, max_requests_per_second => 80)",
-        &[&KEY, &fake.url()],
-    )
-    .unwrap();
+    c.execute("SELECT stripe_sync.add_source($1, api_url => $2, max_requests_per_second => 80)", &[&KEY, &fake.url()])
+        .unwrap();
     c.query("SELECT * FROM stripe_sync.refresh('customer', 'full')", &[]).unwrap();
     // the worker was down for a week: the last refresh and the cursor are a week
     // old, and the backlog is every change since

@@ -527,7 +527,9 @@ fn main() {
         }
         let lasted = t.elapsed().as_secs_f64();
         let still = running(&mut c);
-        eprintln!("   the refresh ran {lasted:.0} s (still running: {still}); {rounds} rounds, at most {kept_max} kept");
+        eprintln!(
+            "   the refresh ran {lasted:.0} s (still running: {still}); {rounds} rounds, at most {kept_max} kept"
+        );
         rows.push(Row {
             bench: "vacuum during refresh".into(),
             setting: format!(

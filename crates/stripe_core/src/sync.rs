@@ -496,19 +496,20 @@ pub async fn newest_event(client: &Client, types: &[&str]) -> Result<Option<(i64
 }
 
 /// A slice is read up to this many events, then cut: the newest part is kept
-/// and the older rest becomes a slice of its own.
-pub const SLICE_EVENTS: usize = 300;
+/// and the older rest becomes slices of its own.
+pub const SLICE_EVENTS: usize = 1_000;
 
 /// Events a catch-up holds at most, read ahead of the writer (slices waiting
 /// for an older one, and slices being read, at [`SLICE_EVENTS`] each): what
-/// bounds its memory, whatever the window's size. The oldest slice is always
-/// read, so the pass never stalls.
-pub const BUFFERED_EVENTS: usize = 4_000;
+/// bounds its memory, whatever the window's size. They are held as compact
+/// JSON text (about 2 kB for a customer event, against about 8 kB parsed). The
+/// oldest slice is always read, so the pass never stalls.
+pub const BUFFERED_EVENTS: usize = 12_000;
 
 /// The older rest of a cut slice is split into parts of about this many events
 /// (by the density of what was read), read concurrently. Each part ends on a
 /// partly filled page: larger parts waste fewer requests.
-const PART_EVENTS: f64 = 1_000.0;
+const PART_EVENTS: f64 = 2_000.0;
 
 /// Events sent to the writer per message (each is applied, and the cursor
 /// checkpointed, in one transaction).
@@ -544,8 +545,9 @@ impl EventsPass {
 struct SliceRead {
     lo: i64,
     hi: Option<i64>,
-    /// Oldest first: every event of `(cut, hi]` (of `[lo, hi]` without a cut).
-    events: Vec<Value>,
+    /// Oldest first: every event of `(cut, hi]` (of `[lo, hi]` without a cut),
+    /// as JSON text.
+    events: Vec<String>,
     /// The slice held more than [`SLICE_EVENTS`]: `[lo, cut]` is still to read.
     cut: Option<i64>,
     /// Events read per second of the part read (how dense the rest may be).
@@ -555,7 +557,7 @@ struct SliceRead {
 enum SliceState {
     Pending,
     Running,
-    Done(Vec<Value>),
+    Done(Vec<String>),
 }
 
 fn created_of(e: &Value) -> i64 {
@@ -571,7 +573,8 @@ async fn read_slice(
     lo: i64,
     hi: Option<i64>,
 ) -> Result<SliceRead, StripeError> {
-    let mut all = Vec::new();
+    // (created, the event as JSON text)
+    let mut all: Vec<(i64, String)> = Vec::new();
     let mut cut: Option<i64> = None;
     let mut newest = lo;
     // Stripe takes at most 20 types per request
@@ -583,12 +586,19 @@ async fn read_slice(
         });
         q.filters.extend(chunk.iter().map(|t| ("types[]".to_string(), t.to_string())));
         let mut pager = Pager::new(client.clone(), q);
-        let mut got: Vec<Value> = Vec::new();
-        while let Some(page) = pager.next_page().await? {
+        let mut got: Vec<(i64, String)> = Vec::new();
+        while let Some(mut page) = pager.next_page().await? {
             let more = page.has_more;
-            got.extend(page.data);
+            for e in page.data.iter_mut() {
+                if let Some(obj) = e.get_mut("data").and_then(|d| d.get_mut("object"))
+                    && obj.get("object").and_then(Value::as_str) == Some(r.object)
+                {
+                    complete_nested(&client, r, obj).await?;
+                }
+            }
+            got.extend(page.data.into_iter().map(|e| (created_of(&e), e.to_string())));
             if more && got.len() >= SLICE_EVENTS {
-                let m = got.last().map(created_of).unwrap_or(lo);
+                let m = got.last().map(|e| e.0).unwrap_or(lo);
                 // events of the second `m` may go on in the next page: that
                 // second is read again with the older part
                 if hi.is_none_or(|h| m < h) {
@@ -597,26 +607,20 @@ async fn read_slice(
                 }
             }
         }
-        newest = newest.max(got.first().map(created_of).unwrap_or(lo));
+        newest = newest.max(got.first().map(|e| e.0).unwrap_or(lo));
         all.extend(got);
     }
     let read = all.len();
     if let Some(m) = cut {
-        all.retain(|e| created_of(e) > m);
+        all.retain(|e| e.0 > m);
     }
     let density = read as f64 / (newest - cut.unwrap_or(lo) + 1).max(1) as f64;
     // Stripe lists newest first; reversed, then a stable sort by created (which
     // only matters when several lists were merged) gives oldest first, keeping
     // Stripe's order within a second
     all.reverse();
-    all.sort_by_key(created_of);
-    for e in all.iter_mut() {
-        if let Some(obj) = e.get_mut("data").and_then(|d| d.get_mut("object"))
-            && obj.get("object").and_then(Value::as_str) == Some(r.object)
-        {
-            complete_nested(&client, r, obj).await?;
-        }
-    }
+    all.sort_by_key(|e| e.0);
+    let all: Vec<String> = all.into_iter().map(|e| e.1).collect();
     Ok(SliceRead { lo, hi, events: all, cut, density })
 }
 
@@ -654,6 +658,8 @@ pub async fn events_since(client: Client, pass: EventsPass, tx: SyncSender<MsgRe
             .map(|(lo, hi)| (lo, (hi, SliceState::Pending)))
             .collect();
         let mut running = futures_util::stream::FuturesUnordered::new();
+        // the next message, parsed, while the writer is busy
+        let mut outbox: Option<Vec<Value>> = None;
         loop {
             // start slices, oldest first, within the budget (the oldest always)
             let mut held: usize = slices
@@ -676,28 +682,41 @@ pub async fn events_since(client: Client, pass: EventsPass, tx: SyncSender<MsgRe
             }
             // send what is ready, oldest first, without waiting on a busy writer
             let mut blocked = false;
-            while let Some(mut head) = slices.first_entry() {
-                let SliceState::Done(events) = &mut head.get_mut().1 else { break };
-                if events.is_empty() {
-                    head.remove();
-                    continue;
+            loop {
+                if outbox.is_none() {
+                    let Some(mut head) = slices.first_entry() else { break };
+                    let SliceState::Done(events) = &mut head.get_mut().1 else { break };
+                    if events.is_empty() {
+                        head.remove();
+                        continue;
+                    }
+                    let n = events.len().min(EVENTS_PER_MESSAGE);
+                    let chunk = events
+                        .drain(..n)
+                        .map(|e| serde_json::from_str::<Value>(&e))
+                        .collect::<Result<Vec<Value>, _>>()
+                        .map_err(|e| StripeError::Decode { message: e.to_string() })?;
+                    outbox = Some(chunk);
                 }
-                let n = events.len().min(EVENTS_PER_MESSAGE);
-                let chunk: Vec<Value> = events.drain(..n).collect();
+                let Some(chunk) = outbox.take() else { break };
                 match tx.try_send(Ok(Msg::Events(chunk))) {
                     Ok(()) => {}
                     Err(std::sync::mpsc::TrySendError::Full(Ok(Msg::Events(back)))) => {
-                        events.splice(0..0, back);
+                        outbox = Some(back);
                         blocked = true;
                         break;
                     }
                     Err(_) => return Ok(()),
                 }
             }
-            if slices.is_empty() {
+            if slices.is_empty() && outbox.is_none() {
                 return Ok(());
             }
-            let next = if blocked || running.is_empty() {
+            // FuturesUnordered answers None at once when empty: sleep then
+            let next = if running.is_empty() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                continue;
+            } else if blocked {
                 match tokio::time::timeout(Duration::from_millis(2), running.next()).await {
                     Ok(n) => n,
                     Err(_) => continue,
@@ -742,8 +761,8 @@ mod tests {
 
     #[test]
     fn the_rest_of_a_cut_slice_is_split_by_density() {
-        // 10 events/s over 1,000 s: 10 parts of 100 s
-        let p = rest_parts(0, 999, 10.0, 32);
+        // 20 events/s over 1,000 s: 10 parts of 100 s
+        let p = rest_parts(0, 999, 20.0, 32);
         assert_eq!(p.len(), 10);
         assert_eq!(p[0], (0, 99));
         assert_eq!(p[9], (900, 999));
@@ -752,7 +771,7 @@ mod tests {
         }
         // at most parallelism parts, at least one second each, one part when sparse
         assert_eq!(rest_parts(0, 999, 1_000.0, 4).len(), 4);
-        assert_eq!(rest_parts(5, 7, 1_000.0, 32), vec![(5, 5), (6, 6), (7, 7)]);
+        assert_eq!(rest_parts(5, 7, 10_000.0, 32), vec![(5, 5), (6, 6), (7, 7)]);
         assert_eq!(rest_parts(0, 999, 0.01, 32), vec![(0, 999)]);
     }
 
