@@ -109,7 +109,7 @@ impl Target {
         let sets: Vec<String> = names.iter().skip(1).map(|n| format!("{n} = EXCLUDED.{n}")).collect();
         let upsert = format!(
             "WITH input AS (
-                SELECT e->'o' AS o, (e->>'s')::bigint AS s, e->>'b' AS b, n FROM jsonb_array_elements($1) WITH ORDINALITY AS x(e, n)
+                SELECT e->'o' AS o, (e->>'s')::bigint AS s, e->>'b' AS b, n FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS x(e, n)
              ), written AS (
                 INSERT INTO {q} AS t ({names}, attrs, _synced_at, _synced_by, _stamp)
                 SELECT {exprs}, o, now(), b, s FROM input
@@ -197,16 +197,20 @@ impl Target {
         // first, webhook batches oldest first), so two writers never deadlock
         let mut keep: Vec<(String, usize)> = latest.into_iter().collect();
         keep.sort_unstable();
-        let input: Vec<Value> = keep
-            .into_iter()
-            .map(|(_, i)| json!({"o": versions[i].object, "s": versions[i].stamp, "b": versions[i].by}))
-            .collect();
+        // the input as jsonb text, written straight from the versions (no copies)
+        let mut text = String::from("[");
+        for (k, (_, i)) in keep.into_iter().enumerate() {
+            let v = &versions[i];
+            if k > 0 {
+                text.push(',');
+            }
+            text.push_str("{\"o\":");
+            text.push_str(&v.object.to_string());
+            text.push_str(&format!(",\"s\":{},\"b\":{}}}", v.stamp, Value::String(v.by.clone())));
+        }
+        text.push(']');
         let row = c
-            .update(
-                &self.upsert,
-                None,
-                &[JsonB(Value::Array(input)).into(), self.source.as_str().into(), self.resource.name.into()],
-            )
+            .update(&self.upsert, None, &[text.as_str().into(), self.source.as_str().into(), self.resource.name.into()])
             .map_err(spi_err)?;
         let first = row.first();
         let (ins, upd, ids) = first.get_three::<i64, i64, Vec<String>>().map_err(spi_err)?;

@@ -712,9 +712,10 @@ fn events(ctx: &mut Ctx) -> Result<(), Stop> {
     // events of the cursor's second up to the cursor itself were applied already
     let mut skipping = cursor_id.is_some();
     let mut held: Vec<Value> = Vec::new();
+    // applied (and the cursor checkpointed) in transactions of up to EVENTS_PER_TX
+    let mut todo: Vec<Value> = Vec::new();
     ctx.consume(rx, |ctx, msg| {
         let Msg::Events(chunk) = msg else { return Ok(()) };
-        let mut todo = Vec::new();
         for e in chunk {
             if skipping {
                 let t = e.get("created").and_then(Value::as_i64).unwrap_or(0);
@@ -733,13 +734,21 @@ fn events(ctx: &mut Ctx) -> Result<(), Stop> {
             }
             todo.push(e);
         }
-        apply_events(ctx, todo)
+        if todo.len() >= EVENTS_PER_TX {
+            apply_events(ctx, std::mem::take(&mut todo))?;
+        }
+        Ok(())
     })?;
+    apply_events(ctx, todo)?;
     if skipping && !held.is_empty() {
         apply_events(ctx, std::mem::take(&mut held))?;
     }
     Ok(())
 }
+
+/// Events applied per transaction in events mode, at most: the newest version
+/// of each object in it is written once, and the cursor moves with each.
+const EVENTS_PER_TX: usize = 1_000;
 
 /// Applies events (oldest first) and moves the events cursor, in one transaction.
 fn apply_events(ctx: &mut Ctx, events: Vec<Value>) -> Result<(), Stop> {

@@ -504,12 +504,12 @@ pub const SLICE_EVENTS: usize = 1_000;
 /// bounds its memory, whatever the window's size. They are held as compact
 /// JSON text (about 2 kB for a customer event, against about 8 kB parsed). The
 /// oldest slice is always read, so the pass never stalls.
-pub const BUFFERED_EVENTS: usize = 12_000;
+pub const BUFFERED_EVENTS: usize = 16_000;
 
 /// The older rest of a cut slice is split into parts of about this many events
 /// (by the density of what was read), read concurrently. Each part ends on a
 /// partly filled page: larger parts waste fewer requests.
-const PART_EVENTS: f64 = 2_000.0;
+const PART_EVENTS: f64 = 1_000.0;
 
 /// Events sent to the writer per message (each is applied, and the cursor
 /// checkpointed, in one transaction).
@@ -525,10 +525,10 @@ pub struct EventsPass {
 }
 
 impl EventsPass {
-    /// The first slices: `[since, now]` cut in `2 × parallelism` equal parts,
+    /// The first slices: `[since, now]` cut in `4 × parallelism` equal parts,
     /// the last one open (events created while the pass runs are in it).
     fn first_slices(&self, now: i64) -> Vec<(i64, Option<i64>)> {
-        let n = self.parallelism.max(1) as i64 * 2;
+        let n = self.parallelism.max(1) as i64 * 4;
         let step = ((now - self.since) / n).max(1);
         let mut out = Vec::new();
         let mut lo = self.since;
@@ -736,6 +736,23 @@ pub async fn events_since(client: Client, pass: EventsPass, tx: SyncSender<MsgRe
                     for (a, b) in rest_parts(lo, m, density, parallelism) {
                         slices.insert(a, (Some(b), SliceState::Pending));
                     }
+                    // slices not started yet are likely as dense: cut them to size
+                    // now, so they are read whole, side by side, instead of one
+                    // cut rest after the other
+                    let unstarted: Vec<(i64, i64)> = slices
+                        .iter()
+                        .filter_map(|(a, (b, st))| match (st, b) {
+                            (SliceState::Pending, Some(b)) if density * (b - a + 1) as f64 > PART_EVENTS => {
+                                Some((*a, *b))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    for (a, b) in unstarted {
+                        for (x, y) in rest_parts(a, b, density, parallelism) {
+                            slices.insert(x, (Some(y), SliceState::Pending));
+                        }
+                    }
                 }
             }
         }
@@ -761,8 +778,8 @@ mod tests {
 
     #[test]
     fn the_rest_of_a_cut_slice_is_split_by_density() {
-        // 20 events/s over 1,000 s: 10 parts of 100 s
-        let p = rest_parts(0, 999, 20.0, 32);
+        // 10 events/s over 1,000 s: 10 parts of 100 s
+        let p = rest_parts(0, 999, 10.0, 32);
         assert_eq!(p.len(), 10);
         assert_eq!(p[0], (0, 99));
         assert_eq!(p[9], (900, 999));
@@ -771,18 +788,18 @@ mod tests {
         }
         // at most parallelism parts, at least one second each, one part when sparse
         assert_eq!(rest_parts(0, 999, 1_000.0, 4).len(), 4);
-        assert_eq!(rest_parts(5, 7, 10_000.0, 32), vec![(5, 5), (6, 6), (7, 7)]);
+        assert_eq!(rest_parts(5, 7, 1_000.0, 32), vec![(5, 5), (6, 6), (7, 7)]);
         assert_eq!(rest_parts(0, 999, 0.01, 32), vec![(0, 999)]);
     }
 
     #[test]
     fn first_event_slices_cover_the_window_and_end_open() {
         let pass = |since| EventsPass { resource: &resources::RESOURCES[0], types: vec![], since, parallelism: 4 };
-        let s = pass(1_000).first_slices(1_800);
-        // 2 x parallelism slices
-        assert_eq!(s.len(), 8);
+        let s = pass(1_000).first_slices(2_600);
+        // 4 x parallelism slices
+        assert_eq!(s.len(), 16);
         assert_eq!(s[0], (1_000, Some(1_099)));
-        assert_eq!(s[7], (1_700, None));
+        assert_eq!(s[15], (2_500, None));
         for w in s.windows(2) {
             assert_eq!(w[0].1.unwrap() + 1, w[1].0, "contiguous");
         }
