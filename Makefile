@@ -17,7 +17,7 @@ bench:           ## benchmarks (release build): table + bench/out/{results.md,re
 	scripts/bench
 
 chaos:           ## fault scenarios at full length
-	scripts/chaos
+	scripts/chaos $(ARGS)
 
 setup:           ## install the toolchain pieces only
 	scripts/setup

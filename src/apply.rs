@@ -114,7 +114,8 @@ impl Target {
                 INSERT INTO {q} AS t ({names}, attrs, _synced_at, _synced_by, _stamp)
                 SELECT {exprs}, o, now(), b, s FROM input
                 WHERE NOT EXISTS (SELECT 1 FROM stripe_sync._deleted d
-                                  WHERE d.source = $2 AND d.resource = $3 AND d.id = input.o->>'id' AND d.stamp >= input.s)
+                                  WHERE d.source = $2 AND d.resource = $3 AND d.id = input.o->>'id'
+                                    AND (d.stamp > input.s OR (d.stamp = input.s AND input.b NOT LIKE 'fetch%')))
                 ORDER BY n
                 ON CONFLICT (id) DO UPDATE SET {sets}, attrs = EXCLUDED.attrs, _synced_at = EXCLUDED._synced_at,
                     _synced_by = EXCLUDED._synced_by, _stamp = EXCLUDED._stamp
@@ -135,6 +136,11 @@ impl Target {
                 WHERE t.attrs IS DISTINCT FROM input.o AND input.b NOT LIKE 'fetch%'
                   AND (t._stamp = input.s
                        OR (input.b LIKE 'refresh:%' AND t._stamp > input.s AND t._stamp <= input.s + {window}))
+                UNION
+                -- a version from the second of the object's deletion: which came last?
+                SELECT input.o->>'id', input.s FROM input JOIN stripe_sync._deleted d
+                  ON d.source = $2 AND d.resource = $3 AND d.id = input.o->>'id'
+                WHERE d.stamp = input.s AND input.b NOT LIKE 'fetch%'
              )
              SELECT (SELECT count(*) FILTER (WHERE inserted) FROM written),
                     greatest(0, (SELECT count(*) FILTER (WHERE NOT inserted) FROM written) - (SELECT n FROM restamped)),
@@ -149,14 +155,19 @@ impl Target {
             "WITH input AS (
                 SELECT e->>'id' AS id, (e->>'s')::bigint AS s FROM jsonb_array_elements($1) e
              ), locked AS (
-                SELECT t.id, input.s FROM {q} t JOIN input ON t.id = input.id ORDER BY t.id FOR UPDATE OF t
+                -- a row an event of the same second wrote: which came last is
+                -- unknown, so it is fetched (when $4) instead of deleted
+                SELECT t.id, input.s, ($4 AND t._stamp = input.s AND t._synced_by LIKE 'event:%') AS tied
+                FROM {q} t JOIN input ON t.id = input.id ORDER BY t.id FOR UPDATE OF t
              ), gone AS (
-                DELETE FROM {q} t USING locked WHERE t.id = locked.id AND t._stamp <= locked.s RETURNING t.id
+                DELETE FROM {q} t USING locked WHERE t.id = locked.id AND t._stamp <= locked.s AND NOT locked.tied
+                RETURNING t.id
              ), tomb AS (
                 INSERT INTO stripe_sync._deleted AS d (source, resource, id, stamp) SELECT $2, $3, id, s FROM input
                 ON CONFLICT (source, resource, id) DO UPDATE SET stamp = greatest(d.stamp, EXCLUDED.stamp)
              )
-             SELECT count(*) FROM gone"
+             SELECT (SELECT count(*) FROM gone), (SELECT coalesce(array_agg(id), '{{}}') FROM locked WHERE tied),
+                    (SELECT coalesce(array_agg(s), '{{}}') FROM locked WHERE tied)"
         );
         Target { resource, source: source.to_string(), table: q, upsert, delete_ids }
     }
@@ -226,8 +237,18 @@ impl Target {
 
     /// Deletes rows by id (each with the stamp of its deletion) and records tombstones.
     pub fn delete(&self, c: &mut SpiClient, ids: &[(String, i64)]) -> Result<Counts, SyncError> {
+        Ok(self.delete_or_tie(c, ids, false)?.0)
+    }
+
+    /// Deletes rows by id for deletion events, and records tombstones; a row an
+    /// event of the same second wrote is kept and returned as a tie (to fetch).
+    pub fn delete_by_events(&self, c: &mut SpiClient, ids: &[(String, i64)]) -> Result<(Counts, Vec<Tie>), SyncError> {
+        self.delete_or_tie(c, ids, true)
+    }
+
+    fn delete_or_tie(&self, c: &mut SpiClient, ids: &[(String, i64)], ties: bool) -> Result<(Counts, Vec<Tie>), SyncError> {
         if ids.is_empty() {
-            return Ok(Counts::default());
+            return Ok((Counts::default(), Vec::new()));
         }
         // one tombstone per id, at its latest deletion (an id deleted twice in one
         // batch would otherwise be written twice by one statement)
@@ -243,11 +264,13 @@ impl Target {
             .update(
                 &self.delete_ids,
                 None,
-                &[JsonB(Value::Array(input)).into(), self.source.as_str().into(), self.resource.name.into()],
+                &[JsonB(Value::Array(input)).into(), self.source.as_str().into(), self.resource.name.into(), ties.into()],
             )
             .map_err(spi_err)?;
-        let n = row.first().get_one::<i64>().map_err(spi_err)?.unwrap_or(0);
-        Ok(Counts { deleted: n, ..Default::default() })
+        let first = row.first();
+        let (n, tied, stamps) = first.get_three::<i64, Vec<String>, Vec<i64>>().map_err(spi_err)?;
+        let tied: Vec<Tie> = tied.unwrap_or_default().into_iter().zip(stamps.unwrap_or_default()).collect();
+        Ok((Counts { deleted: n.unwrap_or(0), ..Default::default() }, tied))
     }
 
     /// Deletes the rows of `[lo, hi]` (created) that a complete listing did not
@@ -448,24 +471,40 @@ impl EventEffects {
     /// then deletions. Returns the upsert (with its ties) and the deletions.
     pub fn apply(self, target: &Target, c: &mut SpiClient) -> Result<(Upserted, Counts), SyncError> {
         let gone = self.gone;
+        // a version older than a deletion of the batch is dropped; one of the
+        // deletion's second cannot be ordered against it: a tie, fetched
+        let mut same_second: Vec<Tie> = Vec::new();
         let versions: Vec<Version> = self
             .versions
             .into_iter()
             .filter(|v| {
                 let id = v.object.get("id").and_then(Value::as_str).unwrap_or("");
-                gone.iter().filter(|(g, _)| g == id).all(|(_, s)| *s < v.stamp)
+                let newest_deletion = gone.iter().filter(|(g, _)| g == id).map(|(_, s)| *s).max();
+                match newest_deletion {
+                    Some(s) if s == v.stamp => {
+                        same_second.push((id.to_string(), s));
+                        false
+                    }
+                    Some(s) => s < v.stamp,
+                    None => true,
+                }
             })
             .collect();
         let mut up = target.upsert(c, versions)?;
         // fetched like same-second ties (at least as new as the event), unless a
         // newer deletion in the batch removes the object anyway
-        for (id, stamp) in self.refetch {
-            let deleted_later = gone.iter().any(|(g, s)| *g == id && *s >= stamp);
+        for (id, stamp) in self.refetch.into_iter().chain(same_second) {
+            let deleted_later = gone.iter().any(|(g, s)| *g == id && *s > stamp);
             if !deleted_later && !up.ties.iter().any(|(t, _)| *t == id) {
                 up.ties.push((id, stamp));
             }
         }
-        let mut deleted = target.delete(c, &gone)?;
+        let (mut deleted, tied) = target.delete_by_events(c, &gone)?;
+        for t in tied {
+            if !up.ties.iter().any(|(id, _)| *id == t.0) {
+                up.ties.push(t);
+            }
+        }
         for (customer, stamp) in &self.gone_customers {
             deleted += target.delete_of_customer(c, customer, *stamp)?;
         }

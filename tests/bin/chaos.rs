@@ -1,7 +1,9 @@
 //! `make chaos`: every fault scenario at full length; prints what was injected and
 //! the final comparison with the fake (missing / extra / stale must all be 0).
 //! `--soak-seconds N` sets the soak's length (default 600), `--adversarial-seconds N`
-//! the hostile traffic's (default 60), `--changes N` the webhook bursts (default 5000).
+//! the hostile traffic's (default 60), `--changes N` the webhook bursts (default 5000),
+//! `--seeds N` the seeds of the randomized differential run (default 100, seeds 1..=N),
+//! `--seed N` one seed only (a replay; no other scenario), `--steps N` its steps (default 150).
 
 use e2e::chaos;
 
@@ -10,6 +12,9 @@ fn main() {
     let mut hostile = 60u64;
     let mut changes = 5000usize;
     let mut customers = 500usize;
+    let mut seeds = 100u64;
+    let mut only_seed: Option<u64> = None;
+    let mut steps = 150usize;
     let args: Vec<String> = std::env::args().skip(1).collect();
     for w in args.chunks(2) {
         let v = w.get(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("{} takes a number", w[0]));
@@ -18,16 +23,27 @@ fn main() {
             "--adversarial-seconds" => hostile = v,
             "--changes" => changes = v as usize,
             "--customers" => customers = v as usize,
+            "--seeds" => seeds = v,
+            "--seed" => only_seed = Some(v),
+            "--steps" => steps = v as usize,
             other => panic!("unknown option {other}"),
         }
     }
-    let scenarios: Vec<Box<dyn Fn() -> chaos::Outcome>> = vec![
+    let mut scenarios: Vec<Box<dyn Fn() -> chaos::Outcome>> = vec![
         Box::new(move || chaos::refresh_under_faults(customers)),
         Box::new(move || chaos::webhooks_with_restarts(changes)),
         Box::new(move || chaos::worker_sigkill(changes)),
         Box::new(move || chaos::adversarial(hostile, changes)),
         Box::new(move || chaos::soak(soak)),
     ];
+    match only_seed {
+        Some(seed) => scenarios = vec![Box::new(move || chaos::differential(seed, steps))],
+        None => {
+            for seed in 1..=seeds {
+                scenarios.push(Box::new(move || chaos::differential(seed, steps)));
+            }
+        }
+    }
     let mut failed = 0;
     let mut lines = Vec::new();
     for s in scenarios {
