@@ -246,7 +246,12 @@ impl Target {
         self.delete_or_tie(c, ids, true)
     }
 
-    fn delete_or_tie(&self, c: &mut SpiClient, ids: &[(String, i64)], ties: bool) -> Result<(Counts, Vec<Tie>), SyncError> {
+    fn delete_or_tie(
+        &self,
+        c: &mut SpiClient,
+        ids: &[(String, i64)],
+        ties: bool,
+    ) -> Result<(Counts, Vec<Tie>), SyncError> {
         if ids.is_empty() {
             return Ok((Counts::default(), Vec::new()));
         }
@@ -264,7 +269,12 @@ impl Target {
             .update(
                 &self.delete_ids,
                 None,
-                &[JsonB(Value::Array(input)).into(), self.source.as_str().into(), self.resource.name.into(), ties.into()],
+                &[
+                    JsonB(Value::Array(input)).into(),
+                    self.source.as_str().into(),
+                    self.resource.name.into(),
+                    ties.into(),
+                ],
             )
             .map_err(spi_err)?;
         let first = row.first();

@@ -434,7 +434,8 @@ fn random_change(fake: &Fake, rng: &mut Rng, step: usize) -> String {
         }
         2 => {
             // an identical re-update (no change at Stripe), then a real one
-            let name = fake.objects("customers").into_iter().find(|c| c["id"] == cus.as_str()).map(|c| c["name"].clone());
+            let name =
+                fake.objects("customers").into_iter().find(|c| c["id"] == cus.as_str()).map(|c| c["name"].clone());
             let same = name.and_then(|n| n.as_str().map(str::to_string)).unwrap_or_default();
             post(&format!("/v1/customers/{cus}"), &format!("name={}", same.replace(' ', "+")));
             post(&format!("/v1/customers/{cus}"), &format!("metadata[step]={step}"));
@@ -614,11 +615,10 @@ pub fn differential(seed: u64, steps: usize) -> Outcome {
     }
     h.settle(Duration::from_secs(300));
     let mut diff = Diff::default();
-    let stuck: i64 = h
-        .c
-        .query_one("SELECT count(*) FROM stripe_sync._inbox WHERE status IN ('pending', 'failed')", &[])
-        .unwrap()
-        .get(0);
+    let stuck: i64 =
+        h.c.query_one("SELECT count(*) FROM stripe_sync._inbox WHERE status IN ('pending', 'failed')", &[])
+            .unwrap()
+            .get(0);
     let mut tag = |d: Diff, r: &str, when: &str| {
         let name = |ids: Vec<String>| ids.into_iter().map(|i| format!("{r}:{i} ({when})")).collect::<Vec<_>>();
         diff.missing.extend(name(d.missing));

@@ -71,7 +71,10 @@ pub async fn complete_nested(client: &Client, r: &Resource, obj: &mut Value) -> 
     Ok(())
 }
 
-async fn complete_all(client: &Client, r: &Resource, objects: &mut [Value]) -> Result<(), StripeError> {
+/// Completes the truncated lists of a page's objects. An object deleted since
+/// the page was read (its list answers 404) is dropped from the page: it is gone,
+/// and a pass that did not see it treats it so.
+async fn complete_all(client: &Client, r: &Resource, objects: &mut Vec<Value>) -> Result<(), StripeError> {
     if r.nested_lists.is_empty() {
         return Ok(());
     }
@@ -82,8 +85,16 @@ async fn complete_all(client: &Client, r: &Resource, objects: &mut [Value]) -> R
                 .any(|f| objects[*i].get(*f).and_then(|l| l.get("has_more")).and_then(Value::as_bool) == Some(true))
         })
         .collect();
+    let mut gone = Vec::new();
     for i in needs {
-        complete_nested(client, r, &mut objects[i]).await?;
+        match complete_nested(client, r, &mut objects[i]).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => gone.push(i),
+            Err(e) => return Err(e),
+        }
+    }
+    for i in gone.into_iter().rev() {
+        objects.remove(i);
     }
     Ok(())
 }
@@ -593,7 +604,12 @@ async fn read_slice(
                 if let Some(obj) = e.get_mut("data").and_then(|d| d.get_mut("object"))
                     && obj.get("object").and_then(Value::as_str) == Some(r.object)
                 {
-                    complete_nested(&client, r, obj).await?;
+                    // an object deleted since keeps its lists as delivered: its
+                    // deletion is a later event of this pass
+                    match complete_nested(&client, r, obj).await {
+                        Err(e) if !e.is_not_found() => return Err(e),
+                        _ => {}
+                    }
                 }
             }
             got.extend(page.data.into_iter().map(|e| (created_of(&e), e.to_string())));
