@@ -761,21 +761,30 @@ fn apply_events(ctx: &mut Ctx, events: Vec<Value>) -> Result<(), Stop> {
     ctx.objects += events.len() as u64;
     let target = ctx.target.clone();
     let newest = events.iter().filter_map(|e| e.get("created").and_then(Value::as_i64)).max();
+    let move_cursor = |c: &mut pgrx::spi::SpiClient, job: &Job| {
+        c.update(
+            "UPDATE stripe_sync._sync_state SET events_cursor_created = $3, events_cursor_id = $4 WHERE source = $1 AND resource = $2",
+            None,
+            &[job.source.as_str().into(), job.resource.as_str().into(), cursor.0.into(), cursor.1.as_str().into()],
+        )
+        .map(|_| ())
+        .map_err(spi_err)
+    };
     let up = ctx.write(|ctx, c| {
         let (up, deleted) = effects.apply(&target, c)?;
         ctx.counts += up.counts;
         ctx.counts += deleted;
         set_newest(c, &ctx.job, newest)?;
-        c.update(
-            "UPDATE stripe_sync._sync_state SET events_cursor_created = $3, events_cursor_id = $4 WHERE source = $1 AND resource = $2",
-            None,
-            &[ctx.job.source.as_str().into(), ctx.job.resource.as_str().into(), cursor.0.into(), cursor.1.as_str().into()],
-        )
-        .map_err(spi_err)?;
+        // with ties, the cursor moves once they are settled: a run that stops
+        // before that applies these events again, and finds the ties again
+        if up.ties.is_empty() {
+            move_cursor(c, &ctx.job)?;
+        }
         Ok(up)
     })?;
     if !up.ties.is_empty() {
         ctx.settle(up.ties)?;
+        ctx.write(|ctx, c| move_cursor(c, &ctx.job))?;
     }
     Ok(())
 }

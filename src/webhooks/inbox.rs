@@ -214,19 +214,22 @@ pub fn apply_pending(
     // 2. write the whole batch at once; one event at a time when that fails
     let mut ties: Ties = Vec::new();
     let mut applied = 0;
+    // events whose object is tied: marked once the tie is settled, so a crash
+    // before that leaves them pending, to be applied (and tied) again
+    let mut waiting: Vec<usize> = Vec::new();
     in_tx(&mut || {
-        let ok: Vec<&Pending> = match in_subtransaction(|| write(&todo)) {
+        let ok: Vec<usize> = match in_subtransaction(|| write(&todo)) {
             Ok(t) => {
                 ties = t;
-                todo.iter().collect()
+                (0..todo.len()).collect()
             }
             Err(_) => {
                 let mut ok = Vec::new();
-                for e in &todo {
+                for (i, e) in todo.iter().enumerate() {
                     match in_subtransaction(|| write(std::slice::from_ref(e))) {
                         Ok(t) => {
                             ties.extend(t);
-                            ok.push(e);
+                            ok.push(i);
                         }
                         Err(msg) => failed.push((e.source.clone(), e.id.clone(), msg)),
                     }
@@ -235,29 +238,56 @@ pub fn apply_pending(
             }
         };
         applied = ok.len() as i64;
-        mark(&ok, &skipped.iter().collect::<Vec<_>>(), &failed)?;
+        let (later, now): (Vec<usize>, Vec<usize>) = ok.into_iter().partition(|i| tied_in(&todo[*i], &ties));
+        waiting = later;
+        mark(&now.iter().map(|i| &todo[*i]).collect::<Vec<_>>(), &skipped.iter().collect::<Vec<_>>(), &failed)?;
         for (src, _, _) in &ties {
             client_of(&mut clients, src)?;
         }
         Ok(())
     })?;
-    // HTTP, then 3.: same-second versions, what Stripe has now wins (a failure
-    // leaves one of the two versions and is recorded; the next change or refresh
-    // settles it)
+    // HTTP, then 3.: same-second versions, what Stripe has now wins; then their
+    // events are marked applied. A fetch that fails marks them failed, to be
+    // applied again with backoff (and tied, and fetched, again)
     for (src, r, tied) in ties {
         let fetched = fetch_ties(r, &tied, &clients[&src], &mut check);
+        if fetched.as_ref().is_err_and(|e| e.code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED) {
+            // asked to stop: the events stay pending
+            break;
+        }
+        let events: Vec<&Pending> = waiting
+            .iter()
+            .map(|i| &todo[*i])
+            .filter(|e| e.source == src && tied.iter().any(|(id, _)| Some(id.as_str()) == object_id(e)))
+            .collect();
         in_tx(&mut || {
             let written = match &fetched {
                 Ok(objects) => write_ties(&src, r, objects.clone(), &tied),
                 Err(e) => Err(SyncError::new(e.code, e.message.clone())),
             };
-            if let Err(e) = written {
-                record_error(&src, &format!("settling same-second versions of {}: {}", r.name, e.message))?;
+            match written {
+                Ok(()) => mark(&events, &[], &[]),
+                Err(e) => {
+                    let why = format!("settling same-second versions of {}: {}", r.name, e.message);
+                    let failures: Vec<Failure> =
+                        events.iter().map(|e| (e.source.clone(), e.id.clone(), why.clone())).collect();
+                    mark(&[], &[], &failures)
+                }
             }
-            Ok(())
         })?;
     }
     Ok((applied, skipped.len() as i64 + orphans))
+}
+
+/// The id of an event's object.
+fn object_id(e: &Pending) -> Option<&str> {
+    e.payload.get("data").and_then(|d| d.get("object")).and_then(|o| o.get("id")).and_then(Value::as_str)
+}
+
+/// Whether an event's object is among the ties of its source.
+fn tied_in(e: &Pending, ties: &Ties) -> bool {
+    let Some(id) = object_id(e) else { return false };
+    ties.iter().any(|(src, _, t)| *src == e.source && t.iter().any(|(tid, _)| tid == id))
 }
 
 /// Events of sources that no longer exist (dropped with events pending) are

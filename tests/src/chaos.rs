@@ -28,14 +28,21 @@ impl Outcome {
     }
 
     pub fn line(&self) -> String {
-        format!(
+        let mut line = format!(
             "{:<28} | {:<70} | {} | lost acknowledged events: {} | {}",
             self.scenario,
             self.injected,
             self.diff.summary(),
             self.lost,
             self.notes
-        )
+        );
+        // which rows, when something differs (a few of each)
+        for (what, ids) in [("missing", &self.diff.missing), ("extra", &self.diff.extra), ("stale", &self.diff.stale)] {
+            if !ids.is_empty() {
+                line.push_str(&format!(" | {what}: {:?}", ids.iter().take(5).collect::<Vec<_>>()));
+            }
+        }
+        line
     }
 }
 
@@ -626,8 +633,13 @@ pub fn differential(seed: u64, steps: usize) -> Outcome {
         diff.stale.extend(name(d.stale));
     };
     // what webhooks alone keep complete
+    let mut why = String::new();
     for r in RESOURCES.iter().filter(|r| r.events_complete) {
-        tag(compare(&mut h.c, &h.fake, "stripe", r.name), r.name, "webhooks");
+        let d = compare(&mut h.c, &h.fake, "stripe", r.name);
+        if let Some(id) = d.stale.first() {
+            why = explain_stale(&mut h.c, &h.fake, r.name, id);
+        }
+        tag(d, r.name, "webhooks");
     }
     h.c.query("SELECT * FROM stripe_sync.refresh('all', 'events')", &[]).expect("the final events refresh");
     for r in RESOURCES {
@@ -644,8 +656,55 @@ pub fn differential(seed: u64, steps: usize) -> Outcome {
         ),
         diff,
         lost,
-        notes: format!("last change: {last}; replay: make chaos ARGS=\"--seed {seed} --steps {steps}\""),
+        notes: format!(
+            "deliveries: {} queued, {} given up; last change: {last}; replay: make chaos ARGS=\"--seed {seed} --steps {steps}\"{why}",
+            h.fake.deliveries().queued,
+            h.fake.deliveries().gave_up
+        ),
     }
+}
+
+/// Which fields of a stale row differ from the fake, and how the row was written.
+fn explain_stale(c: &mut postgres::Client, fake: &Fake, resource: &str, id: &str) -> String {
+    let Ok(row) =
+        c.query_one(&format!("SELECT attrs, _stamp, _synced_by FROM stripe.{resource} WHERE id = $1"), &[&id])
+    else {
+        return String::new();
+    };
+    let (attrs, stamp, by): (serde_json::Value, i64, String) = (row.get(0), row.get(1), row.get(2));
+    let truth = crate::fake_objects(fake, resource).into_iter().find(|o| o["id"] == id).unwrap_or_default();
+    let fields: Vec<String> = truth
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, v)| attrs.get(k.as_str()) != Some(*v))
+                .map(|(k, v)| format!("{k}: row {} fake {v}", attrs[k.as_str()]))
+                .collect()
+        })
+        .unwrap_or_default();
+    // the object's last events at the fake, and what the inbox did with them
+    let mut events: Vec<serde_json::Value> =
+        fake.objects("events").into_iter().filter(|e| e["data"]["object"]["id"] == id).take(4).collect();
+    events.reverse();
+    let history: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let eid = e["id"].as_str().unwrap_or_default();
+            let inbox: Vec<String> = c
+                .query(
+                    "SELECT status || coalesce(' ' || error, '') FROM stripe_sync._inbox WHERE event_id = $1",
+                    &[&eid],
+                )
+                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .unwrap_or_default();
+            format!("{eid} {} created {} inbox {inbox:?}", e["type"], e["created"])
+        })
+        .collect();
+    format!(
+        " | {resource} {id}: _stamp {stamp}, _synced_by {by}; {}; events: {}",
+        fields.join("; "),
+        history.join(", ")
+    )
 }
 
 fn reconnect(cluster: &Cluster) -> postgres::Client {
