@@ -82,7 +82,8 @@ mod tests {
     fn a_stopped_wait_returns_at_once() {
         let t = Instant::now();
         let mut calls = 0;
-        let r = block_on(tokio::time::sleep(Duration::from_secs(30)), || {
+        // the sleep is made inside the future: only the HTTP thread has a runtime
+        let r = block_on(async { tokio::time::sleep(Duration::from_secs(30)).await }, || {
             calls += 1;
             calls >= 2
         });
