@@ -107,6 +107,34 @@ impl Target {
             exprs.push(extract(c.ty, c.path));
         }
         let sets: Vec<String> = names.iter().skip(1).map(|n| format!("{n} = EXCLUDED.{n}")).collect();
+        // a child of a deleted owner (a payment method of a deleted customer) is
+        // gone with it: a version older than the owner's deletion is not written
+        // (a late attach event would bring it back), one of the same second is a tie
+        let (parent_alive, parent_tie) = match resource.parent() {
+            Some(p) => {
+                let owner = |cmp: &str| {
+                    format!(
+                        "SELECT 1 FROM stripe_sync._deleted p WHERE p.source = $2 AND p.resource = {res}
+                           AND p.id = input.o->>{col} AND p.stamp {cmp} input.s",
+                        res = literal(p.resource),
+                        col = literal(p.column),
+                    )
+                };
+                (
+                    format!(
+                        "AND NOT EXISTS ({}) AND (input.b LIKE 'fetch%' OR NOT EXISTS ({}))",
+                        owner(">"),
+                        owner("=")
+                    ),
+                    format!(
+                        "UNION
+                SELECT input.o->>'id', input.s FROM input WHERE input.b NOT LIKE 'fetch%' AND EXISTS ({})",
+                        owner("=")
+                    ),
+                )
+            }
+            None => (String::new(), String::new()),
+        };
         let upsert = format!(
             "WITH input AS (
                 SELECT e->'o' AS o, (e->>'s')::bigint AS s, e->>'b' AS b, n FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS x(e, n)
@@ -116,6 +144,7 @@ impl Target {
                 WHERE NOT EXISTS (SELECT 1 FROM stripe_sync._deleted d
                                   WHERE d.source = $2 AND d.resource = $3 AND d.id = input.o->>'id'
                                     AND (d.stamp > input.s OR (d.stamp = input.s AND input.b NOT LIKE 'fetch%')))
+                  {parent_alive}
                 ORDER BY n
                 ON CONFLICT (id) DO UPDATE SET {sets}, attrs = EXCLUDED.attrs, _synced_at = EXCLUDED._synced_at,
                     _synced_by = EXCLUDED._synced_by, _stamp = EXCLUDED._stamp
@@ -141,6 +170,7 @@ impl Target {
                 SELECT input.o->>'id', input.s FROM input JOIN stripe_sync._deleted d
                   ON d.source = $2 AND d.resource = $3 AND d.id = input.o->>'id'
                 WHERE d.stamp = input.s AND input.b NOT LIKE 'fetch%'
+                {parent_tie}
              )
              SELECT (SELECT count(*) FILTER (WHERE inserted) FROM written),
                     greatest(0, (SELECT count(*) FILTER (WHERE NOT inserted) FROM written) - (SELECT n FROM restamped)),
@@ -150,6 +180,8 @@ impl Target {
             sets = sets.join(", "),
             restamp = if restamp { "true" } else { "false" },
             window = PAGE_READ_WINDOW_SECS,
+            parent_alive = parent_alive,
+            parent_tie = parent_tie,
         );
         let delete_ids = format!(
             "WITH input AS (
@@ -362,6 +394,17 @@ impl Target {
 
     /// Deletes every row of a deleted customer.
     pub fn delete_of_customer(&self, c: &mut SpiClient, customer: &str, stamp: i64) -> Result<Counts, SyncError> {
+        // the owner's tombstone keeps late versions of its children out (also when
+        // only this table follows its deletion)
+        if let Some(p) = self.resource.parent() {
+            c.update(
+                "INSERT INTO stripe_sync._deleted AS d (source, resource, id, stamp) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (source, resource, id) DO UPDATE SET stamp = greatest(d.stamp, EXCLUDED.stamp)",
+                None,
+                &[self.source.as_str().into(), p.resource.into(), customer.into(), stamp.into()],
+            )
+            .map_err(spi_err)?;
+        }
         self.delete_where(c, "customer = $1 AND _stamp <= $2", vec![customer.into(), stamp.into()], stamp)
     }
 

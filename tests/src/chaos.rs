@@ -636,7 +636,7 @@ pub fn differential(seed: u64, steps: usize) -> Outcome {
     let mut why = String::new();
     for r in RESOURCES.iter().filter(|r| r.events_complete) {
         let d = compare(&mut h.c, &h.fake, "stripe", r.name);
-        if let Some(id) = d.stale.first() {
+        if let Some(id) = d.stale.first().or(d.extra.first()).or(d.missing.first()) {
             why = explain_stale(&mut h.c, &h.fake, r.name, id);
         }
         tag(d, r.name, "webhooks");
@@ -664,14 +664,23 @@ pub fn differential(seed: u64, steps: usize) -> Outcome {
     }
 }
 
-/// Which fields of a stale row differ from the fake, and how the row was written.
+/// Which fields of a stale (or extra) row differ from the fake, how the row was
+/// written, and the object's last events.
 fn explain_stale(c: &mut postgres::Client, fake: &Fake, resource: &str, id: &str) -> String {
-    let Ok(row) =
-        c.query_one(&format!("SELECT attrs, _stamp, _synced_by FROM stripe.{resource} WHERE id = $1"), &[&id])
-    else {
-        return String::new();
+    let (attrs, stamp, by): (serde_json::Value, i64, String) = match c
+        .query_one(&format!("SELECT attrs, _stamp, _synced_by FROM stripe.{resource} WHERE id = $1"), &[&id])
+    {
+        Ok(row) => (row.get(0), row.get(1), row.get(2)),
+        // a missing row: its tombstone, if any
+        Err(_) => {
+            let tomb: Option<i64> = c
+                .query_opt("SELECT stamp FROM stripe_sync._deleted WHERE resource = $1 AND id = $2", &[&resource, &id])
+                .ok()
+                .flatten()
+                .map(|r| r.get(0));
+            (serde_json::Value::Null, tomb.unwrap_or(0), "(no row; _stamp is its tombstone's)".into())
+        }
     };
-    let (attrs, stamp, by): (serde_json::Value, i64, String) = (row.get(0), row.get(1), row.get(2));
     let truth = crate::fake_objects(fake, resource).into_iter().find(|o| o["id"] == id).unwrap_or_default();
     let fields: Vec<String> = truth
         .as_object()
@@ -684,7 +693,7 @@ fn explain_stale(c: &mut postgres::Client, fake: &Fake, resource: &str, id: &str
         .unwrap_or_default();
     // the object's last events at the fake, and what the inbox did with them
     let mut events: Vec<serde_json::Value> =
-        fake.objects("events").into_iter().filter(|e| e["data"]["object"]["id"] == id).take(4).collect();
+        fake.objects("events").into_iter().filter(|e| e["data"]["object"]["id"] == id).take(6).collect();
     events.reverse();
     let history: Vec<String> = events
         .iter()
