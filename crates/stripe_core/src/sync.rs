@@ -535,23 +535,6 @@ pub struct EventsPass {
     pub parallelism: usize,
 }
 
-impl EventsPass {
-    /// The first slices: `[since, now]` cut in `4 × parallelism` equal parts,
-    /// the last one open (events created while the pass runs are in it).
-    fn first_slices(&self, now: i64) -> Vec<(i64, Option<i64>)> {
-        let n = self.parallelism.max(1) as i64 * 4;
-        let step = ((now - self.since) / n).max(1);
-        let mut out = Vec::new();
-        let mut lo = self.since;
-        while out.len() as i64 + 1 < n && lo + step <= now {
-            out.push((lo, Some(lo + step - 1)));
-            lo += step;
-        }
-        out.push((lo, None));
-        out
-    }
-}
-
 /// One slice of an events pass, as read.
 struct SliceRead {
     lo: i64,
@@ -653,8 +636,9 @@ fn rest_parts(lo: i64, m: i64, density: f64, parallelism: usize) -> Vec<(i64, i6
 /// Streams the events of a pass to the writer, oldest first, in messages of
 /// at most 250 events (the writer checkpoints its cursor after each).
 ///
-/// The window `[since, now]` is cut into `created` slices read concurrently, up
-/// to `parallelism` at once, within the client's rate budget. A slice with more
+/// The window `[since, now]` is read as one slice first; it and any slice with
+/// more than [`SLICE_EVENTS`] events is cut into `created` slices read
+/// concurrently, up to `parallelism` at once, within the client's rate budget. A slice with more
 /// than [`SLICE_EVENTS`] events keeps the newest part it read, and the older
 /// rest is split into parts of about [`PART_EVENTS`] by the density read so
 /// far, so slices fit whatever the events' density. Slices
@@ -668,11 +652,11 @@ pub async fn events_since(client: Client, pass: EventsPass, tx: SyncSender<MsgRe
     let parallelism = pass.parallelism.max(1);
     let run = async {
         // lo → (hi, state); slices are disjoint and cover [since, ∞)
-        let mut slices: std::collections::BTreeMap<i64, (Option<i64>, SliceState)> = pass
-            .first_slices(crate::signature::unix_now())
-            .into_iter()
-            .map(|(lo, hi)| (lo, (hi, SliceState::Pending)))
-            .collect();
+        // one slice at first, the whole window, open-ended: a short window (a cron
+        // run every few minutes) costs one request; a long one is cut after its
+        // newest 1,000 events, and the rest split by the density they show
+        let mut slices: std::collections::BTreeMap<i64, (Option<i64>, SliceState)> =
+            [(pass.since, (None, SliceState::Pending))].into_iter().collect();
         let mut running = futures_util::stream::FuturesUnordered::new();
         // the next message, parsed, while the writer is busy
         let mut outbox: Option<Vec<Value>> = None;
@@ -808,20 +792,4 @@ mod tests {
         assert_eq!(rest_parts(0, 999, 0.01, 32), vec![(0, 999)]);
     }
 
-    #[test]
-    fn first_event_slices_cover_the_window_and_end_open() {
-        let pass = |since| EventsPass { resource: &resources::RESOURCES[0], types: vec![], since, parallelism: 4 };
-        let s = pass(1_000).first_slices(2_600);
-        // 4 x parallelism slices
-        assert_eq!(s.len(), 16);
-        assert_eq!(s[0], (1_000, Some(1_099)));
-        assert_eq!(s[15], (2_500, None));
-        for w in s.windows(2) {
-            assert_eq!(w[0].1.unwrap() + 1, w[1].0, "contiguous");
-        }
-        // a window of a few seconds: one-second slices, the last one open
-        assert_eq!(pass(1_000).first_slices(1_002), vec![(1_000, Some(1_000)), (1_001, Some(1_001)), (1_002, None)]);
-        // a cursor in the future (clock skew): one open slice
-        assert_eq!(pass(2_000).first_slices(1_000), vec![(2_000, None)]);
-    }
 }
