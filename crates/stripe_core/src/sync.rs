@@ -791,5 +791,4 @@ mod tests {
         assert_eq!(rest_parts(5, 7, 1_000.0, 32), vec![(5, 5), (6, 6), (7, 7)]);
         assert_eq!(rest_parts(0, 999, 0.01, 32), vec![(0, 999)]);
     }
-
 }
