@@ -10,22 +10,17 @@
 use crate::ddl::{ident, literal};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{JsonB, PgSqlErrorCode};
+use pgrx::spi::{OwnedPreparedStatement, SpiTupleTable};
+use pgrx::{JsonB, PgOid, PgSqlErrorCode};
 use serde_json::{Value, json};
+use std::cell::RefCell;
 use std::collections::HashMap;
-use stripe_core::resources::{ColType, EventEffect, Resource};
+use std::rc::Rc;
+use stripe_core::batch::add_tie;
+pub use stripe_core::batch::{EventEffects, Newest, Tie, Version};
+use stripe_core::resources::{ColType, Resource};
 
 use crate::error::SyncError;
-
-/// One version of an object to write.
-#[derive(Debug, Clone)]
-pub struct Version {
-    pub object: Value,
-    /// Stripe's clock of this version (unix seconds).
-    pub stamp: i64,
-    /// What wrote it (`refresh:full`, `event:evt_...`).
-    pub by: String,
-}
 
 /// Rows changed by one write.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -51,10 +46,6 @@ pub struct Upserted {
     pub counts: Counts,
     pub ties: Vec<Tie>,
 }
-
-/// An object with two different versions of the same stamp: its id and that stamp.
-/// A fetch sent after both arrived reads a state at least that new.
-pub type Tie = (String, i64);
 
 /// Rows a complete listing that began at `since` would have returned if their
 /// object still existed: written before it began. Stripe's clock has whole
@@ -128,7 +119,7 @@ impl Target {
                     ),
                     format!(
                         "UNION
-                SELECT input.o->>'id', input.s FROM input WHERE input.b NOT LIKE 'fetch%' AND EXISTS ({})",
+                SELECT input.id, input.s FROM input WHERE input.b NOT LIKE 'fetch%' AND EXISTS ({})",
                         owner("=")
                     ),
                 )
@@ -137,12 +128,17 @@ impl Target {
         };
         let upsert = format!(
             "WITH input AS (
-                SELECT e->'o' AS o, (e->>'s')::bigint AS s, e->>'b' AS b, n FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS x(e, n)
+                SELECT e->'o' AS o, e->'o'->>'id' AS id, (e->>'s')::bigint AS s, e->>'b' AS b, n
+                FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS x(e, n)
+             ), cur AS (
+                -- what each row holds before this statement (read once)
+                SELECT input.id, input.s, input.b, t._stamp AS ts, t.attrs IS NOT DISTINCT FROM input.o AS same
+                FROM input JOIN {q} t ON t.id = input.id
              ), written AS (
                 INSERT INTO {q} AS t ({names}, attrs, _synced_at, _synced_by, _stamp)
                 SELECT {exprs}, o, now(), b, s FROM input
                 WHERE NOT EXISTS (SELECT 1 FROM stripe_sync._deleted d
-                                  WHERE d.source = $2 AND d.resource = $3 AND d.id = input.o->>'id'
+                                  WHERE d.source = $2 AND d.resource = $3 AND d.id = input.id
                                     AND (d.stamp > input.s OR (d.stamp = input.s AND input.b NOT LIKE 'fetch%')))
                   {parent_alive}
                 ORDER BY n
@@ -153,27 +149,24 @@ impl Target {
                    -- the same content, known at a later time: only what the row knows moves
                    OR ({restamp} AND t.attrs = EXCLUDED.attrs AND t._stamp < EXCLUDED._stamp)
                 RETURNING (xmax = 0) AS inserted
-             ), restamped AS (
-                SELECT count(*) AS n FROM input JOIN {q} t ON t.id = input.o->>'id'
-                WHERE {restamp} AND t.attrs = input.o AND t._stamp < input.s
              ), ties AS (
                 -- versions that cannot be ordered, fetched again at the row's stamp: the same
                 -- second; or a page (stamped at or before Stripe read it: its Date, to the
                 -- second, less the request's time) read up to {window} s before the row's event,
                 -- which may be older or newer than that event
-                SELECT input.o->>'id' AS id, greatest(input.s, t._stamp) AS s FROM input JOIN {q} t ON t.id = input.o->>'id'
-                WHERE t.attrs IS DISTINCT FROM input.o AND input.b NOT LIKE 'fetch%'
-                  AND (t._stamp = input.s
-                       OR (input.b LIKE 'refresh:%' AND t._stamp > input.s AND t._stamp <= input.s + {window}))
+                SELECT id, greatest(s, ts) AS s FROM cur
+                WHERE NOT same AND b NOT LIKE 'fetch%'
+                  AND (ts = s OR (b LIKE 'refresh:%' AND ts > s AND ts <= s + {window}))
                 UNION
                 -- a version from the second of the object's deletion: which came last?
-                SELECT input.o->>'id', input.s FROM input JOIN stripe_sync._deleted d
-                  ON d.source = $2 AND d.resource = $3 AND d.id = input.o->>'id'
+                SELECT input.id, input.s FROM input JOIN stripe_sync._deleted d
+                  ON d.source = $2 AND d.resource = $3 AND d.id = input.id
                 WHERE d.stamp = input.s AND input.b NOT LIKE 'fetch%'
                 {parent_tie}
              )
              SELECT (SELECT count(*) FILTER (WHERE inserted) FROM written),
-                    greatest(0, (SELECT count(*) FILTER (WHERE NOT inserted) FROM written) - (SELECT n FROM restamped)),
+                    greatest(0, (SELECT count(*) FILTER (WHERE NOT inserted) FROM written)
+                                - (SELECT count(*) FROM cur WHERE {restamp} AND same AND ts < s)),
                     (SELECT coalesce(array_agg(id), '{{}}') FROM ties), (SELECT coalesce(array_agg(s), '{{}}') FROM ties)",
             names = names.join(", "),
             exprs = exprs.join(", "),
@@ -211,58 +204,41 @@ impl Target {
 
     /// Upserts versions (the newest per id, when an id comes twice).
     pub fn upsert(&self, c: &mut SpiClient, versions: Vec<Version>) -> Result<Upserted, SyncError> {
+        self.upsert_newest(c, versions.into_iter().collect())
+    }
+
+    /// Upserts the newest versions: the ties among them and those with the rows
+    /// are returned, to be fetched.
+    pub fn upsert_newest(&self, c: &mut SpiClient, newest: Newest) -> Result<Upserted, SyncError> {
+        let (versions, batch_ties) = newest.into_parts();
         if versions.is_empty() {
-            return Ok(Upserted::default());
+            return Ok(Upserted { ties: batch_ties, ..Default::default() });
         }
-        // the newest version per id; two different versions with the same stamp
-        // cannot be ordered (deliveries come in any order): a tie, settled by a fetch
-        let mut latest: HashMap<String, usize> = HashMap::new();
-        let mut batch_ties: Vec<Tie> = Vec::new();
-        for (i, v) in versions.iter().enumerate() {
-            let id = v.object.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-            match latest.get(&id) {
-                Some(j) if versions[*j].stamp > v.stamp => {}
-                Some(j) if versions[*j].stamp == v.stamp && versions[*j].object != v.object => {
-                    let fetched = |k: usize| versions[k].by.starts_with("fetch");
-                    if !fetched(*j) && !fetched(i) && !batch_ties.iter().any(|(t, _)| *t == id) {
-                        batch_ties.push((id.clone(), v.stamp));
-                    }
-                    if !fetched(*j) {
-                        latest.insert(id, i);
-                    }
-                }
-                _ => {
-                    latest.insert(id, i);
-                }
-            }
-        }
-        // rows are locked in id order by every writer (refresh pages come newest
-        // first, webhook batches oldest first), so two writers never deadlock
-        let mut keep: Vec<(String, usize)> = latest.into_iter().collect();
-        keep.sort_unstable();
-        // the input as jsonb text, written straight from the versions (no copies)
-        let mut text = String::from("[");
-        for (k, (_, i)) in keep.into_iter().enumerate() {
-            let v = &versions[i];
+        // the input as jsonb text, written straight from the versions (no copies;
+        // writing JSON into a Vec cannot fail)
+        let mut buf: Vec<u8> = Vec::with_capacity(versions.len() * 1024);
+        buf.push(b'[');
+        for (k, v) in versions.iter().enumerate() {
             if k > 0 {
-                text.push(',');
+                buf.push(b',');
             }
-            text.push_str("{\"o\":");
-            text.push_str(&v.object.to_string());
-            text.push_str(&format!(",\"s\":{},\"b\":{}}}", v.stamp, Value::String(v.by.clone())));
+            buf.extend_from_slice(b"{\"o\":");
+            let _ = serde_json::to_writer(&mut buf, &v.object);
+            buf.extend_from_slice(format!(",\"s\":{},\"b\":", v.stamp).as_bytes());
+            let _ = serde_json::to_writer(&mut buf, &v.by);
+            buf.push(b'}');
         }
-        text.push(']');
-        let row = c
-            .update(&self.upsert, None, &[text.as_str().into(), self.source.as_str().into(), self.resource.name.into()])
-            .map_err(spi_err)?;
+        buf.push(b']');
+        let text = String::from_utf8(buf)
+            .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
+        let row =
+            exec(c, &self.upsert, &[text.as_str().into(), self.source.as_str().into(), self.resource.name.into()])?;
         let first = row.first();
         let (ins, upd, ids) = first.get_three::<i64, i64, Vec<String>>().map_err(spi_err)?;
         let stamps = first.get::<Vec<i64>>(4).map_err(spi_err)?.unwrap_or_default();
         let mut ties: Vec<Tie> = ids.unwrap_or_default().into_iter().zip(stamps).collect();
-        for (id, stamp) in batch_ties {
-            if !ties.iter().any(|(t, _)| *t == id) {
-                ties.push((id, stamp));
-            }
+        for t in batch_ties {
+            add_tie(&mut ties, t);
         }
         Ok(Upserted { counts: Counts { inserted: ins.unwrap_or(0), updated: upd.unwrap_or(0), deleted: 0 }, ties })
     }
@@ -297,18 +273,11 @@ impl Target {
         let mut latest: Vec<(&str, i64)> = latest.into_iter().collect();
         latest.sort_unstable();
         let input: Vec<Value> = latest.iter().map(|(id, s)| json!({"id": id, "s": s})).collect();
-        let row = c
-            .update(
-                &self.delete_ids,
-                None,
-                &[
-                    JsonB(Value::Array(input)).into(),
-                    self.source.as_str().into(),
-                    self.resource.name.into(),
-                    ties.into(),
-                ],
-            )
-            .map_err(spi_err)?;
+        let row = exec(
+            c,
+            &self.delete_ids,
+            &[JsonB(Value::Array(input)).into(), self.source.as_str().into(), self.resource.name.into(), ties.into()],
+        )?;
         let first = row.first();
         let (n, tied, stamps) = first.get_three::<i64, Vec<String>, Vec<i64>>().map_err(spi_err)?;
         let tied: Vec<Tie> = tied.unwrap_or_default().into_iter().zip(stamps.unwrap_or_default()).collect();
@@ -467,102 +436,48 @@ impl Target {
     }
 }
 
-/// What a batch of events (oldest first) does to one resource's table.
-#[derive(Debug, Default)]
-pub struct EventEffects {
-    pub versions: Vec<Version>,
-    /// Deleted (or detached) objects, with the event's time.
-    pub gone: Vec<(String, i64)>,
-    /// Deleted customers, whose rows go too (per-customer resources).
-    pub gone_customers: Vec<(String, i64)>,
-    /// Objects of events rendered in another API version than the source's:
-    /// fetched in the source's version instead (typed columns such as invoice
-    /// `subscription` moved between versions), with the event's time.
-    pub refetch: Vec<(String, i64)>,
-}
-
-impl EventEffects {
-    /// The effects on `r` of these events; events of other resources are ignored.
-    /// `api_version` is the version the source reads in: an object rendered in
-    /// another one is fetched again rather than written as delivered.
-    pub fn of(r: &Resource, events: &[Value], api_version: &str) -> EventEffects {
-        let mut fx = EventEffects::default();
-        for e in events {
-            let (Some(t), Some(id), Some(obj)) = (
-                e.get("type").and_then(Value::as_str),
-                e.get("id").and_then(Value::as_str),
-                e.get("data").and_then(|d| d.get("object")),
-            ) else {
-                continue;
-            };
-            let stamp = e.get("created").and_then(Value::as_i64).unwrap_or(0);
-            let Some(oid) = obj.get("id").and_then(Value::as_str) else { continue };
-            match stripe_core::resources::by_event(t) {
-                Some((res, EventEffect::Upsert)) if res.name == r.name => {
-                    match e.get("api_version").and_then(Value::as_str) {
-                        Some(v) if v != api_version => fx.refetch.push((oid.to_string(), stamp)),
-                        _ => fx.versions.push(Version { object: obj.clone(), stamp, by: format!("event:{id}") }),
-                    }
-                }
-                Some((res, EventEffect::Delete | EventEffect::Detach)) if res.name == r.name => {
-                    fx.gone.push((oid.to_string(), stamp))
-                }
-                _ if r.parent().is_some_and(|p| p.deleted_event == t) => {
-                    fx.gone_customers.push((oid.to_string(), stamp))
-                }
-                _ => {}
-            }
+impl Target {
+    /// Writes what a batch of events does to the table (see
+    /// [`EventEffects::plan`]): the newest versions, then deletions. Returns the
+    /// upsert with every object to fetch (its ties), and the deletions.
+    pub fn apply_events(&self, fx: EventEffects, c: &mut SpiClient) -> Result<(Upserted, Counts), SyncError> {
+        let plan = fx.plan();
+        let mut up = self.upsert_newest(c, plan.versions)?;
+        for t in plan.fetch {
+            add_tie(&mut up.ties, t);
         }
-        fx
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.versions.is_empty() && self.gone.is_empty() && self.gone_customers.is_empty() && self.refetch.is_empty()
-    }
-
-    /// Applies the effects: versions not older than a deletion in the same batch,
-    /// then deletions. Returns the upsert (with its ties) and the deletions.
-    pub fn apply(self, target: &Target, c: &mut SpiClient) -> Result<(Upserted, Counts), SyncError> {
-        let gone = self.gone;
-        // a version older than a deletion of the batch is dropped; one of the
-        // deletion's second cannot be ordered against it: a tie, fetched
-        let mut same_second: Vec<Tie> = Vec::new();
-        let versions: Vec<Version> = self
-            .versions
-            .into_iter()
-            .filter(|v| {
-                let id = v.object.get("id").and_then(Value::as_str).unwrap_or("");
-                let newest_deletion = gone.iter().filter(|(g, _)| g == id).map(|(_, s)| *s).max();
-                match newest_deletion {
-                    Some(s) if s == v.stamp => {
-                        same_second.push((id.to_string(), s));
-                        false
-                    }
-                    Some(s) => s < v.stamp,
-                    None => true,
-                }
-            })
-            .collect();
-        let mut up = target.upsert(c, versions)?;
-        // fetched like same-second ties (at least as new as the event), unless a
-        // newer deletion in the batch removes the object anyway
-        for (id, stamp) in self.refetch.into_iter().chain(same_second) {
-            let deleted_later = gone.iter().any(|(g, s)| *g == id && *s > stamp);
-            if !deleted_later && !up.ties.iter().any(|(t, _)| *t == id) {
-                up.ties.push((id, stamp));
-            }
-        }
-        let (mut deleted, tied) = target.delete_by_events(c, &gone)?;
+        let (mut deleted, tied) = self.delete_by_events(c, &plan.gone)?;
         for t in tied {
-            if !up.ties.iter().any(|(id, _)| *id == t.0) {
-                up.ties.push(t);
-            }
+            add_tie(&mut up.ties, t);
         }
-        for (customer, stamp) in &self.gone_customers {
-            deleted += target.delete_of_customer(c, customer, *stamp)?;
+        for (customer, stamp) in &plan.gone_customers {
+            deleted += self.delete_of_customer(c, customer, *stamp)?;
         }
         Ok((up, deleted))
     }
+}
+
+/// Runs a statement through a plan prepared once per backend: the statements
+/// that write rows are planned once, not on every batch. A kept plan is
+/// re-planned by Postgres when a table it reads changes.
+fn exec<'c>(
+    c: &mut SpiClient<'c>,
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<SpiTupleTable<'c>, SyncError> {
+    thread_local! {
+        static PLANS: RefCell<HashMap<String, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+    }
+    let plan = match PLANS.with(|p| p.borrow().get(sql).cloned()) {
+        Some(plan) => plan,
+        None => {
+            let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+            let plan = Rc::new(c.prepare_mut(sql, &types).map_err(spi_err)?.keep());
+            PLANS.with(|p| p.borrow_mut().insert(sql.to_string(), plan.clone()));
+            plan
+        }
+    };
+    c.update(&*plan, None, args).map_err(spi_err)
 }
 
 /// Moves what `sync_status.freshness` measures from: the newest Stripe time of a

@@ -712,8 +712,10 @@ fn events(ctx: &mut Ctx) -> Result<(), Stop> {
     // events of the cursor's second up to the cursor itself were applied already
     let mut skipping = cursor_id.is_some();
     let mut held: Vec<Value> = Vec::new();
-    // applied (and the cursor checkpointed) in transactions of up to EVENTS_PER_TX
-    let mut todo: Vec<Value> = Vec::new();
+    // applied (and the cursor checkpointed) in transactions of up to
+    // EVENTS_PER_TX events, collapsed to the newest version of each object
+    let api_version = ctx.client.config().api_version.clone();
+    let mut todo = EventEffects::default();
     ctx.consume(rx, |ctx, msg| {
         let Msg::Events(chunk) = msg else { return Ok(()) };
         for e in chunk {
@@ -730,37 +732,43 @@ fn events(ctx: &mut Ctx) -> Result<(), Stop> {
                 }
                 // the cursor event is gone: apply what was held back (duplicates are harmless)
                 skipping = false;
-                todo.append(&mut held);
+                for h in held.drain(..) {
+                    todo.add(r, h, &api_version);
+                }
             }
-            todo.push(e);
-        }
-        if todo.len() >= EVENTS_PER_TX {
-            apply_events(ctx, std::mem::take(&mut todo))?;
+            todo.add(r, e, &api_version);
+            if todo.events >= EVENTS_PER_TX || todo.versions.len() >= VERSIONS_PER_TX {
+                apply_events(ctx, std::mem::take(&mut todo))?;
+            }
         }
         Ok(())
     })?;
     apply_events(ctx, todo)?;
     if skipping && !held.is_empty() {
-        apply_events(ctx, std::mem::take(&mut held))?;
+        let mut rest = EventEffects::default();
+        for h in held {
+            rest.add(r, h, &api_version);
+        }
+        apply_events(ctx, rest)?;
     }
     Ok(())
 }
 
-/// Events applied per transaction in events mode, at most: the newest version
-/// of each object in it is written once, and the cursor moves with each.
-const EVENTS_PER_TX: usize = 1_000;
+/// Events applied per transaction in events mode, at most; the cursor moves
+/// with each transaction, so a run that stops re-reads fewer than this.
+const EVENTS_PER_TX: usize = 5_000;
+
+/// Objects written per transaction in events mode, at most: the events of a
+/// transaction are collapsed to the newest version of each object, so an
+/// object changed many times in a busy window is written once per transaction.
+const VERSIONS_PER_TX: usize = 1_000;
 
 /// Applies events (oldest first) and moves the events cursor, in one transaction.
-fn apply_events(ctx: &mut Ctx, events: Vec<Value>) -> Result<(), Stop> {
-    let Some(last) = events.last() else { return Ok(()) };
-    let cursor = (
-        last.get("created").and_then(Value::as_i64).unwrap_or(0),
-        last.get("id").and_then(Value::as_str).unwrap_or("").to_string(),
-    );
-    let effects = EventEffects::of(ctx.r, &events, &ctx.client.config().api_version);
-    ctx.objects += events.len() as u64;
+fn apply_events(ctx: &mut Ctx, effects: EventEffects) -> Result<(), Stop> {
+    let Some(cursor) = effects.last.clone() else { return Ok(()) };
+    ctx.objects += effects.events as u64;
+    let newest = effects.newest;
     let target = ctx.target.clone();
-    let newest = events.iter().filter_map(|e| e.get("created").and_then(Value::as_i64)).max();
     let move_cursor = |c: &mut pgrx::spi::SpiClient, job: &Job| {
         c.update(
             "UPDATE stripe_sync._sync_state SET events_cursor_created = $3, events_cursor_id = $4 WHERE source = $1 AND resource = $2",
@@ -771,7 +779,7 @@ fn apply_events(ctx: &mut Ctx, events: Vec<Value>) -> Result<(), Stop> {
         .map_err(spi_err)
     };
     let up = ctx.write(|ctx, c| {
-        let (up, deleted) = effects.apply(&target, c)?;
+        let (up, deleted) = target.apply_events(effects, c)?;
         ctx.counts += up.counts;
         ctx.counts += deleted;
         set_newest(c, &ctx.job, newest)?;

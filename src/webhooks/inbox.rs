@@ -412,10 +412,10 @@ fn api_version_of(source: &str) -> Result<String, SyncError> {
 
 /// Writes events to their tables; returns the same-second ties to settle.
 fn write(events: &[Pending]) -> Result<Ties, SyncError> {
-    let mut groups: BTreeMap<(String, &'static str), Vec<Value>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, &'static str), Vec<&Value>> = BTreeMap::new();
     for e in events {
         for r in touched(&e.kind) {
-            groups.entry((e.source.clone(), r.name)).or_default().push(e.payload.clone());
+            groups.entry((e.source.clone(), r.name)).or_default().push(&e.payload);
         }
     }
     let mut ties = Vec::new();
@@ -425,8 +425,12 @@ fn write(events: &[Pending]) -> Result<Ties, SyncError> {
             let (schema, table) = table_of(src, r)?;
             let target = Target::new(r, src, &schema, &table, true);
             let version = api_version_of(src)?;
-            let (up, _) = EventEffects::of(r, payloads, &version).apply(&target, c)?;
-            let newest = payloads.iter().filter_map(|p| p.get("created").and_then(Value::as_i64)).max();
+            let mut fx = EventEffects::default();
+            for p in payloads {
+                fx.add(r, (*p).clone(), &version);
+            }
+            let newest = fx.newest;
+            let (up, _) = target.apply_events(fx, c)?;
             crate::apply::record_newest(c, src, r.name, newest)?;
             if !up.ties.is_empty() {
                 ties.push((src.clone(), r, up.ties));

@@ -1,5 +1,6 @@
 //! stripe_core: everything stripe_sync needs from Stripe, with no Postgres in it.
 //!
+//! - [`batch`] — what a batch of versions and events writes: newest versions, ties, deletions.
 //! - [`resources`] — the registry of the 15 synced resources (table-driven).
 //! - [`client`] — the HTTP client (auth, version pin, retries, rate limit).
 //! - [`paginate`] — list paging, `created` ranges, concurrent slices.
@@ -10,6 +11,7 @@
 //! - [`signature`] — `Stripe-Signature` webhook verification.
 //! - [`error`] — typed API errors that never carry a secret.
 
+pub mod batch;
 pub mod client;
 pub mod error;
 pub mod listing;
