@@ -2,9 +2,10 @@
 //!
 //! The HTTP listener (stripe_core, on its own threads with signals blocked)
 //! verifies each delivery and hands it over a channel; this main thread stores
-//! the batch in the inbox, commits, and only then lets the listener answer 2xx.
-//! Then it applies the inbox in batches, in its own transactions: a crash between
-//! storing and applying loses nothing. At start it catches up on events missed
+//! the batch in the inbox, applying at once what needs no API call, commits, and
+//! only then lets the listener answer 2xx. What is left pending (ties to fetch,
+//! truncated lists, failures) it applies from the inbox in batches, in its own
+//! transactions: a crash between storing and applying loses nothing. At start it catches up on events missed
 //! while it was down (an events refresh per followed resource). It reloads
 //! settings on SIGHUP, exits promptly on SIGTERM, and is restarted after a crash
 //! or pg_terminate_backend.
@@ -54,6 +55,29 @@ pub fn wait(timeout: Duration) -> bool {
         STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     alive && !stopping()
+}
+
+/// Makes the webhook workers reload their signing secrets as soon as the calling
+/// transaction commits (a SIGHUP each, sent from the commit callback: before the
+/// commit they would read the old secrets), instead of within their 1-second
+/// poll: a new secret takes effect within milliseconds.
+pub fn reload_secrets_at_commit() {
+    let pids: Vec<i32> = Spi::get_one_with_args::<Vec<i32>>(
+        "SELECT coalesce(array_agg(pid), '{}') FROM pg_catalog.pg_stat_activity WHERE backend_type = $1",
+        &[WORKER_NAME.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    if pids.is_empty() {
+        return;
+    }
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+        for pid in pids {
+            // a worker that exited meanwhile has nothing to reload
+            unsafe { libc::kill(pid, libc::SIGHUP) };
+        }
+    });
 }
 
 /// Registers the worker; only possible while loading from shared_preload_libraries.
@@ -159,14 +183,13 @@ impl State {
         for (i, d) in batch.iter().enumerate() {
             by_source.entry(d.source.clone()).or_default().push(i);
         }
+        // stored and, when no API call is needed, applied in the same transaction
         let ok = guarded("storing webhook events", || {
-            Spi::connect_mut(|c| {
-                for (source, idx) in &by_source {
-                    let events: Vec<&stripe_core::webhook::Incoming> = idx.iter().map(|i| &batch[*i].event).collect();
-                    inbox::store(c, source, &events)?;
-                }
-                Ok::<(), crate::error::SyncError>(())
-            })
+            for (source, idx) in &by_source {
+                let events: Vec<&stripe_core::webhook::Incoming> = idx.iter().map(|i| &batch[*i].event).collect();
+                inbox::store_and_apply(source, &events)?;
+            }
+            Ok::<(), crate::error::SyncError>(())
         });
         // 2xx only after the commit; a failure answers 500 and Stripe retries
         let status = match ok {

@@ -446,6 +446,89 @@ fn an_event_that_cannot_be_applied_fails_alone_visibly_and_can_be_retried_or_ski
     assert!(error.contains("source \"gone\" does not exist"), "{error}");
 }
 
+/// Posts signed events to the worker's listener at once, one thread each; returns the HTTP statuses.
+fn deliver_at_once(port: u16, secret: &str, events: &[Value]) -> Vec<u16> {
+    let url = format!("http://127.0.0.1:{port}/webhook/default");
+    let threads: Vec<_> = events
+        .iter()
+        .map(|e| {
+            let (url, secret, body) = (url.clone(), secret.to_string(), e.to_string());
+            std::thread::spawn(move || {
+                let sig = signature::header_for(body.as_bytes(), &secret, signature::unix_now());
+                reqwest::blocking::Client::new()
+                    .post(&url)
+                    .header("Stripe-Signature", sig)
+                    .body(body)
+                    .send()
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn a_delivered_batch_is_applied_as_it_is_stored_and_one_bad_event_in_it_fails_alone() {
+    let mut h = setup(SeedSpec::scaled(10), Faults::default());
+    let now = signature::unix_now();
+    // the worker's next store waits on this lock, so the deliveries below queue
+    // up and are stored (and applied) as one batch
+    let mut blocker = h.cluster.connect();
+    let mut lock = blocker.transaction().unwrap();
+    lock.batch_execute("LOCK TABLE stripe_sync._webhook_stats IN EXCLUSIVE MODE").unwrap();
+    let good = |n: u32| {
+        event(
+            &format!("evt_batch_good_{n}"),
+            "customer.created",
+            now,
+            serde_json::json!({"id": format!("cus_batch{n}"), "object": "customer", "created": now, "name": format!("Batch {n}")}),
+        )
+    };
+    let mut events: Vec<Value> = (1..=20).map(good).collect();
+    events.insert(
+        10,
+        event(
+            "evt_batch_bad",
+            "customer.created",
+            now,
+            serde_json::json!({"id": "cus_batch_bad", "object": "customer", "created": "yesterday"}),
+        ),
+    );
+    let secret: String = h.c.query_one("SELECT secrets[1] FROM stripe_sync._webhooks", &[]).unwrap().get(0);
+    let port = h.port;
+    // a first delivery takes the worker to the lock, alone
+    let first = {
+        let (secret, warm) = (secret.clone(), vec![good(0)]);
+        std::thread::spawn(move || deliver_at_once(port, &secret, &warm))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let sender = std::thread::spawn(move || deliver_at_once(port, &secret, &events));
+    std::thread::sleep(Duration::from_millis(800));
+    lock.commit().unwrap();
+    let mut statuses = first.join().unwrap();
+    statuses.extend(sender.join().unwrap());
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let ids: Vec<String> = (1..=20).map(|n| format!("evt_batch_good_{n}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let took = wait_applied(&mut h, &refs, Duration::from_secs(10));
+    println!("20 good events delivered with a bad one, applied {took:?} after the lock was released");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let n: i64 = h.c.query_one("SELECT count(*) FROM stripe.customer WHERE id LIKE 'cus_batch%'", &[]).unwrap().get(0);
+    assert_eq!(n, 21);
+    let row = wait_for(Duration::from_secs(10), "the bad event to be marked failed", || {
+        h.c.query_opt(
+            "SELECT error FROM stripe_sync._inbox WHERE event_id = 'evt_batch_bad' AND status = 'failed'",
+            &[],
+        )
+        .unwrap()
+    });
+    assert!(!row.get::<_, String>(0).is_empty());
+    let status: Value = h.c.query_one("SELECT stripe_sync.webhook_status()::jsonb", &[]).unwrap().get(0);
+    assert_eq!(status["pending"], 0, "{status}");
+    assert_eq!(status["failed"], 1, "{status}");
+}
+
 #[test]
 fn an_identical_newer_version_keeps_an_older_one_from_winning() {
     let mut h = setup(SeedSpec::scaled(10), Faults::default());
@@ -628,4 +711,39 @@ fn an_event_in_an_older_api_version_writes_the_same_typed_columns_as_the_pinned_
     });
     assert_eq!(row(&mut h.c).0.as_deref(), Some(sub.as_str()));
     assert_eq!(h.fake.stats().by_path.get(&format!("GET /v1/invoices/{inv}")).copied().unwrap_or(0), 0);
+}
+
+#[test]
+fn a_new_signing_secret_is_accepted_by_the_listener_right_after_its_commit() {
+    let mut h = setup(SeedSpec::scaled(5), Faults::default());
+    let url = format!("http://127.0.0.1:{}/webhook/default", h.port);
+    let http = reqwest::blocking::Client::new();
+    let now = signature::unix_now();
+    // the worker also reads the secrets every second; the commit makes it read them at once
+    for round in 0..5 {
+        let secret = format!("whsec_rotated{round}x{now}");
+        h.c.query_one("SELECT stripe_sync.set_webhook_secret($1, replace => true)", &[&secret]).unwrap();
+        let committed = Instant::now();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let body = event(
+                &format!("evt_rotated_{round}_{tries}"),
+                "customer.created",
+                now,
+                serde_json::json!({"id": format!("cus_rotated{round}"), "object": "customer", "created": now}),
+            )
+            .to_string();
+            let sig = signature::header_for(body.as_bytes(), &secret, signature::unix_now());
+            let status = http.post(&url).header("Stripe-Signature", sig).body(body).send().unwrap().status();
+            if status.is_success() {
+                break;
+            }
+            assert!(committed.elapsed() < Duration::from_secs(3), "the new secret was never accepted: {status}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let took = committed.elapsed();
+        println!("round {round}: the new secret accepted {took:?} after the commit ({tries} deliveries)");
+        assert!(took < Duration::from_millis(300), "round {round}: {took:?} (the 1-second poll, not the commit)");
+    }
 }

@@ -87,6 +87,84 @@ pub fn store(c: &mut SpiClient, source: &str, events: &[&Incoming]) -> Result<Ve
     Ok(fresh)
 }
 
+/// Stores verified deliveries of one source and applies at once those that
+/// need no API call, in the caller's transaction (the worker's, committed before
+/// Stripe gets its 2xx). Each event is inserted once: `applied` when written,
+/// otherwise `pending`, for [`apply_pending`] to handle: events of a truncated
+/// nested list or of a same-second tie (they need the API), events no table
+/// follows, and every event of the batch when writing it fails (that path writes
+/// them one at a time and marks those that fail). Returns how many were new.
+pub fn store_and_apply(source: &str, events: &[&Incoming]) -> Result<i64, SyncError> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    // one of each event id (a delivery may come twice at once)
+    let mut seen = HashSet::new();
+    let unique: Vec<&Incoming> = events.iter().copied().filter(|e| seen.insert(e.id.as_str())).collect();
+    let ids: Vec<String> = unique.iter().map(|e| e.id.clone()).collect();
+    let known: HashSet<String> = Spi::connect(|c| {
+        let mut out = HashSet::new();
+        for r in c.select(
+            "SELECT event_id FROM stripe_sync._inbox WHERE source = $1 AND event_id = ANY($2)",
+            None,
+            &[source.into(), ids.into()],
+        )? {
+            if let Some(id) = r.get::<String>(1)? {
+                out.insert(id);
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)?;
+    let fresh: Vec<&Incoming> = unique.into_iter().filter(|e| !known.contains(&e.id)).collect();
+    // the events written now: a source that exists, a table that follows the
+    // type, an object with an id and no truncated list
+    let exists = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM stripe_sync._sources WHERE name = $1)",
+        &[source.into()],
+    )
+    .map_err(spi_err)?
+    .unwrap_or(false);
+    let mut ready: Vec<Pending> = Vec::new();
+    if exists {
+        for e in &fresh {
+            let Ok(payload) = serde_json::from_str::<Value>(&e.raw) else { continue };
+            let p = Pending { source: source.to_string(), id: e.id.clone(), kind: e.event_type.clone(), payload };
+            if !touched(&p.kind).is_empty() && object_id(&p).is_some() && needs_completion(&p).is_none() {
+                ready.push(p);
+            }
+        }
+    }
+    let applied: Vec<String> = match in_subtransaction(|| write(&ready)) {
+        Ok(ties) => ready.iter().filter(|e| !tied_in(e, &ties)).map(|e| e.id.clone()).collect(),
+        Err(_) => Vec::new(),
+    };
+    let array = format!("[{}]", fresh.iter().map(|e| e.raw.as_str()).collect::<Vec<_>>().join(","));
+    let (inserted, applied_n) = Spi::get_two_with_args::<i64, i64>(
+        "WITH ins AS (
+            INSERT INTO stripe_sync._inbox (source, event_id, type, created, payload, status, applied_at)
+            SELECT $1, e->>'id', e->>'type', (e->>'created')::bigint, e,
+                   CASE WHEN e->>'id' = ANY($3) THEN 'applied' ELSE 'pending' END,
+                   CASE WHEN e->>'id' = ANY($3) THEN clock_timestamp() END
+            FROM jsonb_array_elements($2::jsonb) e
+            ON CONFLICT (source, event_id) DO NOTHING RETURNING status)
+         SELECT count(*), count(*) FILTER (WHERE status = 'applied') FROM ins",
+        &[source.into(), array.as_str().into(), applied.into()],
+    )
+    .map_err(spi_err)?;
+    let (inserted, applied_n) = (inserted.unwrap_or(0), applied_n.unwrap_or(0));
+    Spi::run_with_args(
+        "INSERT INTO stripe_sync._webhook_stats AS s (source, received, duplicates, applied, last_received_at, last_applied_at)
+         VALUES ($1, $2, $3, $4, now(), CASE WHEN $4 > 0 THEN now() END)
+         ON CONFLICT (source) DO UPDATE SET received = s.received + $2, duplicates = s.duplicates + $3,
+             applied = s.applied + $4, last_received_at = now(),
+             last_applied_at = CASE WHEN $4 > 0 THEN now() ELSE s.last_applied_at END",
+        &[source.into(), inserted.into(), (events.len() as i64 - inserted).into(), applied_n.into()],
+    )
+    .map_err(spi_err)?;
+    Ok(inserted)
+}
+
 /// Adds rejected deliveries to the counters.
 /// Seconds a tombstone is kept after the deletion it records: Stripe keeps events
 /// 30 days (an events refresh reads no older version than that) and retries a

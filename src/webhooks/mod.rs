@@ -94,6 +94,7 @@ fn create(url: &str, source: &str) -> Result<String, SyncError> {
         ],
     )
     .map_err(spi)?;
+    crate::worker::reload_secrets_at_commit();
     Ok(id)
 }
 
@@ -152,6 +153,7 @@ fn set_secret(secret: &str, source: &str, replace: bool) -> Result<bool, SyncErr
         &[source.into(), s.into(), replace.into()],
     )
     .map_err(spi)?;
+    crate::worker::reload_secrets_at_commit();
     Ok(true)
 }
 
@@ -189,6 +191,7 @@ pub fn delete(source: &str) -> Result<bool, SyncError> {
         .map_err(permission_hint)?;
     }
     Spi::run_with_args("DELETE FROM stripe_sync._webhooks WHERE source = $1", &[source.into()]).map_err(spi)?;
+    crate::worker::reload_secrets_at_commit();
     Ok(true)
 }
 
