@@ -177,32 +177,35 @@ impl State {
         }
     }
 
-    /// Stores a batch of deliveries, then answers them.
-    fn store(&mut self, batch: Vec<Delivery>) {
+    /// Stores a batch of deliveries, then answers them; returns whether events
+    /// were left pending (or the store failed), for the inbox's apply.
+    fn store(&mut self, batch: Vec<Delivery>) -> bool {
         let mut by_source: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, d) in batch.iter().enumerate() {
             by_source.entry(d.source.clone()).or_default().push(i);
         }
         // stored and, when no API call is needed, applied in the same transaction
         let ok = guarded("storing webhook events", || {
+            let mut pending = 0;
             for (source, idx) in &by_source {
                 let events: Vec<&stripe_core::webhook::Incoming> = idx.iter().map(|i| &batch[*i].event).collect();
-                inbox::store_and_apply(source, &events)?;
+                pending += inbox::store_and_apply(source, &events)?;
             }
-            Ok::<(), crate::error::SyncError>(())
+            Ok::<i64, crate::error::SyncError>(pending)
         });
         // 2xx only after the commit; a failure answers 500 and Stripe retries
-        let status = match ok {
-            Ok(Ok(())) => 200,
+        let (status, left_pending) = match ok {
+            Ok(Ok(pending)) => (200, pending > 0),
             Ok(Err(e)) => {
                 log!("{WORKER_NAME}: storing webhook events failed: {}", e.message);
-                500
+                (500, true)
             }
-            Err(_) => 500,
+            Err(_) => (500, true),
         };
         for d in batch {
             let _ = d.reply.send(status);
         }
+        left_pending
     }
 
     /// Applies the inbox until it is empty or `budget` runs out.
@@ -400,12 +403,10 @@ pub extern "C-unwind" fn stripe_sync_worker_main(_arg: pg_sys::Datum) {
         } else {
             std::thread::sleep(Duration::from_millis(100));
         }
-        let stored = !batch.is_empty();
-        if stored {
-            st.store(batch);
-        }
-        // apply right away when something came in, otherwise now and then
-        if stored || last_secrets.elapsed() < Duration::from_millis(30) {
+        // what a batch leaves pending is applied right away; the rest of the inbox
+        // (retries, events stored by receive_webhook) now and then
+        let left_pending = !batch.is_empty() && st.store(batch);
+        if left_pending || last_secrets.elapsed() < Duration::from_millis(30) {
             st.apply(Duration::from_millis(200));
         }
     }

@@ -93,7 +93,8 @@ pub fn store(c: &mut SpiClient, source: &str, events: &[&Incoming]) -> Result<Ve
 /// otherwise `pending`, for [`apply_pending`] to handle: events of a truncated
 /// nested list or of a same-second tie (they need the API), events no table
 /// follows, and every event of the batch when writing it fails (that path writes
-/// them one at a time and marks those that fail). Returns how many were new.
+/// them one at a time and marks those that fail). Returns how many were stored
+/// pending.
 pub fn store_and_apply(source: &str, events: &[&Incoming]) -> Result<i64, SyncError> {
     if events.is_empty() {
         return Ok(0);
@@ -153,6 +154,7 @@ pub fn store_and_apply(source: &str, events: &[&Incoming]) -> Result<i64, SyncEr
     )
     .map_err(spi_err)?;
     let (inserted, applied_n) = (inserted.unwrap_or(0), applied_n.unwrap_or(0));
+    let pending = inserted - applied_n;
     Spi::run_with_args(
         "INSERT INTO stripe_sync._webhook_stats AS s (source, received, duplicates, applied, last_received_at, last_applied_at)
          VALUES ($1, $2, $3, $4, now(), CASE WHEN $4 > 0 THEN now() END)
@@ -162,7 +164,7 @@ pub fn store_and_apply(source: &str, events: &[&Incoming]) -> Result<i64, SyncEr
         &[source.into(), inserted.into(), (events.len() as i64 - inserted).into(), applied_n.into()],
     )
     .map_err(spi_err)?;
-    Ok(inserted)
+    Ok(pending)
 }
 
 /// Adds rejected deliveries to the counters.
