@@ -62,6 +62,7 @@ pub struct Target {
     table: String,
     upsert: String,
     delete_ids: String,
+    api_version: String,
 }
 
 fn spi_err(e: pgrx::spi::Error) -> SyncError {
@@ -87,7 +88,16 @@ impl Target {
     /// webhooks (Stripe delivers late for up to three days). Without webhooks, the
     /// only other writer is an events refresh, which never applies an event older
     /// than the events cursor a full refresh moved to its own start.
-    pub fn new(resource: &'static Resource, source: &str, schema: &str, table: &str, restamp: bool) -> Target {
+    /// `api_version` is the version every object written is rendered in (the
+    /// source's: events in another one are fetched again), kept in `_api_version`.
+    pub fn new(
+        resource: &'static Resource,
+        source: &str,
+        schema: &str,
+        table: &str,
+        restamp: bool,
+        api_version: &str,
+    ) -> Target {
         let q = format!("{}.{}", ident(schema), ident(table));
         let mut names = vec!["id".to_string(), "created".to_string()];
         let mut exprs = vec!["o->>'id'".to_string(), extract(ColType::Timestamp, resource.created_field)];
@@ -133,16 +143,16 @@ impl Target {
                 SELECT input.id, input.s, input.b, t._stamp AS ts, t.attrs IS NOT DISTINCT FROM input.o AS same
                 FROM input JOIN {q} t ON t.id = input.id
              ), written AS (
-                INSERT INTO {q} AS t ({names}, attrs, _synced_at, _synced_by, _stamp)
-                SELECT {exprs}, o, now(), b, s FROM input
+                INSERT INTO {q} AS t ({names}, attrs, _synced_at, _synced_by, _stamp, _api_version)
+                SELECT {exprs}, o, now(), b, s, $4 FROM input
                 WHERE NOT EXISTS (SELECT 1 FROM stripe_sync._deleted d
                                   WHERE d.source = $2 AND d.resource = $3 AND d.id = input.id
                                     AND (d.stamp > input.s OR (d.stamp = input.s AND input.b NOT LIKE 'fetch%')))
                   {parent_alive}
                 ORDER BY n
                 ON CONFLICT (id) DO UPDATE SET {sets}, attrs = EXCLUDED.attrs, _synced_at = EXCLUDED._synced_at,
-                    _synced_by = EXCLUDED._synced_by, _stamp = EXCLUDED._stamp
-                WHERE (t.attrs IS DISTINCT FROM EXCLUDED.attrs
+                    _synced_by = EXCLUDED._synced_by, _stamp = EXCLUDED._stamp, _api_version = EXCLUDED._api_version
+                WHERE ((t.attrs IS DISTINCT FROM EXCLUDED.attrs OR t._api_version IS DISTINCT FROM EXCLUDED._api_version)
                        AND (t._stamp < EXCLUDED._stamp OR (t._stamp = EXCLUDED._stamp AND EXCLUDED._synced_by LIKE 'fetch%')))
                    -- the same content, known at a later time: only what the row knows moves
                    OR ({restamp} AND t.attrs = EXCLUDED.attrs AND t._stamp < EXCLUDED._stamp)
@@ -192,7 +202,14 @@ impl Target {
              SELECT (SELECT count(*) FROM gone), (SELECT coalesce(array_agg(id), '{{}}') FROM locked WHERE tied),
                     (SELECT coalesce(array_agg(s), '{{}}') FROM locked WHERE tied)"
         );
-        Target { resource, source: source.to_string(), table: q, upsert, delete_ids }
+        Target {
+            resource,
+            source: source.to_string(),
+            table: q,
+            upsert,
+            delete_ids,
+            api_version: api_version.to_string(),
+        }
     }
 
     /// The qualified table name.
@@ -229,8 +246,16 @@ impl Target {
         buf.push(b']');
         let text = String::from_utf8(buf)
             .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
-        let row =
-            exec(c, &self.upsert, &[text.as_str().into(), self.source.as_str().into(), self.resource.name.into()])?;
+        let row = exec(
+            c,
+            &self.upsert,
+            &[
+                text.as_str().into(),
+                self.source.as_str().into(),
+                self.resource.name.into(),
+                self.api_version.as_str().into(),
+            ],
+        )?;
         let first = row.first();
         let (ins, upd, ids) = first.get_three::<i64, i64, Vec<String>>().map_err(spi_err)?;
         let stamps = first.get::<Vec<i64>>(4).map_err(spi_err)?.unwrap_or_default();

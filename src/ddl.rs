@@ -62,6 +62,11 @@ pub const SYNC_COLUMNS: &[(&str, &str, &str)] = &[
         "bigint NOT NULL",
         "Stripe's clock (unix seconds) of the version held: the event's created time, or when the page was read. Older versions never overwrite newer ones.",
     ),
+    (
+        "_api_version",
+        "text",
+        "The Stripe API version the row's attrs are rendered in: the source's (an event rendered in another version is fetched again in it). NULL for rows written before stripe_sync 0.3.0.",
+    ),
 ];
 
 /// `CREATE TABLE`, indexes and comments of a resource's materialized table.

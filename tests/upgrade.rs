@@ -245,7 +245,7 @@ fn upgrade_story(generated_0_1_0: &str, restore: &dyn Fn()) {
         .query_one("SELECT default_version FROM pg_available_extensions WHERE name = 'stripe_sync'", &[])
         .unwrap()
         .get(0);
-    assert_eq!((v.as_str(), current.as_str()), ("0.2.0", "0.2.0"), "updated to the current version");
+    assert_eq!((v.as_str(), current.as_str()), ("0.3.0", "0.3.0"), "updated to the current version");
     assert_eq!(state(&mut c), before, "rows, cursors and inbox survive the update");
     // the worker goes on: the pending event is applied
     wait_for(Duration::from_secs(20), "the pending event applied after the update", || {
@@ -253,9 +253,13 @@ fn upgrade_story(generated_0_1_0: &str, restore: &dyn Fn()) {
             c.query_one("SELECT count(*) FROM stripe_sync._inbox WHERE status = 'pending'", &[]).unwrap().get(0);
         (n == 0).then_some(())
     });
-    let name: String =
-        c.query_one("SELECT name FROM stripe.customer WHERE id = $1", &[&id(&customers[1])]).unwrap().get(0);
+    let row =
+        c.query_one("SELECT name, _api_version FROM stripe.customer WHERE id = $1", &[&id(&customers[1])]).unwrap();
+    let (name, version): (String, Option<String>) = (row.get(0), row.get(1));
     assert_eq!(name, "Upgraded1");
+    // 0.3.0 added the column to the tables of sources made by 0.1.0; a row written
+    // after the update records the version it is rendered in
+    assert_eq!(version.as_deref(), Some(stripe_core::API_VERSION), "the row's API version");
     // events refreshes go on from the kept cursors
     let (mode, requests): (String, i64) = {
         let r = c.query_one("SELECT mode, api_requests FROM stripe_sync.refresh('customer', 'events')", &[]).unwrap();

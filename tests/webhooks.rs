@@ -711,6 +711,23 @@ fn an_event_in_an_older_api_version_writes_the_same_typed_columns_as_the_pinned_
     });
     assert_eq!(row(&mut h.c).0.as_deref(), Some(sub.as_str()));
     assert_eq!(h.fake.stats().by_path.get(&format!("GET /v1/invoices/{inv}")).copied().unwrap_or(0), 0);
+    // each row records the version its attrs are rendered in: the pinned one, by every path
+    let versions: Vec<(String, Option<String>)> =
+        h.c.query(
+            "SELECT DISTINCT left(_synced_by, strpos(_synced_by, ':')), _api_version FROM stripe.invoice ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        versions.iter().any(|(by, _)| by == "refresh:") && versions.iter().any(|(by, _)| by == "event:"),
+        "{versions:?}"
+    );
+    for (by, v) in &versions {
+        assert_eq!(v.as_deref(), Some(stripe_core::client::API_VERSION), "rows written by {by}");
+    }
 }
 
 #[test]

@@ -412,7 +412,8 @@ fn run(job: &Job) -> Result<(), Stop> {
         )
         .map_err(spi_err)?
         .unwrap_or(true);
-        Ok((client, Target::new(r, &job.source, &schema, &table, webhooks)))
+        let version = client.config().api_version.clone();
+        Ok((client, Target::new(r, &job.source, &schema, &table, webhooks, &version)))
     })?;
     let parallelism = job.parallelism.max(1);
     let mut ctx = Ctx {

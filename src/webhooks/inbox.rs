@@ -503,8 +503,8 @@ fn write(events: &[Pending]) -> Result<Ties, SyncError> {
         for ((src, rname), payloads) in &groups {
             let r = resources::lookup(rname).map_err(|e| SyncError::invalid(e.to_string()))?;
             let (schema, table) = table_of(src, r)?;
-            let target = Target::new(r, src, &schema, &table, true);
             let version = api_version_of(src)?;
+            let target = Target::new(r, src, &schema, &table, true, &version);
             let mut fx = EventEffects::default();
             for p in payloads {
                 fx.add(r, (*p).clone(), &version);
@@ -604,7 +604,7 @@ fn write_ties(
     ties: &[crate::apply::Tie],
 ) -> Result<(), SyncError> {
     let (schema, table) = table_of(src, r)?;
-    let target = Target::new(r, src, &schema, &table, true);
+    let target = Target::new(r, src, &schema, &table, true, &api_version_of(src)?);
     in_subtransaction(|| Spi::connect_mut(|c| target.write_fetched(c, fetched, ties, "fetch:tie")))
         .map_err(|m| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, m))?;
     Ok(())
