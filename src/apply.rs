@@ -5,7 +5,9 @@
 //!   arriving later never wins (see [`Target::new`] for when);
 //! - a deletion removes the row and leaves a tombstone, so an older version
 //!   arriving late never brings it back;
-//! - applying the same thing twice is harmless.
+//! - applying the same thing twice is harmless;
+//! - writers of one source take turns (see [`Target::take_turn`]), so each
+//!   write sees every version and tombstone committed before it.
 
 use crate::ddl::{ident, literal};
 use pgrx::prelude::*;
@@ -217,6 +219,27 @@ impl Target {
         &self.table
     }
 
+    /// Waits for this transaction's turn to write the source's tables, held to
+    /// its end. Every write takes it before its first statement, so the
+    /// statements that follow see all that other writers committed: without
+    /// it, an upsert whose snapshot predates a concurrent deletion's commit
+    /// re-inserts the deleted row (its tombstone check read the older snapshot),
+    /// and a deletion misses a row another backend inserted but had not yet
+    /// committed. One lock per source, not per table: a deletion cascades into
+    /// other tables. The workers and `refresh` take it before any row lock
+    /// another writer needs, and a batch of several sources takes theirs in name
+    /// order, so they cannot deadlock. Taking it again in the same transaction
+    /// is free.
+    fn take_turn(&self, c: &mut SpiClient) -> Result<(), SyncError> {
+        c.update(
+            "SELECT pg_advisory_xact_lock(hashtext('stripe_sync writes'), hashtext($1))",
+            None,
+            &[self.source.as_str().into()],
+        )
+        .map_err(spi_err)?;
+        Ok(())
+    }
+
     /// Upserts versions (the newest per id, when an id comes twice).
     pub fn upsert(&self, c: &mut SpiClient, versions: Vec<Version>) -> Result<Upserted, SyncError> {
         self.upsert_newest(c, versions.into_iter().collect())
@@ -229,6 +252,7 @@ impl Target {
         if versions.is_empty() {
             return Ok(Upserted { ties: batch_ties, ..Default::default() });
         }
+        self.take_turn(c)?;
         // the input as jsonb text, written straight from the versions (no copies;
         // writing JSON into a Vec cannot fail)
         let mut buf: Vec<u8> = Vec::with_capacity(versions.len() * 1024);
@@ -286,6 +310,7 @@ impl Target {
         if ids.is_empty() {
             return Ok((Counts::default(), Vec::new()));
         }
+        self.take_turn(c)?;
         // one tombstone per id, at its latest deletion (an id deleted twice in one
         // batch would otherwise be written twice by one statement)
         let mut latest: HashMap<&str, i64> = HashMap::new();
@@ -386,6 +411,7 @@ impl Target {
 
     /// Deletes every row of a deleted customer.
     pub fn delete_of_customer(&self, c: &mut SpiClient, customer: &str, stamp: i64) -> Result<Counts, SyncError> {
+        self.take_turn(c)?;
         // the owner's tombstone keeps late versions of its children out (also when
         // only this table follows its deletion)
         if let Some(p) = self.resource.parent() {
@@ -414,6 +440,7 @@ impl Target {
         mut args: Vec<pgrx::datum::DatumWithOid>,
         stamp: i64,
     ) -> Result<Counts, SyncError> {
+        self.take_turn(c)?;
         let n = args.len();
         let sql = format!(
             "WITH gone AS (DELETE FROM {t} WHERE {cond} RETURNING id), tomb AS (

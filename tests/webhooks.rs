@@ -764,3 +764,145 @@ fn a_new_signing_secret_is_accepted_by_the_listener_right_after_its_commit() {
         assert!(took < Duration::from_millis(300), "round {round}: {took:?} (the 1-second poll, not the commit)");
     }
 }
+
+/// Stores events through `receive_webhook` and applies them, in a transaction
+/// left open (the caller commits it): a writer caught mid-way.
+fn receive_and_apply_open<'a>(
+    c: &'a mut postgres::Client,
+    secret: &str,
+    events: &[Value],
+) -> postgres::Transaction<'a> {
+    let mut t = c.transaction().unwrap();
+    for e in events {
+        let body = e.to_string();
+        let sig = signature::header_for(body.as_bytes(), secret, signature::unix_now());
+        let r: String = t.query_one("SELECT stripe_sync.receive_webhook($1, $2)", &[&body, &sig]).unwrap().get(0);
+        assert_eq!(r, "stored", "{body}");
+    }
+    let applied: i64 = t.query_one("SELECT stripe_sync.apply_inbox()", &[]).unwrap().get(0);
+    assert_eq!(applied as usize, events.len());
+    t
+}
+
+/// Waits until no refresh runs (the worker's catch-up at start, for one).
+fn wait_no_refresh(h: &mut Hooked) {
+    wait_for(Duration::from_secs(60), "the refreshes to end", || {
+        let n: i64 =
+            h.c.query_one("SELECT count(*) FROM stripe_sync._sync_state WHERE status = 'running'", &[]).unwrap().get(0);
+        (n == 0).then_some(())
+    });
+}
+
+/// Runs `refresh(resource, 'events')` on its own connection; `done` is set when it returns.
+fn refresh_in_thread(
+    h: &Hooked,
+    resource: &'static str,
+    done: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<String, String>> {
+    let (done, connstr) = (done.clone(), h.cluster.connstr("postgres"));
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&connstr, postgres::NoTls).unwrap();
+        let r = c.query_one("SELECT mode FROM stripe_sync.refresh($1, 'events')", &[&resource]);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        r.map(|r| r.get::<_, String>(0)).map_err(|e| format!("{:?}", e.as_db_error()))
+    })
+}
+
+/// Waits until a backend other than `except` waits for a lock, or `done` is set.
+fn wait_blocked_or_done(h: &mut Hooked, except: i32, done: &std::sync::atomic::AtomicBool) -> bool {
+    wait_for(Duration::from_secs(30), "a writer to wait for the open transaction", || {
+        if done.load(std::sync::atomic::Ordering::SeqCst) {
+            return Some(false);
+        }
+        let n: i64 = h
+            .c
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> $1", &[&except])
+            .unwrap()
+            .get(0);
+        (n > 0).then_some(true)
+    })
+}
+
+/// Two writers of one source at once: an events refresh of customer (its
+/// requests slowed so that it is still listing) and a webhook event applied in a
+/// transaction left open (`receive_webhook` and `apply_inbox`, as a DBA may run
+/// them). The refresh started first, so it holds no row the open transaction
+/// needs; its writes come while that transaction is open. Returns whether
+/// another backend was seen waiting for it.
+fn race_an_events_refresh_with(h: &mut Hooked, open_event: Value) -> bool {
+    let secret: String = h.c.query_one("SELECT secrets[1] FROM stripe_sync._webhooks", &[]).unwrap().get(0);
+    h.fake.set_faults(Faults { latency_ms: 1500, webhook_delay_ms: 600_000, ..Faults::default() });
+    let t0: f64 = h.c.query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[]).unwrap().get(0);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refresher = refresh_in_thread(h, "customer", &done);
+    wait_for(Duration::from_secs(30), "the events refresh to start", || {
+        let n: i64 =
+            h.c.query_one(
+                "SELECT count(*) FROM stripe_sync._sync_state WHERE resource = 'customer' AND status = 'running'
+                   AND started_at >= to_timestamp($1)",
+                &[&t0],
+            )
+            .unwrap()
+            .get(0);
+        (n > 0).then_some(())
+    });
+    let mut writer = h.cluster.connect();
+    let writer_pid: i32 = writer.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let open = receive_and_apply_open(&mut writer, &secret, &[open_event]);
+    let blocked = wait_blocked_or_done(h, writer_pid, &done);
+    open.commit().unwrap();
+    let mode = refresher.join().unwrap().expect("the events refresh");
+    assert_eq!(mode, "events");
+    blocked
+}
+
+/// The time of the newest event of `kind` for object `id` at the fake.
+fn event_time(h: &Hooked, kind: &str, id: &str) -> i64 {
+    h.fake
+        .objects("events")
+        .iter()
+        .filter(|e| e["type"] == kind && e["data"]["object"]["id"] == id)
+        .map(|e| e["created"].as_i64().unwrap())
+        .max()
+        .unwrap()
+}
+
+/// A webhook deletion is applied (uncommitted) before an events refresh writes
+/// an older version of the same customer: the refresh waits for its turn and
+/// then sees the tombstone, so the older version does not bring the row back.
+#[test]
+fn a_deletion_committed_while_an_events_refresh_writes_an_older_version_stays_deleted() {
+    let mut h = setup(SeedSpec::scaled(10), Faults::default());
+    wait_no_refresh(&mut h);
+    let cus = h.fake.objects("customers")[1].clone();
+    let cid = id(&cus);
+    // a change at Stripe: delivered and applied, and listed by /v1/events
+    call(&h.fake, "POST", &format!("/v1/customers/{cid}"), "name=Older");
+    h.settle(Duration::from_secs(30));
+    let changed = event_time(&h, "customer.updated", &cid);
+    let blocked = race_an_events_refresh_with(&mut h, event("evt_race_del", "customer.deleted", changed + 5, cus));
+    println!("the events refresh waited for the open deletion: {blocked}");
+    let left: i64 = h.c.query_one("SELECT count(*) FROM stripe.customer WHERE id = $1", &[&cid]).unwrap().get(0);
+    assert_eq!(left, 0, "the older version written beside the deletion brought {cid} back");
+}
+
+/// The other order: an older version of a new customer is written (uncommitted)
+/// while an events refresh applies the customer's later deletion. The deletion
+/// waits for its turn, and then deletes it.
+#[test]
+fn a_deletion_applied_while_an_older_insert_is_uncommitted_deletes_it_once_committed() {
+    let mut h = setup(SeedSpec::scaled(10), Faults::default());
+    wait_no_refresh(&mut h);
+    // Stripe's events of a new customer and its deletion reach only /v1/events
+    // in time (their deliveries wait)
+    h.fake.set_faults(Faults { webhook_delay_ms: 600_000, ..Faults::default() });
+    let cus = call(&h.fake, "POST", "/v1/customers", "email=r%40example.com");
+    let cid = id(&cus);
+    std::thread::sleep(Duration::from_millis(1100));
+    call(&h.fake, "DELETE", &format!("/v1/customers/{cid}"), "");
+    let deleted_at = event_time(&h, "customer.deleted", &cid);
+    let blocked = race_an_events_refresh_with(&mut h, event("evt_race_new", "customer.updated", deleted_at - 1, cus));
+    println!("the deletion waited for the open insert: {blocked}");
+    let left: i64 = h.c.query_one("SELECT count(*) FROM stripe.customer WHERE id = $1", &[&cid]).unwrap().get(0);
+    assert_eq!(left, 0, "{cid}, deleted after the version written beside the deletion, is still in the table");
+}
