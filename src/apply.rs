@@ -12,10 +12,12 @@
 use crate::ddl::{ident, literal};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::spi::SpiTupleTable;
-use pgrx::{JsonB, PgSqlErrorCode};
+use pgrx::spi::{OwnedPreparedStatement, SpiTupleTable};
+use pgrx::{JsonB, PgOid, PgSqlErrorCode};
 use serde_json::{Value, json};
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 use stripe_core::batch::add_tie;
 pub use stripe_core::batch::{EventEffects, Newest, Tie, Version};
 use stripe_core::resources::{ColType, Resource};
@@ -231,12 +233,11 @@ impl Target {
     /// order, so they cannot deadlock. Taking it again in the same transaction
     /// is free.
     fn take_turn(&self, c: &mut SpiClient) -> Result<(), SyncError> {
-        c.update(
+        exec(
+            c,
             "SELECT pg_advisory_xact_lock(hashtext('stripe_sync writes'), hashtext($1))",
-            None,
             &[self.source.as_str().into()],
-        )
-        .map_err(spi_err)?;
+        )?;
         Ok(())
     }
 
@@ -507,30 +508,61 @@ impl Target {
     }
 }
 
-/// Runs a write statement. Each run is planned anew: a plan kept across runs
-/// becomes a generic one after five, and a generic plan made while a table was
-/// small keeps scanning it whole once it is large (measured: the webhook path
-/// fell from 7,788 to 5,768 events/s, most of the worker's time in sequential
-/// scans of the table it wrote).
-fn exec<'c>(
+thread_local! {
+    /// Whether this backend keeps the plans of its write statements (see [`keep_plans`]).
+    static KEEP_PLANS: Cell<bool> = const { Cell::new(false) };
+    static PLANS: RefCell<HashMap<String, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+/// Makes this backend plan each write statement once and keep it: for the
+/// webhook worker, whose batches are small and many, so that planning the
+/// upsert was a fifth of its time. A kept plan is generic; one made while a
+/// table was small would keep scanning it whole once it is large (measured: the
+/// webhook path fell from 7,788 to 5,768 events/s), so the caller also turns off
+/// sequential scans and hash and merge joins for its session: every write is a
+/// lookup by key. Other backends (refreshes, `apply_inbox`) plan on each run.
+pub fn keep_plans() -> Result<(), SyncError> {
+    Spi::run(
+        "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off;
+         SET plan_cache_mode = force_generic_plan; SET jit = off",
+    )
+    .map_err(spi_err)?;
+    KEEP_PLANS.with(|k| k.set(true));
+    Ok(())
+}
+
+/// Runs a statement of the write path: planned on each run, or through its kept
+/// plan (see [`keep_plans`]).
+pub fn exec<'c>(
     c: &mut SpiClient<'c>,
     sql: &str,
     args: &[pgrx::datum::DatumWithOid],
 ) -> Result<SpiTupleTable<'c>, SyncError> {
-    c.update(sql, None, args).map_err(spi_err)
+    if !KEEP_PLANS.with(Cell::get) {
+        return c.update(sql, None, args).map_err(spi_err);
+    }
+    let plan = match PLANS.with(|p| p.borrow().get(sql).cloned()) {
+        Some(plan) => plan,
+        None => {
+            let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+            let plan = Rc::new(c.prepare_mut(sql, &types).map_err(spi_err)?.keep());
+            PLANS.with(|p| p.borrow_mut().insert(sql.to_string(), plan.clone()));
+            plan
+        }
+    };
+    c.update(&*plan, None, args).map_err(spi_err)
 }
 
 /// Moves what `sync_status.freshness` measures from: the newest Stripe time of a
 /// change written to the table, by any path (refreshes and webhooks alike).
 pub fn record_newest(c: &mut SpiClient, source: &str, resource: &str, newest: Option<i64>) -> Result<(), SyncError> {
     if let Some(n) = newest {
-        c.update(
+        exec(
+            c,
             "INSERT INTO stripe_sync._sync_state AS s (source, resource, newest_stamp) VALUES ($1, $2, $3)
              ON CONFLICT (source, resource) DO UPDATE SET newest_stamp = greatest(s.newest_stamp, EXCLUDED.newest_stamp)",
-            None,
             &[source.into(), resource.into(), n.into()],
-        )
-        .map_err(spi_err)?;
+        )?;
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use crate::{guc, refresh, threads};
 use pgrx::PgTryBuilder;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
@@ -180,7 +180,10 @@ impl State {
     /// Stores a batch of deliveries, then answers them; returns whether events
     /// were left pending (or the store failed), for the inbox's apply.
     fn store(&mut self, batch: Vec<Delivery>) -> bool {
-        let mut by_source: HashMap<String, Vec<usize>> = HashMap::new();
+        // in name order: each source's writes take its turn (a lock) for the rest
+        // of the transaction, and every writer of several sources takes them in
+        // that order
+        let mut by_source: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, d) in batch.iter().enumerate() {
             by_source.entry(d.source.clone()).or_default().push(i);
         }
@@ -326,6 +329,10 @@ pub extern "C-unwind" fn stripe_sync_worker_main(_arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
+    }
+    // write statements planned once (a failure here only costs speed)
+    if let Ok(Err(e)) = guarded("keeping write plans", crate::apply::keep_plans) {
+        log!("{WORKER_NAME}: write statements are planned on each run: {}", e.message);
     }
     let mut st = State {
         listen: String::new(),

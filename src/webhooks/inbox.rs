@@ -2,7 +2,7 @@
 //! applied in batches by the same rules as refreshes. One code path for the
 //! worker's listener and `stripe_sync.receive_webhook`.
 
-use crate::apply::{EventEffects, Target, table_of};
+use crate::apply::{EventEffects, Target, exec, table_of};
 use crate::error::{SyncError, in_subtransaction};
 use crate::{source, threads};
 use pgrx::prelude::*;
@@ -103,29 +103,23 @@ pub fn store_and_apply(source: &str, events: &[&Incoming]) -> Result<i64, SyncEr
     let mut seen = HashSet::new();
     let unique: Vec<&Incoming> = events.iter().copied().filter(|e| seen.insert(e.id.as_str())).collect();
     let ids: Vec<String> = unique.iter().map(|e| e.id.clone()).collect();
-    let known: HashSet<String> = Spi::connect(|c| {
-        let mut out = HashSet::new();
-        for r in c.select(
-            "SELECT event_id FROM stripe_sync._inbox WHERE source = $1 AND event_id = ANY($2)",
-            None,
+    // whether the source exists, and which events are stored already (one statement)
+    let (exists, known) = Spi::connect_mut(|c| {
+        exec(
+            c,
+            "SELECT EXISTS (SELECT 1 FROM stripe_sync._sources WHERE name = $1),
+                    coalesce((SELECT array_agg(event_id) FROM stripe_sync._inbox WHERE source = $1 AND event_id = ANY($2)), '{}')",
             &[source.into(), ids.into()],
-        )? {
-            if let Some(id) = r.get::<String>(1)? {
-                out.insert(id);
-            }
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .map_err(spi_err)?;
+        )?
+        .first()
+        .get_two::<bool, Vec<String>>()
+        .map_err(spi_err)
+    })?;
+    let exists = exists.unwrap_or(false);
+    let known: HashSet<String> = known.unwrap_or_default().into_iter().collect();
     let fresh: Vec<&Incoming> = unique.into_iter().filter(|e| !known.contains(&e.id)).collect();
     // the events written now: a source that exists, a table that follows the
     // type, an object with an id and no truncated list
-    let exists = Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM stripe_sync._sources WHERE name = $1)",
-        &[source.into()],
-    )
-    .map_err(spi_err)?
-    .unwrap_or(false);
     let mut ready: Vec<Pending> = Vec::new();
     if exists {
         for e in &fresh {
@@ -141,33 +135,38 @@ pub fn store_and_apply(source: &str, events: &[&Incoming]) -> Result<i64, SyncEr
         Err(_) => Vec::new(),
     };
     let array = format!("[{}]", fresh.iter().map(|e| e.raw.as_str()).collect::<Vec<_>>().join(","));
-    let (inserted, applied_n) = Spi::get_two_with_args::<i64, i64>(
+    // the events and the counters, in one statement
+    let (inserted, applied_n) = Spi::connect_mut(|c| {
+        exec(
+            c,
         "WITH ins AS (
             INSERT INTO stripe_sync._inbox (source, event_id, type, created, payload, status, applied_at)
             SELECT $1, e->>'id', e->>'type', (e->>'created')::bigint, e,
                    CASE WHEN e->>'id' = ANY($3) THEN 'applied' ELSE 'pending' END,
                    CASE WHEN e->>'id' = ANY($3) THEN clock_timestamp() END
             FROM jsonb_array_elements($2::jsonb) e
-            ON CONFLICT (source, event_id) DO NOTHING RETURNING status)
-         SELECT count(*), count(*) FILTER (WHERE status = 'applied') FROM ins",
-        &[source.into(), array.as_str().into(), applied.into()],
-    )
-    .map_err(spi_err)?;
+            ON CONFLICT (source, event_id) DO NOTHING RETURNING status
+         ), n AS (
+            SELECT count(*) AS inserted, count(*) FILTER (WHERE status = 'applied') AS applied FROM ins
+         ), stats AS (
+            INSERT INTO stripe_sync._webhook_stats AS s (source, received, duplicates, applied, last_received_at, last_applied_at)
+            SELECT $1, n.inserted, $4 - n.inserted, n.applied, now(), CASE WHEN n.applied > 0 THEN now() END FROM n
+            ON CONFLICT (source) DO UPDATE SET received = s.received + EXCLUDED.received,
+                duplicates = s.duplicates + EXCLUDED.duplicates, applied = s.applied + EXCLUDED.applied,
+                last_received_at = now(), last_applied_at = coalesce(EXCLUDED.last_applied_at, s.last_applied_at)
+         )
+         SELECT inserted, applied FROM n",
+            &[source.into(), array.as_str().into(), applied.into(), (events.len() as i64).into()],
+        )?
+        .first()
+        .get_two::<i64, i64>()
+        .map_err(spi_err)
+    })?;
     let (inserted, applied_n) = (inserted.unwrap_or(0), applied_n.unwrap_or(0));
     let pending = inserted - applied_n;
-    Spi::run_with_args(
-        "INSERT INTO stripe_sync._webhook_stats AS s (source, received, duplicates, applied, last_received_at, last_applied_at)
-         VALUES ($1, $2, $3, $4, now(), CASE WHEN $4 > 0 THEN now() END)
-         ON CONFLICT (source) DO UPDATE SET received = s.received + $2, duplicates = s.duplicates + $3,
-             applied = s.applied + $4, last_received_at = now(),
-             last_applied_at = CASE WHEN $4 > 0 THEN now() ELSE s.last_applied_at END",
-        &[source.into(), inserted.into(), (events.len() as i64 - inserted).into(), applied_n.into()],
-    )
-    .map_err(spi_err)?;
     Ok(pending)
 }
 
-/// Adds rejected deliveries to the counters.
 /// Seconds a tombstone is kept after the deletion it records: Stripe keeps events
 /// 30 days (an events refresh reads no older version than that) and retries a
 /// webhook delivery for up to 3 days, so after 30 days plus a margin no older
@@ -206,6 +205,7 @@ pub fn prune(inbox_retention: i64) -> Result<(i64, i64), SyncError> {
     Ok((events, tombstones))
 }
 
+/// Adds rejected deliveries to the counters.
 pub fn count_rejected(c: &mut SpiClient, source: &str, n: u64) -> Result<(), SyncError> {
     c.update(
         "INSERT INTO stripe_sync._webhook_stats AS s (source, rejected) VALUES ($1, $2)
@@ -490,6 +490,24 @@ fn api_version_of(source: &str) -> Result<String, SyncError> {
     .unwrap_or_else(|| stripe_core::client::API_VERSION.to_string()))
 }
 
+/// A source's schema, table prefix and API version (its own, or the pinned one).
+fn source_tables(c: &mut SpiClient, source: &str) -> Result<(String, String, String), SyncError> {
+    let row = exec(
+        c,
+        "SELECT schema_name, table_prefix, coalesce(api_version, $2) FROM stripe_sync._sources WHERE name = $1",
+        &[source.into(), stripe_core::client::API_VERSION.into()],
+    )?;
+    if row.is_empty() {
+        return Err(SyncError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("source \"{source}\" does not exist"),
+        ));
+    }
+    let first = row.first();
+    let (schema, prefix, version) = first.get_three::<String, String, String>().map_err(spi_err)?;
+    Ok((schema.unwrap_or_default(), prefix.unwrap_or_default(), version.unwrap_or_default()))
+}
+
 /// Writes events to their tables; returns the same-second ties to settle.
 fn write(events: &[Pending]) -> Result<Ties, SyncError> {
     let mut groups: BTreeMap<(String, &'static str), Vec<&Value>> = BTreeMap::new();
@@ -499,15 +517,19 @@ fn write(events: &[Pending]) -> Result<Ties, SyncError> {
         }
     }
     let mut ties = Vec::new();
+    // each source's schema, table prefix and API version, read once
+    let mut sources: HashMap<&str, (String, String, String)> = HashMap::new();
     Spi::connect_mut(|c| {
         for ((src, rname), payloads) in &groups {
             let r = resources::lookup(rname).map_err(|e| SyncError::invalid(e.to_string()))?;
-            let (schema, table) = table_of(src, r)?;
-            let version = api_version_of(src)?;
-            let target = Target::new(r, src, &schema, &table, true, &version);
+            if !sources.contains_key(src.as_str()) {
+                sources.insert(src, source_tables(c, src)?);
+            }
+            let (schema, prefix, version) = &sources[src.as_str()];
+            let target = Target::new(r, src, schema, &crate::ddl::table_name(prefix, r), true, version);
             let mut fx = EventEffects::default();
             for p in payloads {
-                fx.add(r, (*p).clone(), &version);
+                fx.add(r, (*p).clone(), version);
             }
             let newest = fx.newest;
             let (up, _) = target.apply_events(fx, c)?;

@@ -9,6 +9,63 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stripe_core::signature;
 
+/// A minimal HTTP/1.1 client on one kept-alive connection, as light as the C
+/// load generators webhook servers are measured with: a request is one write
+/// and its answer one or two reads, on the calling thread (no runtime beside it).
+struct KeepAlive {
+    addr: String,
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    fn connect(addr: &str) -> KeepAlive {
+        let stream = std::net::TcpStream::connect(addr).expect("connect to the listener");
+        stream.set_nodelay(true).unwrap();
+        KeepAlive { addr: addr.to_string(), stream, buf: Vec::with_capacity(4096) }
+    }
+
+    /// POSTs a signed body; returns the status (0 when the connection failed).
+    fn post(&mut self, path: &str, signature: &str, body: &str) -> u16 {
+        use std::io::Read;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nStripe-Signature: {signature}\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        let mut req = head.into_bytes();
+        req.extend_from_slice(body.as_bytes());
+        if self.stream.write_all(&req).is_err() {
+            return 0;
+        }
+        // the head, then as much body as Content-Length says
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return 0,
+                Ok(n) => n,
+            };
+            self.buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+            let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while self.buf.len() < end + 4 + len {
+                match self.stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return 0,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            return status;
+        }
+    }
+}
+
 struct Row {
     bench: String,
     setting: String,
@@ -310,15 +367,14 @@ fn main() {
             }
             peak
         });
-        let url = format!("http://{listen}/webhook/hooks");
         let per = a.events.div_ceil(a.clients);
         let start = Instant::now();
         let epoch0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
         let threads: Vec<_> = (0..a.clients)
         .map(|k| {
-            let url = url.clone();
+            let listen = listen.clone();
             std::thread::spawn(move || {
-                let http = reqwest::blocking::Client::new();
+                let mut http = KeepAlive::connect(&listen);
                 let mut sent = Vec::with_capacity(per);
                 for i in 0..per {
                     let n = k * per + i;
@@ -327,8 +383,8 @@ fn main() {
                         r#"{{"id":"evt_bench{n:08}","object":"event","api_version":"2026-06-24.dahlia","created":{now},"type":"customer.created","data":{{"object":{{"id":"cus_bench{n:08}","object":"customer","created":{now},"email":"b{n}@example.com","name":"Bench {n}","balance":0,"delinquent":false,"metadata":{{}}}}}}}}"#
                     );
                     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-                    let r = http.post(&url).header("Stripe-Signature", signature::header_for(body.as_bytes(), secret, now)).body(body).send();
-                    assert!(r.map(|r| r.status().is_success()).unwrap_or(false), "delivery failed");
+                    let status = http.post("/webhook/hooks", &signature::header_for(body.as_bytes(), secret, now), &body);
+                    assert_eq!(status, 200, "delivery failed");
                     sent.push((format!("evt_bench{n:08}"), t));
                 }
                 sent
@@ -345,6 +401,12 @@ fn main() {
             (n >= total).then_some(())
         });
         let _ = start;
+        // applied means written: every customer is in the table
+        let written: i64 = c
+            .query_one("SELECT count(*) FROM hooks.customer WHERE id LIKE 'cus_bench%'", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(written, total, "customers written by the webhook load");
         let applied: std::collections::HashMap<String, f64> = c
         .query("SELECT event_id, extract(epoch FROM applied_at)::float8 FROM stripe_sync._inbox WHERE source = 'hooks'", &[])
         .unwrap()
