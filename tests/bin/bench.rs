@@ -402,10 +402,8 @@ fn main() {
         });
         let _ = start;
         // applied means written: every customer is in the table
-        let written: i64 = c
-            .query_one("SELECT count(*) FROM hooks.customer WHERE id LIKE 'cus_bench%'", &[])
-            .unwrap()
-            .get(0);
+        let written: i64 =
+            c.query_one("SELECT count(*) FROM hooks.customer WHERE id LIKE 'cus_bench%'", &[]).unwrap().get(0);
         assert_eq!(written, total, "customers written by the webhook load");
         let applied: std::collections::HashMap<String, f64> = c
         .query("SELECT event_id, extract(epoch FROM applied_at)::float8 FROM stripe_sync._inbox WHERE source = 'hooks'", &[])
