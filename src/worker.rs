@@ -330,6 +330,13 @@ pub extern "C-unwind" fn stripe_sync_worker_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
     }
+    // freed memory stays in this process (up to 32 MB): each batch allocates and
+    // frees about the same, and handing it back to the kernel and faulting it in
+    // again was 6% of the worker's time under load
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+    }
     // write statements planned once (a failure here only costs speed)
     if let Ok(Err(e)) = guarded("keeping write plans", crate::apply::keep_plans) {
         log!("{WORKER_NAME}: write statements are planned on each run: {}", e.message);

@@ -108,7 +108,7 @@ fn parse() -> Args {
         customers: 100_000,
         seq_customers: 20_000,
         invoices: 100_000,
-        events: 20_000,
+        events: 200_000,
         clients: 64,
         memory_objects: 1_000_000,
         incremental_objects: 100_000,
@@ -136,7 +136,7 @@ fn parse() -> Args {
             "--only" => a.only = v.split(',').map(str::to_string).collect(),
             "--help" | "-h" => {
                 println!(
-                    "bench [--customers 100000] [--seq-customers 20000] [--invoices 100000] [--events 20000] [--clients 64] [--memory-objects 1000000] [--incremental-objects 100000] [--catchup-events 200000] [--vacuum-minutes 10] [--out bench/out] [--only limit,engine,webhooks,memory,incremental,catchup,vacuum]"
+                    "bench [--customers 100000] [--seq-customers 20000] [--invoices 100000] [--events 200000] [--clients 64] [--memory-objects 1000000] [--incremental-objects 100000] [--catchup-events 200000] [--vacuum-minutes 10] [--out bench/out] [--only limit,engine,webhooks,memory,incremental,catchup,vacuum]"
                 );
                 std::process::exit(0);
             }
