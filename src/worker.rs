@@ -390,8 +390,13 @@ pub extern "C-unwind" fn stripe_sync_worker_main(_arg: pg_sys::Datum) {
             last_secrets = Instant::now();
             if last_prune.is_none_or(|t| t.elapsed() > PRUNE_EVERY) {
                 let retention = guc::INBOX_RETENTION.get() as i64;
-                if let Ok(Ok((events, tombstones))) = guarded("pruning the inbox", || inbox::prune(retention))
-                    && events + tombstones > 0
+                if let Ok(Ok((events, tombstones))) = guarded("pruning the inbox", || {
+                    // a prune reads a whole table's worth of old rows: the planner's
+                    // usual choices, for this transaction only (see apply::keep_plans)
+                    Spi::run("SET LOCAL enable_seqscan = on; SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on")
+                        .map_err(|e| crate::error::SyncError::new(pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
+                    inbox::prune(retention)
+                }) && events + tombstones > 0
                 {
                     log!("{WORKER_NAME}: pruned {events} applied or skipped events and {tombstones} old tombstones");
                 }
