@@ -4,7 +4,7 @@
 use crate::form::{self, list_param, str_param};
 use crate::objects::{self, Rng};
 use crate::store::{Key, Kind, ListParams, Match, Store, at, kind};
-use crate::{Inner, webhooks};
+use crate::{Inner, connect, webhooks};
 use serde_json::{Map, Value, json};
 
 /// Who is calling (after authentication).
@@ -14,6 +14,8 @@ pub struct Caller {
     pub idempotency_key: Option<String>,
     pub request_id: String,
     pub key_tail: String,
+    /// `Stripe-Account`: act as this connected account (Connect).
+    pub stripe_account: Option<String>,
 }
 
 /// Stripe's error envelope.
@@ -136,13 +138,29 @@ pub fn handle(inner: &Inner, method: &str, path_q: &str, body: &str, caller: &Ca
 }
 
 fn route(inner: &Inner, method: &str, segs: &[&str], params: &Value, caller: &Caller) -> ApiResult {
-    let mut store = inner.store.lock().unwrap_or_else(|p| p.into_inner());
-    let store = &mut *store;
+    let mut guard = inner.store.lock().unwrap_or_else(|p| p.into_inner());
+    let platform = &mut *guard;
+    let account = connect::target(platform, caller)?;
+    let connect_endpoints = match &account {
+        Some(_) => connect::connect_endpoints(platform),
+        None => Vec::new(),
+    };
+    let store = match &account {
+        Some(a) => match (method, segs) {
+            ("GET", ["account"]) => {
+                return platform.col("accounts").get(a).map(render).ok_or_else(|| missing("account", a, "account"));
+            }
+            _ => platform.connected.get_mut(a).expect("connect::target checked it"),
+        },
+        None => match (method, segs) {
+            ("POST", ["accounts"]) => return connect::create_account(inner, platform, params, caller),
+            ("POST", ["accounts", id]) => return connect::update_account(inner, platform, id, params, caller),
+            _ => platform,
+        },
+    };
     let mut m = Mutation { inner, caller, events: Vec::new() };
     let r = match (method, segs) {
-        ("GET", ["account"]) => Ok(
-            json!({"id": "acct_1FakePlatform0000", "object": "account", "country": "DE", "default_currency": "eur", "type": "standard", "charges_enabled": true, "payouts_enabled": true, "details_submitted": true}),
-        ),
+        ("GET", ["account"]) => Ok(connect::platform_account()),
         ("GET", ["customers", cid, sub @ ("balance_transactions" | "payment_methods")]) => {
             if store.col("customers").get(cid).is_none() {
                 return Err(missing("customer", cid, "customer"));
@@ -201,7 +219,7 @@ fn route(inner: &Inner, method: &str, segs: &[&str], params: &Value, caller: &Ca
             let k = kind(col).expect("checked");
             match store.col(col).get(id) {
                 Some(o) => Ok(render(o)),
-                None => match inner.deleted.lock().unwrap_or_else(|p| p.into_inner()).get(*id) {
+                None => match store.deleted.get(*id) {
                     Some(stub) => Ok(stub.clone()),
                     None => Err(missing(k.object, id, "id")),
                 },
@@ -218,7 +236,8 @@ fn route(inner: &Inner, method: &str, segs: &[&str], params: &Value, caller: &Ca
     };
     let events = std::mem::take(&mut m.events);
     for (t, obj, prev) in events {
-        webhooks::emit(inner, store, &t, obj, prev, caller);
+        let connected = account.as_deref().map(|a| (a, connect_endpoints.as_slice()));
+        webhooks::emit(inner, store, connected, &t, obj, prev, caller);
     }
     r
 }
@@ -636,7 +655,7 @@ impl Mutation<'_> {
                     }
                 }
                 let stub = json!({"id": id, "object": "customer", "deleted": true});
-                self.inner.deleted.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), stub.clone());
+                store.deleted.insert(id.to_string(), stub.clone());
                 self.event("customer.deleted", &c, None);
                 Ok(stub)
             }

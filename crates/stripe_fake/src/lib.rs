@@ -12,9 +12,11 @@
 //! - [`permissions`] — restricted keys: the permission each path needs.
 //! - [`server`] — HTTP, authentication, faults, request counters, admin endpoints.
 //! - [`webhooks`] — signing and delivery.
+//! - [`connect`] — connected accounts, each with its own store (`Stripe-Account`).
 //! - [`form`] — Stripe's bracket form encoding.
 
 pub mod api;
+pub mod connect;
 pub mod form;
 pub mod objects;
 pub mod permissions;
@@ -150,8 +152,6 @@ pub struct Inner {
     pub limiter: Mutex<(f64, Instant)>,
     /// Idempotency-Key → (request fingerprint, status, body).
     pub idempotency: Mutex<HashMap<String, (String, u16, String)>>,
-    /// Deleted customers answer retrieve with a stub.
-    pub deleted: Mutex<HashMap<String, Value>>,
     pub deliveries: Mutex<DeliveryLog>,
     pub delivery_tx: tokio::sync::mpsc::UnboundedSender<webhooks::Delivery>,
     pub http: reqwest::Client,
@@ -185,6 +185,7 @@ impl Fake {
         let mut store = Store::new();
         if let Some(spec) = seed {
             objects::seed(&mut store, spec);
+            connect::seed(&mut store, spec);
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
@@ -195,7 +196,6 @@ impl Fake {
             fault_seq: AtomicU64::new(1),
             limiter: Mutex::new((f64::INFINITY, Instant::now())),
             idempotency: Mutex::new(HashMap::new()),
-            deleted: Mutex::new(HashMap::new()),
             deliveries: Mutex::new(DeliveryLog::default()),
             delivery_tx: tx,
             http: reqwest::Client::builder()
@@ -276,6 +276,32 @@ impl Fake {
     pub fn backfill_updates(&self, n: usize, from: i64, to: i64) -> usize {
         let mut store = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
         webhooks::backfill_updates(&self.inner, &mut store, n, from, to)
+    }
+
+    /// The connected accounts' ids (`/v1/accounts` lists the same), in id order.
+    pub fn connected_accounts(&self) -> Vec<String> {
+        self.inner.store.lock().unwrap_or_else(|p| p.into_inner()).connected.keys().cloned().collect()
+    }
+
+    /// Every object of a connected account's collection, complete, newest first
+    /// (empty for an unknown account).
+    pub fn objects_of(&self, account: &str, collection: &str) -> Vec<Value> {
+        let store = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
+        store.connected.get(account).map(|s| s.col(collection).values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The connected account revokes the platform's access (see
+    /// [`connect::deauthorize`]); false if it is not connected.
+    pub fn deauthorize(&self, account: &str) -> bool {
+        let mut store = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
+        connect::deauthorize(&self.inner, &mut store, account)
+    }
+
+    /// [`Fake::call`] with `Stripe-Account: account`.
+    pub fn call_as(&self, account: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let caller = api::Caller { stripe_account: Some(account.to_string()), ..api::Caller::default() };
+        let (status, text) = api::handle(&self.inner, method, path, body, &caller);
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     /// Runs one API call in-process, as if it came over HTTP with a valid key:

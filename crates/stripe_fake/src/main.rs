@@ -40,6 +40,10 @@ struct Args {
     /// payment_methods, accounts. Repeatable.
     #[arg(long = "count", value_name = "NAME=N")]
     counts: Vec<String>,
+    /// Connect: a connected account with its own objects, scaled from N customers
+    /// like the platform's (repeatable; reached with `Stripe-Account`).
+    #[arg(long = "connected", value_name = "N")]
+    connected: Vec<usize>,
     /// Most line items per seeded invoice (drawn in 1..=N).
     #[arg(long, default_value_t = 4)]
     max_lines: usize,
@@ -98,6 +102,7 @@ fn seed_spec(a: &Args) -> Result<SeedSpec, String> {
     s.seed = a.seed;
     s.anchor = a.anchor;
     s.max_lines = a.max_lines.max(1);
+    s.connected = a.connected.clone();
     for c in &a.counts {
         let (name, n) = c.split_once('=').ok_or_else(|| format!("--count takes NAME=N, got {c}"))?;
         let n: usize = n.parse().map_err(|_| format!("--count {name}: {n} is not a number"))?;

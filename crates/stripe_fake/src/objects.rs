@@ -95,6 +95,9 @@ pub struct SeedSpec {
     pub customer_balance_transactions: usize,
     pub payment_methods: usize,
     pub accounts: usize,
+    /// Connect: one connected account per entry, with its own objects seeded as
+    /// `SeedSpec::scaled(n)` (see [`crate::connect::seed`]).
+    pub connected: Vec<usize>,
 }
 
 impl SeedSpec {
@@ -121,6 +124,7 @@ impl SeedSpec {
             customer_balance_transactions: c / 4,
             payment_methods: c,
             accounts: (c / 100).clamp(1, 20),
+            connected: Vec::new(),
         }
     }
 

@@ -66,6 +66,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let auth = header("authorization");
     let idem = header("idempotency-key");
+    let stripe_account = header("stripe-account");
     let body = match Limited::new(req.into_body(), 4 << 20).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -110,6 +111,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
                 idempotency_key: idem,
                 request_id: request_id.clone(),
                 key_tail: tail(&key),
+                stripe_account,
             };
             if let Some(denied) = restricted_denial(&faults, &key, &caller, &method, &path) {
                 counted(&inner, 403);
@@ -301,11 +303,20 @@ fn admin_call(inner: &Inner, method: &str, path: &str, body: &str) -> (u16, Stri
             let mut store = inner.store.lock().unwrap_or_else(|p| p.into_inner());
             ok(json!({"events": crate::webhooks::backfill_updates(inner, &mut store, n as usize, from, to)}))
         }
+        ("POST", p) if p.starts_with("accounts/") && p.ends_with("/deauthorize") => {
+            let id = &p["accounts/".len()..p.len() - "/deauthorize".len()];
+            let mut store = inner.store.lock().unwrap_or_else(|p| p.into_inner());
+            if crate::connect::deauthorize(inner, &mut store, id) {
+                ok(json!({"deauthorized": id}))
+            } else {
+                (404, json!({"error": format!("{id} is not a connected account")}).to_string())
+            }
+        }
         ("GET", "counts") => {
             let store = inner.store.lock().unwrap_or_else(|p| p.into_inner());
             let m: serde_json::Map<String, Value> = store.collections.iter().map(|(k, c)| (k.to_string(), json!(c.len()))).collect();
             ok(Value::Object(m))
         }
-        _ => (404, json!({"error": "unknown admin endpoint; try GET /_fake/stats, /_fake/faults, /_fake/counts, /_fake/objects/{collection}, /_fake/deliveries, POST /_fake/history"}).to_string()),
+        _ => (404, json!({"error": "unknown admin endpoint; try GET /_fake/stats, /_fake/faults, /_fake/counts, /_fake/objects/{collection}, /_fake/deliveries, POST /_fake/history, POST /_fake/accounts/{id}/deauthorize"}).to_string()),
     }
 }

@@ -339,11 +339,17 @@ fn start_le(start: &Bound<Key>, end: &Key) -> bool {
     }
 }
 
-/// Every collection of the fake.
+/// Every collection of one Stripe account. The platform's store also holds its
+/// connected accounts' stores (Connect): a request with `Stripe-Account` sees
+/// only that account's store.
 #[derive(Default)]
 pub struct Store {
     pub collections: HashMap<&'static str, Collection>,
     pub seq: u64,
+    /// Deleted objects that retrieve still answers, as Stripe does (`{"id", "deleted": true}`).
+    pub deleted: HashMap<String, Value>,
+    /// Connected accounts' own stores by account id (platform store only).
+    pub connected: BTreeMap<String, Store>,
 }
 
 impl Store {

@@ -132,9 +132,14 @@ fn now() -> i64 {
 }
 
 /// Records an event and queues its deliveries.
+///
+/// `store` is the account the event happened in. For a connected account,
+/// `connected` names it and carries the platform's Connect endpoints: the event
+/// gets `account` and goes to those endpoints as well as to the account's own.
 pub fn emit(
     inner: &Inner,
     store: &mut Store,
+    connected: Option<(&str, &[Value])>,
     event_type: &str,
     object: Value,
     previous: Option<Value>,
@@ -146,21 +151,25 @@ pub fn emit(
     if let Some(p) = previous {
         data["previous_attributes"] = p;
     }
-    let endpoints: Vec<(String, String)> = store
-        .col("webhook_endpoints")
-        .values()
+    let own = store.col("webhook_endpoints").values().filter(|e| e["_connect"] != true);
+    let connect = connected.map(|(_, eps)| eps).unwrap_or_default().iter();
+    let endpoints: Vec<(String, String)> = own
+        .chain(connect)
         .filter(|e| e["status"] == "enabled")
         .filter(|e| e["enabled_events"].as_array().is_some_and(|a| a.iter().any(|x| x == "*" || x == event_type)))
         .map(|e| {
             (e["url"].as_str().unwrap_or_default().to_string(), e["_secret"].as_str().unwrap_or_default().to_string())
         })
         .collect();
-    let event = json!({
+    let mut event = json!({
         "id": id, "object": "event", "api_version": API_VERSION, "created": t, "data": data,
         "livemode": false, "pending_webhooks": endpoints.len(),
         "request": {"id": if caller.request_id.is_empty() { Value::Null } else { json!(caller.request_id) }, "idempotency_key": caller.idempotency_key},
         "type": event_type
     });
+    if let Some((account, _)) = connected {
+        event["account"] = json!(account);
+    }
     let payload = Arc::new(event.to_string());
     store.add(event);
     for (url, secret) in endpoints {
@@ -271,7 +280,8 @@ pub fn create_endpoint(inner: &Inner, store: &mut Store, params: &Value) -> Resu
         "id": id, "object": "webhook_endpoint", "api_version": params.get("api_version").cloned().unwrap_or(Value::Null),
         "application": null, "created": now(), "description": params.get("description").cloned().unwrap_or(Value::Null),
         "enabled_events": events, "livemode": false, "metadata": params.get("metadata").cloned().unwrap_or(json!({})),
-        "status": "enabled", "url": url, "_secret": secret
+        "status": "enabled", "url": url, "_secret": secret,
+        "_connect": str_param(params, "connect") == Some("true")
     });
     store.add(ep.clone());
     let mut shown = crate::api::render(&ep);
