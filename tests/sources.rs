@@ -1,10 +1,11 @@
 //! The keys and accounts users really have: a read-only restricted key, a key
 //! missing one permission, a Stripe-compatible server without `/v1/events`, and
-//! two sources side by side (one fake Stripe account each).
+//! two sources side by side (one fake Stripe account each), and a source per
+//! Connect connected account (`account =>`, sent as `Stripe-Account`).
 
 use e2e::{
-    Cluster, ClusterConfig, Fake, Faults, SeedSpec, compare, connect_collecting_notices, id, mutate, start_fake,
-    wait_for,
+    Cluster, ClusterConfig, Fake, Faults, SeedSpec, compare, compare_account, connect_collecting_notices, id, mutate,
+    start_fake, wait_for,
 };
 use std::time::Duration;
 use stripe_core::resources::RESOURCES;
@@ -244,4 +245,85 @@ fn two_sources_never_touch_each_others_tables() {
     // b's materialized tables are kept, and so cannot be adopted by a new source
     let err = add(&mut c, &fake_b, key, "b2", "b").unwrap_err();
     assert_eq!(err.code().unwrap().code(), "42P07", "{err:?}");
+}
+
+/// A connected account's call at the fake that must succeed.
+fn call_as(fake: &Fake, account: &str, method: &str, path: &str, body: &str) -> serde_json::Value {
+    let (status, v) = fake.call_as(account, method, path, body);
+    assert_eq!(status, 200, "{account} {method} {path} {body}: {v}");
+    v
+}
+
+fn assert_account_equal(c: &mut postgres::Client, fake: &Fake, account: Option<&str>, schema: &str, when: &str) {
+    for r in RESOURCES {
+        let d = compare_account(c, fake, account, schema, r.name);
+        assert!(d.is_empty(), "{schema}.{} ({account:?}) after {when}: {} {d:?}", r.name, d.summary());
+    }
+}
+
+#[test]
+fn a_source_per_connected_account_reads_and_follows_only_that_account() {
+    let cluster = Cluster::start(ClusterConfig::default());
+    let mut c = cluster.connect_with_extension();
+    let fake = start_fake(Some(SeedSpec { connected: vec![20, 8], ..SeedSpec::scaled(15) }), Faults::default());
+    let with_data: Vec<String> =
+        fake.connected_accounts().into_iter().filter(|a| !fake.objects_of(a, "customers").is_empty()).collect();
+    assert_eq!(with_data.len(), 2);
+    let (a, b) = (&with_data[0], &with_data[1]);
+    let key = e2e::TEST_KEY;
+    add(&mut c, &fake, key, "default", "stripe").unwrap();
+    for (name, acct) in [("a", a), ("b", b)] {
+        c.execute(
+            "SELECT stripe_sync.add_source($1, name => $2, schema => $2, account => $3, api_url => $4, max_requests_per_second => 1000)",
+            &[&key, &name, acct, &fake.url()],
+        )
+        .unwrap();
+    }
+    for source in ["default", "a", "b"] {
+        c.query("SELECT * FROM stripe_sync.refresh('all', 'full', source => $1)", &[&source]).unwrap();
+    }
+    assert_account_equal(&mut c, &fake, None, "stripe", "full refreshes");
+    assert_account_equal(&mut c, &fake, Some(a), "a", "full refreshes");
+    assert_account_equal(&mut c, &fake, Some(b), "b", "full refreshes");
+    let live: i64 = c.query_one("SELECT count(*) FROM a_api.customer", &[]).unwrap().get(0);
+    assert_eq!(live as usize, fake.objects_of(a, "customers").len(), "a's foreign table reads a's customers");
+
+    // a changes: created, renamed, deleted; the events refresh of a follows a only
+    let customers = fake.objects_of(a, "customers");
+    call_as(&fake, a, "POST", "/v1/customers", "name=New+in+a");
+    call_as(&fake, a, "POST", &format!("/v1/customers/{}", id(&customers[0])), "name=Renamed+in+a");
+    call_as(&fake, a, "DELETE", &format!("/v1/customers/{}", id(&customers[1])), "");
+    mutate(&fake, 1); // and the platform changes too
+    let res: Vec<(String, String)> = c
+        .query("SELECT resource, mode FROM stripe_sync.refresh('all', 'events', source => 'a')", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(res.iter().any(|(r, m)| r == "customer" && m == "events"), "{res:?}");
+    assert_account_equal(&mut c, &fake, Some(a), "a", "a changed, events refresh of a");
+    assert_account_equal(&mut c, &fake, Some(b), "b", "a changed, events refresh of a");
+    c.query("SELECT * FROM stripe_sync.refresh('all', 'events')", &[]).unwrap();
+    assert_account_equal(&mut c, &fake, None, "stripe", "the platform changed, events refresh of default");
+
+    // a revokes the platform's access: a's refresh fails with Stripe's reason and
+    // keeps a's rows; the platform's and b's refreshes go on
+    assert!(fake.deauthorize(a));
+    let before: i64 = c.query_one("SELECT count(*) FROM a.customer", &[]).unwrap().get(0);
+    let err = c.query("SELECT * FROM stripe_sync.refresh('customer', 'full', source => 'a')", &[]).unwrap_err();
+    let text = format!("{err:?}");
+    assert!(text.contains("does not have access to account"), "{text}");
+    assert!(!text.contains(key), "the key is never shown: {text}");
+    let after: i64 = c.query_one("SELECT count(*) FROM a.customer", &[]).unwrap().get(0);
+    assert_eq!(before, after, "a failed refresh changes nothing");
+    let failed: Option<String> = c
+        .query_one("SELECT last_error FROM stripe_sync.sync_status WHERE source = 'a' AND resource = 'customer'", &[])
+        .unwrap()
+        .get(0);
+    assert!(failed.unwrap_or_default().contains("does not have access to account"), "sync_status shows why");
+    call_as(&fake, b, "POST", "/v1/customers", "name=New+in+b");
+    c.query("SELECT * FROM stripe_sync.refresh('all', 'events', source => 'b')", &[]).unwrap();
+    assert_account_equal(&mut c, &fake, Some(b), "b", "a deauthorized, events refresh of b");
+    c.query("SELECT * FROM stripe_sync.refresh('all', 'full')", &[]).unwrap();
+    assert_account_equal(&mut c, &fake, None, "stripe", "a deauthorized, full refresh of default");
 }

@@ -240,11 +240,18 @@ pub fn fake_collection(resource: &str) -> String {
 /// The objects of a resource the fake holds (complete, as stored); per-customer
 /// objects only while they have a customer (payment methods: while attached).
 pub fn fake_objects(fake: &Fake, resource: &str) -> Vec<serde_json::Value> {
+    fake_objects_of(fake, None, resource)
+}
+
+/// [`fake_objects`] of a connected account (`None`: the platform's own).
+pub fn fake_objects_of(fake: &Fake, account: Option<&str>, resource: &str) -> Vec<serde_json::Value> {
     let parent = stripe_core::resources::lookup(resource).ok().and_then(|r| r.parent());
-    fake.objects(&fake_collection(resource))
-        .into_iter()
-        .filter(|o| parent.is_none_or(|p| o[p.column].is_string()))
-        .collect()
+    let collection = fake_collection(resource);
+    let all = match account {
+        Some(a) => fake.objects_of(a, &collection),
+        None => fake.objects(&collection),
+    };
+    all.into_iter().filter(|o| parent.is_none_or(|p| o[p.column].is_string())).collect()
 }
 
 /// Connects a source named `name` to the fake (schema `stripe`, foreign tables in `stripe_api`).
@@ -308,7 +315,18 @@ impl Diff {
 
 /// Compares `schema.resource` with the fake's complete objects.
 pub fn compare(c: &mut postgres::Client, fake: &Fake, schema: &str, resource: &str) -> Diff {
-    let mut expected: std::collections::HashMap<String, serde_json::Value> = fake_objects(fake, resource)
+    compare_account(c, fake, None, schema, resource)
+}
+
+/// [`compare`] with a connected account's objects (`None`: the platform's own).
+pub fn compare_account(
+    c: &mut postgres::Client,
+    fake: &Fake,
+    account: Option<&str>,
+    schema: &str,
+    resource: &str,
+) -> Diff {
+    let mut expected: std::collections::HashMap<String, serde_json::Value> = fake_objects_of(fake, account, resource)
         .into_iter()
         .map(|o| (o["id"].as_str().unwrap_or_default().to_string(), o))
         .collect();
