@@ -29,9 +29,18 @@ pub fn columns(r: &Resource) -> Vec<(&'static str, &'static str, String)> {
 /// with one request per outer row lose to one scan when the outer side is large.
 pub const SCAN_STARTUP_COST: &str = "100";
 
+/// The Connect column every foreign table has after `attrs`.
+pub const FOREIGN_ACCOUNT_COLUMN: (&str, &str, &str) = (
+    crate::fdw::ACCOUNT_COLUMN,
+    "text",
+    "Connect: the account the row was read from. account = 'acct_...' or account IN (...) reads those connected accounts (sent as Stripe-Account, one scan each); without it the scan reads the server's account option, or the key's own account (account NULL).",
+);
+
 /// `CREATE FOREIGN TABLE` for one resource.
 pub fn foreign_table(r: &Resource, schema: &str, table: &str, server: &str) -> String {
-    let cols: Vec<String> = columns(r).iter().map(|(n, t, _)| format!("{} {t}", ident(n))).collect();
+    let mut cols: Vec<String> = columns(r).iter().map(|(n, t, _)| format!("{} {t}", ident(n))).collect();
+    let (name, ty, _) = FOREIGN_ACCOUNT_COLUMN;
+    cols.push(format!("{} {ty}", ident(name)));
     format!(
         "CREATE FOREIGN TABLE IF NOT EXISTS {}.{} ({}) SERVER {} OPTIONS (resource {}, startup_cost {})",
         ident(schema),
@@ -50,6 +59,14 @@ pub fn comments(r: &Resource, kind: &str, schema: &str, table: &str, what: &str)
     for (name, _, comment) in columns(r) {
         out.push(format!("COMMENT ON COLUMN {q}.{} IS {}", ident(name), literal(&comment)));
     }
+    out
+}
+
+/// `COMMENT` statements for a resource's foreign table.
+pub fn foreign_table_comments(r: &Resource, schema: &str, table: &str) -> Vec<String> {
+    let mut out = comments(r, "FOREIGN TABLE", schema, table, "Live from the Stripe API (stripe_sync).");
+    let (name, _, comment) = FOREIGN_ACCOUNT_COLUMN;
+    out.push(format!("COMMENT ON COLUMN {}.{}.{} IS {}", ident(schema), ident(table), ident(name), literal(comment)));
     out
 }
 
@@ -126,12 +143,14 @@ mod tests {
     }
 
     #[test]
-    fn foreign_table_has_id_first_typed_columns_and_attrs_last() {
+    fn foreign_table_has_id_first_typed_columns_then_attrs_and_account() {
         let sql = foreign_table(lookup("price").unwrap(), "stripe_api", "price", "stripe_default");
         assert!(sql.starts_with("CREATE FOREIGN TABLE IF NOT EXISTS \"stripe_api\".\"price\" (\"id\" text, \"created\" timestamptz, \"product\" text, \"active\" boolean"), "{sql}");
         assert!(sql.contains("\"unit_amount\" bigint"));
         assert!(
-            sql.ends_with("\"attrs\" jsonb) SERVER \"stripe_default\" OPTIONS (resource 'price', startup_cost '100')"),
+            sql.ends_with(
+                "\"attrs\" jsonb, \"account\" text) SERVER \"stripe_default\" OPTIONS (resource 'price', startup_cost '100')"
+            ),
             "{sql}"
         );
         assert_eq!(import_statements("s", "srv", "x_").len(), 15);

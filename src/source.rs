@@ -325,7 +325,7 @@ fn add(
     ))?;
     for r in resources::RESOURCES {
         let table = ddl::table_name(prefix, r);
-        for c in ddl::comments(r, "FOREIGN TABLE", &api_schema, &table, "Live from the Stripe API (stripe_sync).") {
+        for c in ddl::foreign_table_comments(r, &api_schema, &table) {
             run(&c)?;
         }
     }

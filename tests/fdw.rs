@@ -390,3 +390,131 @@ fn scans_cancelled_by_statement_timeout_leave_no_thread_behind() {
     let n: i64 = c.query_one("SELECT count(*) FROM stripe_api.customer", &[]).unwrap().get(0);
     assert_eq!(n, 500, "the backend still scans");
 }
+
+/// Sorted ids of objects.
+fn sorted_ids(objects: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = objects.iter().map(|o| o["id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    ids
+}
+
+/// `(account, id)` rows of a query, sorted.
+fn account_rows(
+    c: &mut postgres::Client,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> Vec<(Option<String>, String)> {
+    let mut rows: Vec<(Option<String>, String)> =
+        c.query(sql, params).unwrap_or_else(|e| panic!("{sql}: {e}")).iter().map(|r| (r.get(0), r.get(1))).collect();
+    rows.sort();
+    rows
+}
+
+fn explain(c: &mut postgres::Client, sql: &str) -> String {
+    let lines: Vec<String> =
+        c.query(&format!("EXPLAIN (COSTS OFF) {sql}"), &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    lines.join("\n")
+}
+
+#[test]
+fn account_conditions_read_connected_accounts_one_scan_each_and_explain_shows_the_header() {
+    let (_cluster, mut c, fake) = setup(SeedSpec { connected: vec![12, 5], ..SeedSpec::scaled(10) });
+    let with_data: Vec<String> =
+        fake.connected_accounts().into_iter().filter(|a| !fake.objects_of(a, "customers").is_empty()).collect();
+    let (a, b) = (with_data[0].clone(), with_data[1].clone());
+    let (of_a, of_b) = (sorted_ids(&fake.objects_of(&a, "customers")), sorted_ids(&fake.objects_of(&b, "customers")));
+    let tagged = |acct: &str, ids: &[String]| -> Vec<(Option<String>, String)> {
+        ids.iter().map(|i| (Some(acct.to_string()), i.clone())).collect()
+    };
+
+    // one account: its rows, each tagged with it, in one request (one page)
+    fake.reset_stats();
+    let rows = account_rows(&mut c, "SELECT account, id FROM stripe_api.customer WHERE account = $1", &[&a]);
+    assert_eq!(rows, tagged(&a, &of_a));
+    assert_eq!(fake.stats().requests_total, 1, "one page of a's customers");
+
+    // two accounts: one scan each, in turn
+    fake.reset_stats();
+    let rows = account_rows(
+        &mut c,
+        &format!("SELECT account, id FROM stripe_api.customer WHERE account IN ('{a}', '{b}', '{a}')"),
+        &[],
+    );
+    let mut want = tagged(&a, &of_a);
+    want.extend(tagged(&b, &of_b));
+    want.sort();
+    assert_eq!(rows, want);
+    assert_eq!(fake.stats().requests_total, 2, "one page per account");
+
+    // other pushed conditions apply within each account
+    let one = &fake.objects_of(&b, "customers")[0];
+    let by_id: i64 = c
+        .query_one(
+            "SELECT count(*) FROM stripe_api.customer WHERE account = ANY($1) AND id = $2",
+            &[&vec![a.clone(), b.clone()], &one["id"].as_str().unwrap()],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(by_id, 1, "b's customer is found in b, and a answers 404 for it");
+
+    // no account condition: the key's own account, account NULL
+    let rows = account_rows(&mut c, "SELECT account, id FROM stripe_api.customer", &[]);
+    let platform: Vec<(Option<String>, String)> =
+        sorted_ids(&fake.objects("customers")).into_iter().map(|i| (None, i)).collect();
+    assert_eq!(rows, platform);
+
+    // conditions no account meets: no request
+    fake.reset_stats();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM stripe_api.customer WHERE account = $1 AND account = $2", &[&a, &b])
+        .unwrap()
+        .get(0);
+    assert_eq!((n, fake.stats().requests_total), (0, 0));
+
+    // a prepared statement, past the switch to a generic plan
+    c.batch_execute("PREPARE per_account(text) AS SELECT count(*) FROM stripe_api.customer WHERE account = $1")
+        .unwrap();
+    for round in 0..7 {
+        for (acct, ids) in [(&a, &of_a), (&b, &of_b)] {
+            let n: i64 = c.query_one(&format!("EXECUTE per_account('{acct}')"), &[]).unwrap().get(0);
+            assert_eq!(n as usize, ids.len(), "round {round}, {acct}");
+        }
+    }
+
+    // what EXPLAIN says is the header that will be sent
+    let plan = explain(&mut c, &format!("SELECT id FROM stripe_api.customer WHERE account = '{a}'"));
+    assert!(
+        plan.contains(&format!("Stripe-Account: {a}\n")) || plan.ends_with(&format!("Stripe-Account: {a}")),
+        "{plan}"
+    );
+    let plan = explain(&mut c, &format!("SELECT id FROM stripe_api.customer WHERE account IN ('{a}', '{b}')"));
+    assert!(plan.contains(&format!("Stripe-Account: {a}, {b} (one scan each, in turn)")), "{plan}");
+    let plan = explain(&mut c, "SELECT id FROM stripe_api.customer");
+    assert!(plan.contains("Stripe-Account: not sent: the key's own account"), "{plan}");
+    c.batch_execute("SET plan_cache_mode = force_generic_plan").unwrap();
+    let plan = explain(&mut c, &format!("EXECUTE per_account('{b}')"));
+    assert!(plan.contains("Stripe-Account: <$1>"), "a parameter is shown as itself: {plan}");
+    c.batch_execute("RESET plan_cache_mode").unwrap();
+
+    // a source made for one connected account reads it, and its rows say so
+    c.execute(
+        "SELECT stripe_sync.add_source($1, name => 'b', schema => 'b', account => $2, api_url => $3)",
+        &[&TEST_KEY, &b, &fake.url()],
+    )
+    .unwrap();
+    let rows = account_rows(&mut c, "SELECT account, id FROM b_api.customer", &[]);
+    assert_eq!(rows, tagged(&b, &of_b));
+    let plan = explain(&mut c, "SELECT id FROM b_api.customer");
+    assert!(plan.contains(&format!("Stripe-Account: {b} (the server's account option)")), "{plan}");
+
+    // errors: Stripe's answer for an account the key cannot reach, ours for a value
+    // that is no account id (and then no request)
+    let err = c.query("SELECT id FROM stripe_api.customer WHERE account = 'acct_NotConnected'", &[]).unwrap_err();
+    assert!(format!("{err:?}").contains("does not have access to account 'acct_NotConnected'"), "{err:?}");
+    fake.reset_stats();
+    let err = c.query("SELECT id FROM stripe_api.customer WHERE account = 'cus_123'", &[]).unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "22023", "{db:?}");
+    assert!(db.hint().unwrap_or_default().contains("acct_"), "{db:?}");
+    assert_eq!(fake.stats().requests_total, 0);
+}

@@ -245,7 +245,35 @@ fn upgrade_story(generated_0_1_0: &str, restore: &dyn Fn()) {
         .query_one("SELECT default_version FROM pg_available_extensions WHERE name = 'stripe_sync'", &[])
         .unwrap()
         .get(0);
-    assert_eq!((v.as_str(), current.as_str()), ("0.3.0", "0.3.0"), "updated to the current version");
+    assert_eq!((v.as_str(), current.as_str()), ("0.4.0", "0.4.0"), "updated to the current version");
+    // 0.4.0 added the Connect column to the foreign tables of sources made by 0.1.0,
+    // after attrs, as add_source makes them now
+    let last: Vec<(String, String)> = c
+        .query(
+            "SELECT c.table_name::text, c.column_name::text FROM information_schema.columns c
+              WHERE c.table_schema = 'stripe_api'
+                AND c.ordinal_position = (SELECT max(ordinal_position) FROM information_schema.columns m
+                                           WHERE m.table_schema = c.table_schema AND m.table_name = c.table_name)
+              ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(last.len(), 15, "{last:?}");
+    assert!(last.iter().all(|(_, col)| col == "account"), "account is every foreign table's last column: {last:?}");
+    let commented: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_attribute a JOIN pg_class t ON t.oid = a.attrelid
+              JOIN pg_namespace n ON n.oid = t.relnamespace
+             WHERE n.nspname = 'stripe_api' AND a.attname = 'account'
+               AND col_description(t.oid, a.attnum) LIKE 'Connect: the account the row was read from.%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(commented, 15);
     assert_eq!(state(&mut c), before, "rows, cursors and inbox survive the update");
     // the worker goes on: the pending event is applied
     wait_for(Duration::from_secs(20), "the pending event applied after the update", || {

@@ -5,6 +5,12 @@
 //! arrive (bounded memory). Postgres rechecks every qual. LIMIT is only used as
 //! the size of the first page when every extracted qual was pushed: the scan
 //! never stops early on its own, so unpushed quals and joins stay correct.
+//!
+//! Connect: `account = 'acct_...'` and `account IN (...)` are sent as
+//! `Stripe-Account`, one scan per account, one after another; each row's
+//! `account` column is the account it was read from. Without an account
+//! condition a scan reads the server's `account` option, or else the key's own
+//! account, whose rows have a NULL `account`.
 
 pub mod options;
 
@@ -27,7 +33,7 @@ const PG_EPOCH_UNIX: i64 = 946_684_800;
 
 /// The FDW's state for one foreign table scan.
 #[wrappers_fdw(
-    version = "0.3.0",
+    version = "0.4.0",
     author = "stripe_sync",
     website = "https://github.com/stripe-sync/stripe_sync",
     error_type = "FdwError"
@@ -44,6 +50,10 @@ pub struct StripeSyncFdw {
     start_pending: bool,
     /// One client per scan, so its counters cover every rescan (EXPLAIN ANALYZE).
     client: Option<stripe_core::Client>,
+    /// The accounts this scan reads, in turn (`None`: the server's default).
+    accounts: Vec<Option<String>>,
+    /// How many of `accounts` have been started.
+    accounts_started: usize,
     rows: u64,
     scans: u64,
 }
@@ -117,6 +127,38 @@ fn to_cond(q: &Qual) -> Option<Cond> {
     Some(Cond { column: q.field.clone(), op: q.operator.clone(), values, any })
 }
 
+/// The column that selects a Connect account (sent as `Stripe-Account`).
+pub const ACCOUNT_COLUMN: &str = "account"; // not a resource: the foreign tables' Connect column
+
+/// The accounts a scan's `account = ...` / `account IN (...)` conditions name,
+/// in order without repeats. `None`: no such condition (or one not known yet).
+/// `Some(empty)`: conditions no account meets (`account = 'a' AND account = 'b'`).
+fn accounts_of(conds: &[Cond]) -> Option<Vec<String>> {
+    let mut out: Option<Vec<String>> = None;
+    for c in conds.iter().filter(|c| c.column == ACCOUNT_COLUMN && c.op == "=") {
+        let named: Vec<String> =
+            c.values.iter().filter_map(|v| if let Lit::Text(t) = v { Some(t.clone()) } else { None }).collect();
+        out = Some(match out {
+            None => {
+                let mut unique = Vec::new();
+                for a in named {
+                    if !unique.contains(&a) {
+                        unique.push(a);
+                    }
+                }
+                unique
+            }
+            Some(prev) => prev.into_iter().filter(|a| named.contains(a)).collect(),
+        });
+    }
+    out
+}
+
+/// Whether a condition is one [`accounts_of`] takes (so it is not the planner's).
+fn is_account_cond(c: &Cond) -> bool {
+    c.column == ACCOUNT_COLUMN && c.op == "=" && c.values.iter().all(|v| matches!(v, Lit::Text(_)))
+}
+
 /// A JSON value as the cell of a column of type `oid`.
 fn to_cell(v: Option<&Value>, oid: pg_sys::Oid, column: &str) -> Result<Option<Cell>, FdwError> {
     let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
@@ -162,19 +204,76 @@ impl StripeSyncFdw {
             .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_FDW_INVALID_ATTRIBUTE_VALUE, e.to_string()).into())
     }
 
-    fn start(&mut self) -> Result<(), FdwError> {
+    /// Starts reading the next account of the scan; false when none is left.
+    fn start(&mut self) -> Result<bool, FdwError> {
+        let Some(account) = self.accounts.get(self.accounts_started).cloned() else { return Ok(false) };
+        self.accounts_started += 1;
         let (selection, first_page) = self.selection.clone().expect("begin_scan planned the scan");
         if self.client.is_none() {
             self.client = Some(source::client_for_server(self.server_oid, &self.server_options)?);
         }
-        let client = self.client.clone().expect("set above");
+        let base = self.client.as_ref().expect("set above");
+        let client = match &account {
+            Some(a) => base.acting_as(Some(a)).map_err(|_| {
+                SyncError::new(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("\"{a}\" is not a Stripe account id"),
+                )
+                .hint("Compare account with connected account ids like acct_1A2b3C (see the account table).")
+            })?,
+            None => base.clone(),
+        };
         let parallelism = guc::MAX_PARALLEL_REQUESTS.get().max(1) as usize;
         let stream = ObjectStream::start(client, selection, parallelism, first_page, |job| {
             threads::spawn_blocked("stripe_sync scan", job)
         })?;
         self.stream = Some(stream);
         self.scans += 1;
-        Ok(())
+        Ok(true)
+    }
+
+    /// The `account` column of the rows being read: the account of the current
+    /// scan, the server's `account` option, or NULL for the key's own account.
+    fn current_account(&self) -> Option<String> {
+        self.accounts
+            .get(self.accounts_started.saturating_sub(1))
+            .cloned()
+            .flatten()
+            .or_else(|| self.server_options.get(options::ACCOUNT_OPTION).cloned())
+    }
+
+    /// What EXPLAIN says of `Stripe-Account`: the account(s) sent, one scan each,
+    /// a parameter by its label, or that none is sent.
+    fn explain_account(&self, quals: &[Qual], account_conds: &[(Cond, Option<String>)]) -> String {
+        let waiting: Vec<String> = quals
+            .iter()
+            .filter(|q| q.field == ACCOUNT_COLUMN && !param_known(q))
+            .filter_map(|q| q.param.as_ref().map(|p| format!("<{}>", p.label)))
+            .collect();
+        if !waiting.is_empty() {
+            return format!("{} (one scan per value)", waiting.join(", "));
+        }
+        let conds: Vec<Cond> = account_conds.iter().map(|(c, _)| c.clone()).collect();
+        // a value from a parameter is shown as the parameter
+        let shown = |a: &String| {
+            account_conds
+                .iter()
+                .find_map(|(c, label)| {
+                    label.as_ref().filter(|_| c.values.len() == 1 && c.values[0] == Lit::Text(a.clone()))
+                })
+                .map_or_else(|| a.clone(), |l| format!("<{l}>"))
+        };
+        match accounts_of(&conds) {
+            Some(named) if named.is_empty() => "none: no account meets the conditions, so no request".to_string(),
+            Some(named) if named.len() == 1 => shown(&named[0]),
+            Some(named) => {
+                format!("{} (one scan each, in turn)", named.iter().map(shown).collect::<Vec<_>>().join(", "))
+            }
+            None => match self.server_options.get(options::ACCOUNT_OPTION) {
+                Some(a) => format!("{a} (the server's account option)"),
+                None => "not sent: the key's own account (account = 'acct_...' reads a connected account)".to_string(),
+            },
+        }
     }
 
     /// Rows in the source's materialized table of this resource, as last
@@ -222,6 +321,8 @@ impl ForeignDataWrapper<FdwError> for StripeSyncFdw {
             stream: None,
             start_pending: false,
             client: None,
+            accounts: Vec::new(),
+            accounts_started: 0,
             rows: 0,
             scans: 0,
         })
@@ -237,9 +338,12 @@ impl ForeignDataWrapper<FdwError> for StripeSyncFdw {
     ) -> Result<(i64, i32), FdwError> {
         let resource = Self::resource(options)?;
         // at planning, parameters have no value yet: an `id = $1` is still one row
-        let conds: Vec<Cond> = quals.iter().filter_map(to_cond).collect();
+        let (account_conds, conds): (Vec<Cond>, Vec<Cond>) =
+            quals.iter().filter_map(to_cond).partition(is_account_cond);
         let plan = plan::plan(resource, &conds);
         let by_param = quals.iter().any(|q| q.field == "id" && q.operator == "=" && !q.use_or && q.param.is_some());
+        // each named account is a scan of its own
+        let scans = accounts_of(&account_conds).map_or(1, |a| a.len().max(1)) as f64;
         let rows = match &plan.selection.ids {
             Some(ids) => ids.len() as f64,
             None if by_param => 1.0,
@@ -251,14 +355,15 @@ impl ForeignDataWrapper<FdwError> for StripeSyncFdw {
             }
         };
         let width: i32 = columns.iter().map(|c| if c.name == "attrs" { 3000 } else { 16 }).sum();
-        Ok((rows.max(1.0).round() as i64, width.max(8)))
+        Ok(((rows * scans).max(1.0).round() as i64, width.max(8)))
     }
 
     fn param_columns(&self, options: &HashMap<String, String>) -> Vec<String> {
         // what a scan can push for one outer value: a retrieve by id, a list filter,
         // one customer's list
         let Ok(r) = Self::resource(options) else { return Vec::new() };
-        let mut cols = Vec::new();
+        // a Connect account: its own scan
+        let mut cols = vec![ACCOUNT_COLUMN.to_string()];
         if plan::retrieve_path(r, "x", None).is_some() {
             cols.push("id".to_string());
         }
@@ -283,11 +388,12 @@ impl ForeignDataWrapper<FdwError> for StripeSyncFdw {
         analyze: bool,
     ) -> Result<Vec<(String, String)>, FdwError> {
         let resource = Self::resource(options)?;
-        let mut conds = conditions(quals);
+        let (account_conds, mut conds): (Vec<_>, Vec<_>) =
+            conditions(quals).into_iter().partition(|(c, _)| is_account_cond(c));
         // a text parameter without a value yet (a nestloop parameter) is shown
         // by its label where its value will go
         let mut placeholders = Vec::new();
-        for q in quals.iter().filter(|q| !param_known(q) && !q.use_or) {
+        for q in quals.iter().filter(|q| !param_known(q) && !q.use_or && q.field != ACCOUNT_COLUMN) {
             if let Some(p) = &q.param
                 && matches!(p.type_oid, pg_sys::TEXTOID | pg_sys::VARCHAROID)
             {
@@ -323,9 +429,7 @@ impl ForeignDataWrapper<FdwError> for StripeSyncFdw {
         if !waiting.is_empty() {
             lines.push(("Stripe request per value of".to_string(), waiting.join(", ")));
         }
-        if let Some(a) = self.server_options.get(options::ACCOUNT_OPTION) {
-            lines.push(("Stripe-Account".to_string(), a.clone()));
-        }
+        lines.push(("Stripe-Account".to_string(), self.explain_account(quals, &account_conds)));
         if analyze {
             let (requests, retries) = self
                 .client
@@ -360,11 +464,18 @@ impl ForeignDataWrapper<FdwError> for StripeSyncFdw {
         options: &HashMap<String, String>,
     ) -> Result<(), FdwError> {
         let resource = Self::resource(options)?;
-        let conds: Vec<Cond> = quals.iter().filter_map(to_cond).collect();
+        let (account_conds, conds): (Vec<Cond>, Vec<Cond>) =
+            quals.iter().filter_map(to_cond).partition(is_account_cond);
         let plan = plan::plan(resource, &conds);
+        self.accounts = match accounts_of(&account_conds) {
+            Some(named) => named.into_iter().map(Some).collect(),
+            None => vec![None],
+        };
+        self.accounts_started = 0;
         // LIMIT sizes the first page only, and only when every qual was pushed
+        let pushed = conds.len() + account_conds.len();
         let first_page = match limit {
-            Some(l) if conds.len() == quals.len() && plan.fully_pushed(conds.len()) => {
+            Some(l) if pushed == quals.len() && plan.fully_pushed(conds.len()) => {
                 Some((l.count + l.offset).clamp(1, 100) as u32)
             }
             _ => None,
@@ -380,17 +491,31 @@ impl ForeignDataWrapper<FdwError> for StripeSyncFdw {
     fn iter_scan(&mut self, row: &mut Row) -> Result<Option<()>, FdwError> {
         if self.start_pending {
             self.start_pending = false;
+            self.accounts_started = 0;
             self.start()?;
         }
-        let Some(stream) = self.stream.as_mut() else { return Ok(None) };
-        let next = stream.next(Duration::from_millis(100), || {
-            pgrx::check_for_interrupts!();
-        })?;
-        let Some(obj) = next else { return Ok(None) };
+        let obj = loop {
+            let Some(stream) = self.stream.as_mut() else { return Ok(None) };
+            let next = stream.next(Duration::from_millis(100), || {
+                pgrx::check_for_interrupts!();
+            })?;
+            match next {
+                Some(obj) => break obj,
+                // this account is read: the next one, if any
+                None => {
+                    self.stream = None;
+                    if !self.start()? {
+                        return Ok(None);
+                    }
+                }
+            }
+        };
         let r = self.resource.expect("begin_scan set the resource");
+        let account = self.current_account().map(Value::String);
         for col in &self.columns {
             let value = match col.name.as_str() {
                 "attrs" => Some(&obj),
+                ACCOUNT_COLUMN => account.as_ref(),
                 "created" => obj.get(r.created_field),
                 name => value_at(&obj, r.column(name).map(|c| c.path).unwrap_or(name)),
             };

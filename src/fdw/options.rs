@@ -53,10 +53,7 @@ pub fn check(target: Target, name: &str, value: &str) -> Result<(), SyncError> {
         "api_url" => validate_base_url(value).map(|_| ()).map_err(|e| bad(e.to_string())),
         "api_version" => check_api_version(value).map_err(bad),
         ACCOUNT_OPTION => {
-            if value.starts_with("acct_")
-                && value.len() > 5
-                && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if stripe_core::client::valid_account_id(value) {
                 Ok(())
             } else {
                 Err(bad(format!("account must be a connected account id like acct_1A2b3C, not \"{value}\"")))

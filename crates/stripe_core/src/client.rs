@@ -112,6 +112,13 @@ pub fn read_no_later_than(date: i64, elapsed: Duration) -> i64 {
     date - elapsed.as_secs_f64().ceil() as i64
 }
 
+/// Whether `id` looks like a Stripe account id: `acct_` and letters, digits or `_`.
+pub fn valid_account_id(id: &str) -> bool {
+    id.strip_prefix("acct_").is_some_and(|rest| {
+        !rest.is_empty() && rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    })
+}
+
 /// Counters of what a client did, shared by its clones.
 #[derive(Debug, Default)]
 pub struct ClientStats {
@@ -147,7 +154,7 @@ impl Client {
     pub fn new(mut cfg: ClientConfig) -> Result<Client, StripeError> {
         cfg.base_url = validate_base_url(&cfg.base_url)?;
         if let Some(acct) = &cfg.account
-            && !acct.starts_with("acct_")
+            && !valid_account_id(acct)
         {
             return Err(StripeError::Config { message: "account must be a connected account id (acct_...)".into() });
         }
@@ -167,6 +174,23 @@ impl Client {
 
     pub fn config(&self) -> &ClientConfig {
         &self.cfg
+    }
+
+    /// This client acting as another account: its requests carry `Stripe-Account:
+    /// account` (`None`: the key's own account). It shares this client's rate
+    /// limit, counters and connections.
+    pub fn acting_as(&self, account: Option<&str>) -> Result<Client, StripeError> {
+        if self.cfg.account.as_deref() == account {
+            return Ok(self.clone());
+        }
+        if let Some(a) = account
+            && !valid_account_id(a)
+        {
+            return Err(StripeError::Config { message: "account must be a connected account id (acct_...)".into() });
+        }
+        let mut cfg = (*self.cfg).clone();
+        cfg.account = account.map(str::to_string);
+        Ok(Client { cfg: Arc::new(cfg), ..self.clone() })
     }
 
     /// Requests sent so far by this client and its clones.
@@ -399,6 +423,21 @@ mod tests {
         assert!(ApiKey::new("sk_test_12 34").is_err());
         let e = ApiKey::new("nope_secret_value").unwrap_err().to_string();
         assert!(!e.contains("secret_value"));
+    }
+
+    #[test]
+    fn account_ids() {
+        assert!(valid_account_id("acct_1A2b3C"));
+        for bad in ["acct_", "cus_123", "acct_1 2", "acct_1'; --", ""] {
+            assert!(!valid_account_id(bad), "{bad}");
+        }
+        let c = Client::new(ClientConfig::new(ApiKey::new("sk_test_0123456789abcdefghijklmnop").unwrap())).unwrap();
+        let a = c.acting_as(Some("acct_1A2b3C")).unwrap();
+        assert_eq!(a.config().account.as_deref(), Some("acct_1A2b3C"));
+        assert!(Arc::ptr_eq(&a.stats, &c.stats), "one set of counters");
+        assert!(Arc::ptr_eq(&a.bucket, &c.bucket), "one rate limit");
+        assert_eq!(a.acting_as(None).unwrap().config().account, None);
+        assert!(c.acting_as(Some("cus_1")).is_err());
     }
 
     #[test]
