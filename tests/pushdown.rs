@@ -259,6 +259,8 @@ fn explain_shows_the_stripe_request_of_each_pushdown_kind() {
         "SELECT id FROM stripe_api.customer_balance_transaction",
         "SELECT id FROM stripe_api.customer WHERE attrs->>'email' = 'a@example.com'",
         "SELECT ch.id FROM picks p JOIN stripe_api.charge ch ON ch.customer = p.id",
+        "SELECT id FROM stripe_api.customer WHERE account = 'acct_1A'",
+        "SELECT id FROM stripe_api.customer WHERE account IN ('acct_1A', 'acct_1B') AND email = 'a@example.com'",
         "EXECUTE by_id('cus_x')",
         "EXECUTE since('2026-01-01 00:00:00+00')",
     ];
