@@ -906,3 +906,52 @@ fn a_deletion_applied_while_an_older_insert_is_uncommitted_deletes_it_once_commi
     let left: i64 = h.c.query_one("SELECT count(*) FROM stripe.customer WHERE id = $1", &[&cid]).unwrap().get(0);
     assert_eq!(left, 0, "{cid}, deleted after the version written beside the deletion, is still in the table");
 }
+
+#[test]
+fn a_connected_accounts_source_receives_that_accounts_events_only() {
+    let mut h = setup(SeedSpec { connected: vec![10, 4], ..SeedSpec::scaled(10) }, Faults::default());
+    let with_data: Vec<String> =
+        h.fake.connected_accounts().into_iter().filter(|a| !h.fake.objects_of(a, "customers").is_empty()).collect();
+    let (a, b) = (with_data[0].clone(), with_data[1].clone());
+    h.c.execute(
+        "SELECT stripe_sync.add_source($1, name => 'a', schema => 'a', account => $2, api_url => $3, max_requests_per_second => 1000)",
+        &[&e2e::TEST_KEY, &a, &h.fake.url()],
+    )
+    .unwrap();
+    h.c.query("SELECT * FROM stripe_sync.refresh('all', 'full', source => 'a')", &[]).unwrap();
+    let url = format!("http://127.0.0.1:{}/webhook/a", h.port);
+    h.c.query_one("SELECT stripe_sync.create_webhook($1, 'a')", &[&url]).unwrap();
+    // the endpoint is a's own (made with Stripe-Account), not another of the platform's
+    assert_eq!(h.fake.objects("webhook_endpoints").len(), 1);
+    assert_eq!(h.fake.objects_of(&a, "webhook_endpoints").len(), 1);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let as_a = |method: &str, path: &str, body: &str| {
+        let (status, v) = h.fake.call_as(&a, method, path, body);
+        assert_eq!(status, 200, "{method} {path}: {v}");
+        v
+    };
+    let customers = h.fake.objects_of(&a, "customers");
+    let new_a = as_a("POST", "/v1/customers", "name=New+in+a");
+    as_a("POST", &format!("/v1/customers/{}", id(&customers[0])), "name=Renamed+in+a");
+    as_a("DELETE", &format!("/v1/customers/{}", id(&customers[1])), "");
+    let (_, new_b) = h.fake.call_as(&b, "POST", "/v1/customers", "name=New+in+b");
+    let new_platform = call(&h.fake, "POST", "/v1/customers", "name=New+in+the+platform");
+    settle(&mut h, Duration::from_secs(30));
+
+    let d = e2e::compare_account(&mut h.c, &h.fake, Some(&a), "a", "customer");
+    assert!(d.is_empty(), "a.customer: {} {d:?}", d.summary());
+    let d = compare(&mut h.c, &h.fake, "stripe", "customer");
+    assert!(d.is_empty(), "stripe.customer: {} {d:?}", d.summary());
+    let name: Option<String> =
+        h.c.query_opt("SELECT name FROM a.customer WHERE id = $1", &[&id(&new_a)]).unwrap().and_then(|r| r.get(0));
+    assert_eq!(name.as_deref(), Some("New in a"), "applied by the worker, not by a refresh");
+    for (table, other) in [("a.customer", &new_platform), ("a.customer", &new_b), ("stripe.customer", &new_b)] {
+        let n: i64 =
+            h.c.query_one(&format!("SELECT count(*) FROM {table} WHERE id = $1"), &[&id(other)]).unwrap().get(0);
+        assert_eq!(n, 0, "{} is not in {table}", id(other));
+    }
+    let status: Value = h.c.query_one("SELECT stripe_sync.webhook_status('a')::json", &[]).unwrap().get(0);
+    assert!(status["applied"].as_i64().unwrap() >= 3, "{status}");
+    assert_eq!(status["failed"].as_i64().unwrap_or(0), 0, "{status}");
+}
