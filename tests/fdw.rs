@@ -496,6 +496,24 @@ fn account_conditions_read_connected_accounts_one_scan_each_and_explain_shows_th
     assert!(plan.contains("Stripe-Account: <$1>"), "a parameter is shown as itself: {plan}");
     c.batch_execute("RESET plan_cache_mode").unwrap();
 
+    // every connected account in one query: a LATERAL subquery pushes each outer
+    // account as the scan's Stripe-Account (a nested loop, one scan per account)
+    c.query("SELECT * FROM stripe_sync.refresh('account', 'full')", &[]).unwrap();
+    let per_account: Vec<(String, i64)> = c
+        .query(
+            "SELECT a.id, n.customers FROM stripe.account a
+               CROSS JOIN LATERAL (SELECT count(*) AS customers FROM stripe_api.customer c WHERE c.account = a.id) n
+              ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let want: Vec<(String, i64)> =
+        fake.connected_accounts().iter().map(|a| (a.clone(), fake.objects_of(a, "customers").len() as i64)).collect();
+    assert_eq!(per_account, want);
+
     // a source made for one connected account reads it, and its rows say so
     c.execute(
         "SELECT stripe_sync.add_source($1, name => 'b', schema => 'b', account => $2, api_url => $3)",
