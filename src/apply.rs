@@ -192,9 +192,10 @@ impl Target {
             "WITH input AS (
                 SELECT e->>'id' AS id, (e->>'s')::bigint AS s FROM jsonb_array_elements($1) e
              ), locked AS (
-                -- a row an event of the same second wrote: which came last is
+                -- a row of the same second, whatever wrote it (an event, a page, or a
+                -- fetch sent before this deletion arrived): which came last is
                 -- unknown, so it is fetched (when $4) instead of deleted
-                SELECT t.id, input.s, ($4 AND t._stamp = input.s AND t._synced_by LIKE 'event:%') AS tied
+                SELECT t.id, input.s, ($4 AND t._stamp = input.s) AS tied
                 FROM {q} t JOIN input ON t.id = input.id ORDER BY t.id FOR UPDATE OF t
              ), gone AS (
                 DELETE FROM {q} t USING locked WHERE t.id = locked.id AND t._stamp <= locked.s AND NOT locked.tied
@@ -296,8 +297,9 @@ impl Target {
         Ok(self.delete_or_tie(c, ids, false)?.0)
     }
 
-    /// Deletes rows by id for deletion events, and records tombstones; a row an
-    /// event of the same second wrote is kept and returned as a tie (to fetch).
+    /// Deletes rows by id for deletion events, and records tombstones; a row of
+    /// the deletion's second is kept and returned as a tie (to fetch), whatever
+    /// wrote it: a fetch of that second may have been sent before the deletion.
     pub fn delete_by_events(&self, c: &mut SpiClient, ids: &[(String, i64)]) -> Result<(Counts, Vec<Tie>), SyncError> {
         self.delete_or_tie(c, ids, true)
     }

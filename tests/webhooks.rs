@@ -955,3 +955,38 @@ fn a_connected_accounts_source_receives_that_accounts_events_only() {
     assert!(status["applied"].as_i64().unwrap() >= 3, "{status}");
     assert_eq!(status["failed"].as_i64().unwrap_or(0), 0, "{status}");
 }
+
+/// A payment method detached and attached again in one second: the detach
+/// (tombstone), then the attach (a tie with the tombstone, settled by a fetch:
+/// attached), then a detach event of that same second arriving after the fetch.
+/// Which of the fetch and that detach came last is unknown, so the detach is a
+/// tie too (fetched again), not applied over the fetched row. Before: the row
+/// was deleted while Stripe had the payment method attached (chaos seeds 57 and
+/// 81, where the detach was applied again after a restart).
+#[test]
+fn a_deletion_event_of_the_second_of_a_fetched_row_is_settled_by_another_fetch() {
+    let mut h = setup(SeedSpec::scaled(10), Faults::default());
+    let pm = h.fake.objects("payment_methods").into_iter().find(|p| p["customer"].is_string()).unwrap();
+    let pid = id(&pm);
+    let mut detached = pm.clone();
+    detached["customer"] = Value::Null;
+    let t = signature::unix_now() + 50;
+    let row = |h: &mut Hooked| -> Option<(Option<String>, String)> {
+        h.c.query_opt("SELECT customer, _synced_by FROM stripe.customer_payment_method WHERE id = $1", &[&pid])
+            .unwrap()
+            .map(|r| (r.get(0), r.get(1)))
+    };
+    receive_all(&mut h, &[event("evt_pm_d1", "payment_method.detached", t, detached.clone())]);
+    wait_applied(&mut h, &["evt_pm_d1"], Duration::from_secs(10));
+    assert_eq!(row(&mut h), None);
+    receive_all(&mut h, &[event("evt_pm_a1", "payment_method.attached", t, pm.clone())]);
+    wait_applied(&mut h, &["evt_pm_a1"], Duration::from_secs(10));
+    let (customer, by) = row(&mut h).expect("the fetch settling the attach writes the row");
+    assert_eq!((customer.as_deref(), by.as_str()), (pm["customer"].as_str(), "fetch:tie"));
+    receive_all(&mut h, &[event("evt_pm_d2", "payment_method.detached", t, detached)]);
+    wait_applied(&mut h, &["evt_pm_d2"], Duration::from_secs(10));
+    let (customer, _) = row(&mut h).expect("Stripe has it attached: the late detach is fetched, not applied");
+    assert_eq!(customer.as_deref(), pm["customer"].as_str());
+    let status: Value = h.c.query_one("SELECT stripe_sync.webhook_status()::jsonb", &[]).unwrap().get(0);
+    assert_eq!((status["failed"].as_i64(), status["pending"].as_i64()), (Some(0), Some(0)), "{status}");
+}
