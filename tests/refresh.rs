@@ -103,6 +103,29 @@ fn every_resource_follows_the_fake_in_full_incremental_and_events_modes() {
     assert_eq!(notes, 0);
 }
 
+/// A small account (every resource under a page) costs few requests per
+/// resource: one page per list variant, and one `/v1/events` request for the
+/// events cursor where events cover the resource; no probes. Per-customer
+/// resources list each customer's objects (one request per customer).
+#[test]
+fn a_full_refresh_of_a_small_account_costs_a_page_per_list_variant_and_an_events_cursor() {
+    let _serial = serial();
+    let (_cluster, mut c, fake) = setup(SeedSpec::scaled(20), Faults::default());
+    let mut total = 0;
+    for r in RESOURCES {
+        let (_, _, _, requests) = refresh(&mut c, r.name, "full");
+        assert_equal(&mut c, &fake, r.name, "a full refresh of a small account");
+        total += requests;
+        let pages = r.list_variants.len().max(1) as i64;
+        let expected = pages + i64::from(r.events_complete);
+        println!("full refresh of {:<28} {requests:>3} requests (expected {expected})", r.name);
+        if r.scope == stripe_core::resources::Scope::Account {
+            assert!(requests <= expected, "{}: {requests} requests, expected at most {expected}", r.name);
+        }
+    }
+    println!("full refresh of all 15 resources of a 20-customer account: {total} requests");
+}
+
 #[test]
 fn an_invoice_with_35_line_items_has_all_of_them() {
     let _serial = serial();

@@ -482,6 +482,11 @@ fn newest_event(ctx: &Ctx, r: &'static Resource) -> Result<Result<Option<(i64, S
     }
 }
 
+/// How far ahead of this server's clock a full pass lists `created` (a day):
+/// Stripe's clock may run ahead of ours, and learning by how much would cost a
+/// request per resource.
+const CLOCK_AHEAD_MARGIN_SECS: i64 = 86_400;
+
 /// A full refresh: every object read again, changed rows written, rows of objects
 /// that no longer exist deleted. Resumes from its checkpoint.
 fn full(ctx: &mut Ctx) -> Result<(), Stop> {
@@ -491,10 +496,6 @@ fn full(ctx: &mut Ctx) -> Result<(), Stop> {
     let mut cp = match checkpoint {
         Some(cp) => cp,
         None => {
-            let client = ctx.client.clone();
-            let newest_created = ctx.http(async move {
-                if r.scope == Scope::Account { sync::newest_created(&client, r).await } else { Ok(None) }
-            })??;
             let now = stripe_core::signature::unix_now();
             // where events refreshes continue once this pass is done; without
             // access to /v1/events the pass goes on with no events cursor
@@ -510,12 +511,14 @@ fn full(ctx: &mut Ctx) -> Result<(), Stop> {
             } else {
                 Value::Null
             };
-            // the pass covers everything created up to now: a row newer than the
-            // newest object listed now may be one that was deleted since
+            // the pass covers everything created up to now, and a margin beyond
+            // it for a Stripe clock ahead of ours (no request spent to learn it):
+            // a row unseen in that range is gone, unless it was written after the
+            // listing began (then it is fetched)
             let cp = json!({
                 "started": now,
-                "hi": newest_created.unwrap_or(now).max(now),
-                "newest": newest_created,
+                "hi": now + CLOCK_AHEAD_MARGIN_SECS,
+                "newest": null,
                 "done": [],
                 "after": null,
                 "events_cursor": events_cursor,
@@ -546,6 +549,8 @@ fn full(ctx: &mut Ctx) -> Result<(), Stop> {
                     if let Some(done) = cp["done"].as_array_mut() {
                         done.push(json!([lo, hi]));
                     }
+                    // a resumed pass does not list the done ranges again
+                    cp["newest"] = json!(newest_created);
                     let target = ctx.target.clone();
                     let cp_now = cp.clone();
                     let recent = ctx.write(|ctx, c| {

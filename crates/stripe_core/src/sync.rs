@@ -190,6 +190,35 @@ struct Shared {
 /// range is split in two whenever a fetcher is idle.
 pub async fn full_pass(client: Client, pass: FullPass, tx: SyncSender<MsgResult>) {
     let mut queue: VecDeque<(i64, i64)> = pending_ranges(pass.lo, pass.hi, &pass.done).into();
+    // A fresh pass first asks for one page of the whole range (per list
+    // variant): a resource with no more objects than a page is done with it, at
+    // one request, before any probe. Only a larger one goes on to the probes and
+    // the parallel fetchers, which read that page again (one request more).
+    if pass.done.is_empty() && queue.len() == 1 {
+        match whole_range_in_one_page(&client, pass.resource, pass.lo, pass.hi).await {
+            Ok(Some(pages)) => {
+                let mut seen = Vec::new();
+                let mut since: Option<i64> = None;
+                for (objects, stamp) in pages {
+                    seen.extend(ids(&objects));
+                    since = Some(since.map_or(stamp, |s| s.min(stamp)));
+                    if !objects.is_empty() && !send(&tx, Ok(Msg::Objects { objects, stamp })).await {
+                        return;
+                    }
+                }
+                let since = since.unwrap_or_else(crate::signature::unix_now);
+                if send(&tx, Ok(Msg::RangeDone { lo: pass.lo, hi: pass.hi, seen, since })).await {
+                    send(&tx, Ok(Msg::End)).await;
+                }
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                send(&tx, Err(e)).await;
+                return;
+            }
+        }
+    }
     // A fresh pass over everything: find how far back objects go with one round of
     // concurrent probes, so the fetchers start on evenly sized ranges of real data
     // instead of halving decades of emptiness one request at a time.
@@ -221,6 +250,32 @@ pub async fn full_pass(client: Client, pass: FullPass, tx: SyncSender<MsgResult>
     };
 }
 
+/// Every object of `[lo, hi]` when each list variant fits in one page: the
+/// pages (completed nested lists, and when each was read); `None` as soon as one
+/// variant has more.
+async fn whole_range_in_one_page(
+    client: &Client,
+    r: &'static Resource,
+    lo: i64,
+    hi: i64,
+) -> Result<Option<Vec<(Vec<Value>, i64)>>, StripeError> {
+    let mut pages = Vec::new();
+    for variant in Selection::all(r).list_queries(None) {
+        let q = ListQuery {
+            limit: 100,
+            created: CreatedRange { gte: Some(lo), lte: Some(hi), ..Default::default() },
+            ..variant
+        };
+        let Some(mut page) = Pager::new(client.clone(), q).next_page().await? else { continue };
+        if page.has_more {
+            return Ok(None);
+        }
+        complete_all(client, r, &mut page.data).await?;
+        pages.push((page.data, page.fetched_at));
+    }
+    Ok(Some(pages))
+}
+
 /// A time before which no object exists (within a factor of two of the oldest
 /// object's age), found with concurrent `limit=1` probes at `hi - 2^k hours`;
 /// and when the answer was given.
@@ -230,7 +285,9 @@ async fn oldest_bound(
     lo: i64,
     hi: i64,
 ) -> Result<Option<(i64, i64)>, StripeError> {
-    let cuts: Vec<i64> = (0..22).map(|k| hi.saturating_sub(3_600i64 << k)).filter(|t| *t > lo).collect();
+    // (a pass's hi may lie ahead of the clock, see the refresh: cuts start from now)
+    let top = hi.min(crate::signature::unix_now());
+    let cuts: Vec<i64> = (0..22).map(|k| top.saturating_sub(3_600i64 << k)).filter(|t| *t > lo).collect();
     let queries: Vec<(i64, ListQuery)> = cuts
         .iter()
         .flat_map(|t| {

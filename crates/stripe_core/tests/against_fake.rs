@@ -349,6 +349,50 @@ mod sync_passes {
         println!("{} requests for 60 pages of customers in {} ranges", c.requests_sent(), ranges.len());
     }
 
+    /// A resource with no more objects than a page costs one request per list
+    /// variant (no probes): 5 customers, and 100 (a full page, no more), each in
+    /// one request; 101 take the split path and still list each object.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_pass_over_at_most_a_page_of_objects_is_one_request() {
+        for (n, at_most) in [(5usize, 1u64), (100, 1), (101, 40)] {
+            let fake = Fake::start(0, Some(&SeedSpec::only_customers(n)), Faults::default()).await.unwrap();
+            let c = client(&fake, KEY);
+            let r = stripe_core::lookup("customer").unwrap();
+            let hi = signature::unix_now() + 86_400;
+            let (tx, rx) = sync_channel(8);
+            let pass = FullPass { resource: r, lo: 0, hi, done: vec![], parallelism: 8 };
+            let producer = tokio::spawn(sync::full_pass(c.clone(), pass, tx));
+            let msgs = tokio::task::spawn_blocking(move || drain(rx)).await.unwrap();
+            producer.await.unwrap();
+            assert!(matches!(msgs.last(), Some(Msg::End)), "the pass ends with its end marker");
+            let mut listed = HashSet::new();
+            let mut covered = Vec::new();
+            for m in msgs {
+                match m {
+                    Msg::Objects { objects, .. } => listed.extend(ids(&objects)),
+                    Msg::RangeDone { lo, hi, seen, .. } => {
+                        covered.push((lo, hi));
+                        for id in seen {
+                            assert!(listed.contains(&id), "{id} seen but not sent");
+                        }
+                    }
+                    Msg::End => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            let expected: HashSet<String> = ids(&fake.objects("customers")).into_iter().collect();
+            assert_eq!(listed, expected, "{n} customers");
+            covered.sort_unstable();
+            assert_eq!((covered.first().unwrap().0, covered.last().unwrap().1), (0, hi));
+            let requests = c.requests_sent();
+            println!("full pass over {n} customers: {requests} requests, {} ranges", covered.len());
+            assert!(requests <= at_most, "{n} customers: {requests} requests");
+            if n <= 100 {
+                assert_eq!(covered, vec![(0, hi)], "one range, the whole one");
+            }
+        }
+    }
+
     /// A catch-up over 30,000 events, most of them packed in one hour of a
     /// seven-day window (with a busy second of 700): every event arrives once,
     /// oldest first in Stripe's order, in messages of at most 250, with about
