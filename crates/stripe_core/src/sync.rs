@@ -132,18 +132,6 @@ pub async fn fetch_current(
     Ok(out)
 }
 
-/// The newest `created` of a resource's objects (one request per list variant),
-/// or `None` for an empty account.
-pub async fn newest_created(client: &Client, r: &'static Resource) -> Result<Option<i64>, StripeError> {
-    let mut newest = None;
-    for q in Selection::all(r).list_queries(None) {
-        let page = Pager::new(client.clone(), ListQuery { limit: 1, ..q }).next_page().await?;
-        let t = page.and_then(|p| p.data.first().and_then(|o| o.get(r.created_field)).and_then(Value::as_i64));
-        newest = newest.max(t);
-    }
-    Ok(newest)
-}
-
 /// A full pass over an account-level resource.
 #[derive(Debug, Clone)]
 pub struct FullPass {
