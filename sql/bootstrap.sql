@@ -10,7 +10,9 @@ CREATE TABLE stripe_sync._sources (
     account      text,
     api_url      text NOT NULL,
     api_version  text,
-    created_at   timestamptz NOT NULL DEFAULT now()
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    connected_accounts boolean NOT NULL DEFAULT false,
+    account_id   text
 );
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync._sources', '');
 REVOKE ALL ON stripe_sync._sources FROM PUBLIC;
@@ -23,10 +25,12 @@ COMMENT ON COLUMN stripe_sync._sources.account IS 'Connected account sent as Str
 COMMENT ON COLUMN stripe_sync._sources.api_url IS 'Root of the Stripe API.';
 COMMENT ON COLUMN stripe_sync._sources.api_version IS 'Stripe-Version sent, if not the pinned default.';
 COMMENT ON COLUMN stripe_sync._sources.created_at IS 'When the source was added.';
+COMMENT ON COLUMN stripe_sync._sources.connected_accounts IS 'Connect: the source covers the platform''s own account and every connected account it lists.';
+COMMENT ON COLUMN stripe_sync._sources.account_id IS 'Id of the account the key acts as (GET /v1/account), which the source''s own rows carry in their account column; NULL until the first refresh or webhook learns it.';
 
 CREATE VIEW stripe_sync.sources AS
     SELECT name, schema_name AS schema, schema_name || '_api' AS api_schema, table_prefix, account, api_url,
-           api_version, created_at
+           api_version, created_at, connected_accounts, account_id
     FROM stripe_sync._sources;
 GRANT SELECT ON stripe_sync.sources TO PUBLIC;
 COMMENT ON VIEW stripe_sync.sources IS 'Connected Stripe accounts, without their keys.';
@@ -38,6 +42,8 @@ COMMENT ON COLUMN stripe_sync.sources.account IS 'Connected account sent as Stri
 COMMENT ON COLUMN stripe_sync.sources.api_url IS 'Root of the Stripe API.';
 COMMENT ON COLUMN stripe_sync.sources.api_version IS 'Stripe-Version sent, if not the pinned default.';
 COMMENT ON COLUMN stripe_sync.sources.created_at IS 'When the source was added.';
+COMMENT ON COLUMN stripe_sync.sources.connected_accounts IS 'Connect: the source covers the platform and every connected account (add_source(..., connected_accounts => true)).';
+COMMENT ON COLUMN stripe_sync.sources.account_id IS 'Id of the account the key acts as: the account column of the source''s own rows (NULL until first learned).';
 
 CREATE TABLE stripe_sync._sync_state (
     source                text NOT NULL REFERENCES stripe_sync._sources (name) ON DELETE CASCADE,
@@ -62,7 +68,8 @@ CREATE TABLE stripe_sync._sync_state (
     last_error_hint       text,
     last_error_at         timestamptz,
     newest_stamp          bigint,
-    PRIMARY KEY (source, resource)
+    account               text NOT NULL DEFAULT '',
+    PRIMARY KEY (source, resource, account)
 );
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync._sync_state', '');
 REVOKE ALL ON stripe_sync._sync_state FROM PUBLIC;
@@ -89,13 +96,15 @@ COMMENT ON COLUMN stripe_sync._sync_state.last_error_code IS 'SQLSTATE of the la
 COMMENT ON COLUMN stripe_sync._sync_state.last_error_hint IS 'Hint of the last failure.';
 COMMENT ON COLUMN stripe_sync._sync_state.last_error_at IS 'When the last failure happened.';
 COMMENT ON COLUMN stripe_sync._sync_state.newest_stamp IS 'Newest Stripe time (unix s) of a change applied to the table.';
+COMMENT ON COLUMN stripe_sync._sync_state.account IS 'Connect: the connected account (acct_...) of this row; empty for the source''s own account.';
 
 CREATE TABLE stripe_sync._deleted (
     source   text NOT NULL,
     resource text NOT NULL,
     id       text NOT NULL,
     stamp    bigint NOT NULL,
-    PRIMARY KEY (source, resource, id)
+    account  text NOT NULL DEFAULT '',
+    PRIMARY KEY (source, resource, account, id)
 );
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync._deleted', '');
 REVOKE ALL ON stripe_sync._deleted FROM PUBLIC;
@@ -104,6 +113,7 @@ COMMENT ON COLUMN stripe_sync._deleted.source IS 'Source name.';
 COMMENT ON COLUMN stripe_sync._deleted.resource IS 'Resource name.';
 COMMENT ON COLUMN stripe_sync._deleted.id IS 'Stripe id of the deleted object.';
 COMMENT ON COLUMN stripe_sync._deleted.stamp IS 'Stripe time (unix s) of the deletion.';
+COMMENT ON COLUMN stripe_sync._deleted.account IS 'Connect: the connected account (acct_...) the object was in; empty for the source''s own account.';
 
 CREATE VIEW stripe_sync.sync_status AS
     SELECT source, resource, last_mode, status, started_at, finished_at, rows_inserted, rows_updated, rows_deleted,
@@ -114,8 +124,9 @@ CREATE VIEW stripe_sync.sync_status AS
            progress, note,
            CASE WHEN pg_catalog.pg_has_role('stripe_sync_admin', 'USAGE') THEN last_error END AS last_error,
            last_error_at,
-           now() - to_timestamp(newest_stamp) AS freshness
-    FROM stripe_sync._sync_state;
+           now() - to_timestamp(newest_stamp) AS freshness,
+           CASE WHEN s.account <> '' THEN s.account ELSE (SELECT account_id FROM stripe_sync._sources WHERE name = s.source) END AS account
+    FROM stripe_sync._sync_state s;
 GRANT SELECT ON stripe_sync.sync_status TO PUBLIC;
 COMMENT ON VIEW stripe_sync.sync_status IS 'Per source and resource: the last refresh, its cursors, live progress, last error and freshness.';
 COMMENT ON COLUMN stripe_sync.sync_status.source IS 'Source name.';
@@ -137,6 +148,7 @@ COMMENT ON COLUMN stripe_sync.sync_status.note IS 'What the refresh decided on i
 COMMENT ON COLUMN stripe_sync.sync_status.last_error IS 'Message of the last failure (NULL for roles without stripe_sync_admin: it may quote Stripe).';
 COMMENT ON COLUMN stripe_sync.sync_status.last_error_at IS 'When it happened.';
 COMMENT ON COLUMN stripe_sync.sync_status.freshness IS 'Age of the newest change applied to the table.';
+COMMENT ON COLUMN stripe_sync.sync_status.account IS 'The Stripe account of the row: the source''s own account id, or a connected account of a Connect source (one row per account and resource).';
 
 CREATE TABLE stripe_sync._webhooks (
     source         text PRIMARY KEY REFERENCES stripe_sync._sources (name) ON DELETE CASCADE,
@@ -145,7 +157,8 @@ CREATE TABLE stripe_sync._webhooks (
     secrets        text[] NOT NULL DEFAULT '{}',
     managed        boolean NOT NULL DEFAULT false,
     enabled_events text[],
-    created_at     timestamptz NOT NULL DEFAULT now()
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    connect_endpoint_id text
 );
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync._webhooks', '');
 REVOKE ALL ON stripe_sync._webhooks FROM PUBLIC;
@@ -157,6 +170,7 @@ COMMENT ON COLUMN stripe_sync._webhooks.secrets IS 'Signing secrets accepted (se
 COMMENT ON COLUMN stripe_sync._webhooks.managed IS 'Whether stripe_sync created the endpoint (and deletes it with the source).';
 COMMENT ON COLUMN stripe_sync._webhooks.enabled_events IS 'Event types the endpoint was created with.';
 COMMENT ON COLUMN stripe_sync._webhooks.created_at IS 'When it was set up.';
+COMMENT ON COLUMN stripe_sync._webhooks.connect_endpoint_id IS 'Connect sources: the Stripe id of the second endpoint (connect=true), which delivers the connected accounts'' events; its secret is among secrets.';
 
 CREATE TABLE stripe_sync._inbox (
     source      text NOT NULL,

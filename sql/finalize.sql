@@ -11,12 +11,12 @@ COMMENT ON FUNCTION stripe_sync.stripe_sync_fdw_validator(text[], oid) IS 'Inter
 COMMENT ON FUNCTION stripe_sync.stripe_sync_fdw_meta() IS 'Internal: name, version, author and website of stripe_sync_fdw.';
 
 -- errors inside must not log the call: it carries the key or secret
-ALTER FUNCTION stripe_sync.add_source(text, text, text, text, text, text, text, double precision) SET log_min_error_statement = 'panic';
-COMMENT ON FUNCTION stripe_sync.add_source(text, text, text, text, text, text, text, double precision) IS
-  'Connects a Stripe account: add_source(api_key, name, schema, table_prefix, account, api_url, api_version, max_requests_per_second). Creates server stripe_sync_<name>, a user mapping for PUBLIC holding the key, the 15 foreign tables in <schema>_api and the 15 materialized tables in <schema>. Refuses tables that belong to another source or that it did not create.';
+ALTER FUNCTION stripe_sync.add_source(text, text, text, text, text, text, text, double precision, boolean) SET log_min_error_statement = 'panic';
+COMMENT ON FUNCTION stripe_sync.add_source(text, text, text, text, text, text, text, double precision, boolean) IS
+  'Connects a Stripe account: add_source(api_key, name, schema, table_prefix, account, api_url, api_version, max_requests_per_second, connected_accounts). connected_accounts => true covers a Connect platform and every connected account in one set of tables (column account). Creates server stripe_sync_<name>, a user mapping for PUBLIC holding the key, the 15 foreign tables in <schema>_api and the 15 materialized tables in <schema>. Refuses tables that belong to another source or that it did not create.';
 COMMENT ON FUNCTION stripe_sync.drop_source(text, boolean) IS 'Removes a source: drop_source(name, drop_tables => false). Drops its server, user mapping, foreign tables, sync state, tombstones, webhook endpoint (also at Stripe), inbox and counters; nothing of any other source. The materialized tables are kept unless drop_tables.';
-COMMENT ON FUNCTION stripe_sync.refresh(text, text, text, boolean) IS
-  'Brings materialized tables up to date: refresh(resource or ''all'', mode full|incremental|events, source, wait). Runs in a background worker that commits as it goes; an interrupted full refresh resumes. Returns one row per resource; wait => false returns as soon as the run started (progress in sync_status) and holds no snapshot.';
+COMMENT ON FUNCTION stripe_sync.refresh(text, text, text, boolean, text) IS
+  'Brings materialized tables up to date: refresh(resource or ''all'', mode full|incremental|events, source, wait, account). A Connect source''s run covers every account (or the one named). Runs in a background worker that commits as it goes; an interrupted full refresh resumes. Returns one row per resource; wait => false returns as soon as the run started (progress in sync_status) and holds no snapshot.';
 COMMENT ON FUNCTION stripe_sync.retry_failed(text) IS 'Makes failed webhook events of a source (NULL: every source) pending again, to be applied at once; returns how many.';
 COMMENT ON FUNCTION stripe_sync.skip_event(text, text) IS 'Gives up on one stored webhook event (pending or failed): skip_event(event_id, source). It is marked skipped, with who skipped it, and never applied.';
 ALTER FUNCTION stripe_sync.set_webhook_secret(text, text, boolean) SET log_min_error_statement = 'panic';
@@ -59,9 +59,9 @@ DECLARE
     f regprocedure;
 BEGIN
     FOREACH f IN ARRAY ARRAY[
-        'stripe_sync.add_source(text, text, text, text, text, text, text, double precision)',
+        'stripe_sync.add_source(text, text, text, text, text, text, text, double precision, boolean)',
         'stripe_sync.drop_source(text, boolean)',
-        'stripe_sync.refresh(text, text, text, boolean)',
+        'stripe_sync.refresh(text, text, text, boolean, text)',
         'stripe_sync.create_webhook(text, text)',
         'stripe_sync.set_webhook_secret(text, text, boolean)',
         'stripe_sync.delete_webhook(text)',

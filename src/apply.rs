@@ -58,11 +58,38 @@ fn written_before_listing(since: &str) -> String {
     format!("(_stamp < {since} OR (_stamp = {since} AND _synced_by LIKE 'refresh:%'))")
 }
 
+/// The Stripe account a write is for: the id its rows carry in their `account`
+/// column, and the key of its tombstones and sync state (`''` for the source's
+/// own account, else the connected account's id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: String,
+    pub key: String,
+}
+
+impl Account {
+    /// The source's own account (whose id is `id`).
+    pub fn own(id: &str) -> Account {
+        Account { id: id.to_string(), key: String::new() }
+    }
+
+    /// A connected account of a Connect source.
+    pub fn connected(id: &str) -> Account {
+        Account { id: id.to_string(), key: id.to_string() }
+    }
+
+    /// The `Stripe-Account` a request for this account carries (none for the own).
+    pub fn header(&self) -> Option<&str> {
+        (!self.key.is_empty()).then_some(self.key.as_str())
+    }
+}
+
 /// A materialized table and the statements that write it.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub resource: &'static Resource,
     pub source: String,
+    pub account: Account,
     table: String,
     upsert: String,
     delete_ids: String,
@@ -101,6 +128,7 @@ impl Target {
         table: &str,
         restamp: bool,
         api_version: &str,
+        account: &Account,
     ) -> Target {
         let q = format!("{}.{}", ident(schema), ident(table));
         let mut names = vec!["id".to_string(), "created".to_string()];
@@ -118,7 +146,7 @@ impl Target {
                 let owner = |cmp: &str| {
                     format!(
                         "SELECT 1 FROM stripe_sync._deleted p WHERE p.source = $2 AND p.resource = {res}
-                           AND p.id = input.o->>{col} AND p.stamp {cmp} input.s",
+                           AND p.account = $6 AND p.id = input.o->>{col} AND p.stamp {cmp} input.s",
                         res = literal(p.resource),
                         col = literal(p.column),
                     )
@@ -145,16 +173,16 @@ impl Target {
              ), cur AS (
                 -- what each row holds before this statement (read once)
                 SELECT input.id, input.s, input.b, t._stamp AS ts, t.attrs IS NOT DISTINCT FROM input.o AS same
-                FROM input JOIN {q} t ON t.id = input.id
+                FROM input JOIN {q} t ON t.id = input.id AND t.account = $5
              ), written AS (
-                INSERT INTO {q} AS t ({names}, attrs, _synced_at, _synced_by, _stamp, _api_version)
-                SELECT {exprs}, o, now(), b, s, $4 FROM input
+                INSERT INTO {q} AS t ({names}, attrs, _synced_at, _synced_by, _stamp, _api_version, account)
+                SELECT {exprs}, o, now(), b, s, $4, $5 FROM input
                 WHERE NOT EXISTS (SELECT 1 FROM stripe_sync._deleted d
-                                  WHERE d.source = $2 AND d.resource = $3 AND d.id = input.id
+                                  WHERE d.source = $2 AND d.resource = $3 AND d.account = $6 AND d.id = input.id
                                     AND (d.stamp > input.s OR (d.stamp = input.s AND input.b NOT LIKE 'fetch%')))
                   {parent_alive}
                 ORDER BY n
-                ON CONFLICT (id) DO UPDATE SET {sets}, attrs = EXCLUDED.attrs, _synced_at = EXCLUDED._synced_at,
+                ON CONFLICT (id, account) DO UPDATE SET {sets}, attrs = EXCLUDED.attrs, _synced_at = EXCLUDED._synced_at,
                     _synced_by = EXCLUDED._synced_by, _stamp = EXCLUDED._stamp, _api_version = EXCLUDED._api_version
                 WHERE ((t.attrs IS DISTINCT FROM EXCLUDED.attrs OR t._api_version IS DISTINCT FROM EXCLUDED._api_version)
                        AND (t._stamp < EXCLUDED._stamp OR (t._stamp = EXCLUDED._stamp AND EXCLUDED._synced_by LIKE 'fetch%')))
@@ -172,7 +200,7 @@ impl Target {
                 UNION
                 -- a version from the second of the object's deletion: which came last?
                 SELECT input.id, input.s FROM input JOIN stripe_sync._deleted d
-                  ON d.source = $2 AND d.resource = $3 AND d.id = input.id
+                  ON d.source = $2 AND d.resource = $3 AND d.account = $6 AND d.id = input.id
                 WHERE d.stamp = input.s AND input.b NOT LIKE 'fetch%'
                 {parent_tie}
              )
@@ -196,13 +224,14 @@ impl Target {
                 -- fetch sent before this deletion arrived): which came last is
                 -- unknown, so it is fetched (when $4) instead of deleted
                 SELECT t.id, input.s, ($4 AND t._stamp = input.s) AS tied
-                FROM {q} t JOIN input ON t.id = input.id ORDER BY t.id FOR UPDATE OF t
+                FROM {q} t JOIN input ON t.id = input.id AND t.account = $5 ORDER BY t.id FOR UPDATE OF t
              ), gone AS (
-                DELETE FROM {q} t USING locked WHERE t.id = locked.id AND t._stamp <= locked.s AND NOT locked.tied
+                DELETE FROM {q} t USING locked
+                WHERE t.id = locked.id AND t.account = $5 AND t._stamp <= locked.s AND NOT locked.tied
                 RETURNING t.id
              ), tomb AS (
-                INSERT INTO stripe_sync._deleted AS d (source, resource, id, stamp) SELECT $2, $3, id, s FROM input
-                ON CONFLICT (source, resource, id) DO UPDATE SET stamp = greatest(d.stamp, EXCLUDED.stamp)
+                INSERT INTO stripe_sync._deleted AS d (source, resource, account, id, stamp) SELECT $2, $3, $6, id, s FROM input
+                ON CONFLICT (source, resource, account, id) DO UPDATE SET stamp = greatest(d.stamp, EXCLUDED.stamp)
              )
              SELECT (SELECT count(*) FROM gone), (SELECT coalesce(array_agg(id), '{{}}') FROM locked WHERE tied),
                     (SELECT coalesce(array_agg(s), '{{}}') FROM locked WHERE tied)"
@@ -210,6 +239,7 @@ impl Target {
         Target {
             resource,
             source: source.to_string(),
+            account: account.clone(),
             table: q,
             upsert,
             delete_ids,
@@ -280,6 +310,8 @@ impl Target {
                 self.source.as_str().into(),
                 self.resource.name.into(),
                 self.api_version.as_str().into(),
+                self.account.id.as_str().into(),
+                self.account.key.as_str().into(),
             ],
         )?;
         let first = row.first();
@@ -327,7 +359,14 @@ impl Target {
         let row = exec(
             c,
             &self.delete_ids,
-            &[JsonB(Value::Array(input)).into(), self.source.as_str().into(), self.resource.name.into(), ties.into()],
+            &[
+                JsonB(Value::Array(input)).into(),
+                self.source.as_str().into(),
+                self.resource.name.into(),
+                ties.into(),
+                self.account.id.as_str().into(),
+                self.account.key.as_str().into(),
+            ],
         )?;
         let first = row.first();
         let (n, tied, stamps) = first.get_three::<i64, Vec<String>, Vec<i64>>().map_err(spi_err)?;
@@ -387,10 +426,11 @@ impl Target {
         &self,
         c: &mut SpiClient,
         cond: &str,
-        args: Vec<pgrx::datum::DatumWithOid>,
+        mut args: Vec<pgrx::datum::DatumWithOid>,
     ) -> Result<Vec<Tie>, SyncError> {
-        let rows =
-            c.select(&format!("SELECT id, _stamp FROM {} WHERE {cond}", self.table), None, &args).map_err(spi_err)?;
+        let sql = format!("SELECT id, _stamp FROM {} WHERE account = ${} AND ({cond})", self.table, args.len() + 1);
+        args.push(self.account.id.as_str().into());
+        let rows = c.select(&sql, None, &args).map_err(spi_err)?;
         let mut out = Vec::new();
         for r in rows {
             if let (Some(id), Some(stamp)) = (r.get::<String>(1).map_err(spi_err)?, r.get::<i64>(2).map_err(spi_err)?) {
@@ -419,10 +459,16 @@ impl Target {
         // only this table follows its deletion)
         if let Some(p) = self.resource.parent() {
             c.update(
-                "INSERT INTO stripe_sync._deleted AS d (source, resource, id, stamp) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (source, resource, id) DO UPDATE SET stamp = greatest(d.stamp, EXCLUDED.stamp)",
+                "INSERT INTO stripe_sync._deleted AS d (source, resource, account, id, stamp) VALUES ($1, $2, $5, $3, $4)
+                 ON CONFLICT (source, resource, account, id) DO UPDATE SET stamp = greatest(d.stamp, EXCLUDED.stamp)",
                 None,
-                &[self.source.as_str().into(), p.resource.into(), customer.into(), stamp.into()],
+                &[
+                    self.source.as_str().into(),
+                    p.resource.into(),
+                    customer.into(),
+                    stamp.into(),
+                    self.account.key.as_str().into(),
+                ],
             )
             .map_err(spi_err)?;
         }
@@ -446,16 +492,25 @@ impl Target {
         self.take_turn(c)?;
         let n = args.len();
         let sql = format!(
-            "WITH gone AS (DELETE FROM {t} WHERE {cond} RETURNING id), tomb AS (
-                INSERT INTO stripe_sync._deleted AS d (source, resource, id, stamp) SELECT ${src}, ${res}, id, ${st} FROM gone
-                ON CONFLICT (source, resource, id) DO UPDATE SET stamp = greatest(d.stamp, EXCLUDED.stamp)
+            "WITH gone AS (DELETE FROM {t} WHERE account = ${id} AND ({cond}) RETURNING id), tomb AS (
+                INSERT INTO stripe_sync._deleted AS d (source, resource, account, id, stamp)
+                SELECT ${src}, ${res}, ${key}, id, ${st} FROM gone
+                ON CONFLICT (source, resource, account, id) DO UPDATE SET stamp = greatest(d.stamp, EXCLUDED.stamp)
              ) SELECT count(*) FROM gone",
             t = self.table,
             st = n + 1,
             src = n + 2,
             res = n + 3,
+            id = n + 4,
+            key = n + 5,
         );
-        args.extend([stamp.into(), self.source.as_str().into(), self.resource.name.into()]);
+        args.extend([
+            stamp.into(),
+            self.source.as_str().into(),
+            self.resource.name.into(),
+            self.account.id.as_str().into(),
+            self.account.key.as_str().into(),
+        ]);
         let row = c.update(&sql, None, &args).map_err(spi_err)?;
         Ok(Counts { deleted: row.first().get_one::<i64>().map_err(spi_err)?.unwrap_or(0), ..Default::default() })
     }
@@ -557,13 +612,19 @@ pub fn exec<'c>(
 
 /// Moves what `sync_status.freshness` measures from: the newest Stripe time of a
 /// change written to the table, by any path (refreshes and webhooks alike).
-pub fn record_newest(c: &mut SpiClient, source: &str, resource: &str, newest: Option<i64>) -> Result<(), SyncError> {
+pub fn record_newest(
+    c: &mut SpiClient,
+    source: &str,
+    resource: &str,
+    account: &Account,
+    newest: Option<i64>,
+) -> Result<(), SyncError> {
     if let Some(n) = newest {
         exec(
             c,
-            "INSERT INTO stripe_sync._sync_state AS s (source, resource, newest_stamp) VALUES ($1, $2, $3)
-             ON CONFLICT (source, resource) DO UPDATE SET newest_stamp = greatest(s.newest_stamp, EXCLUDED.newest_stamp)",
-            &[source.into(), resource.into(), n.into()],
+            "INSERT INTO stripe_sync._sync_state AS s (source, resource, account, newest_stamp) VALUES ($1, $2, $4, $3)
+             ON CONFLICT (source, resource, account) DO UPDATE SET newest_stamp = greatest(s.newest_stamp, EXCLUDED.newest_stamp)",
+            &[source.into(), resource.into(), n.into(), account.key.as_str().into()],
         )?;
     }
     Ok(())

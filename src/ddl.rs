@@ -86,18 +86,31 @@ pub const SYNC_COLUMNS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The Connect column every materialized table has last, and its comment. The
+/// key is `(id, account)`: Stripe ids are unique in practice, but a connected
+/// account's cloned objects and test data may reuse one, so only the pair is
+/// safe; id first, so that lookups by id alone use the key's index.
+pub const ACCOUNT_COLUMN: (&str, &str, &str) = (
+    "account",
+    "text NOT NULL",
+    "The Stripe account the object is in: the source's own account id, or a connected account of a Connect source. The key is (id, account).",
+);
+
 /// `CREATE TABLE`, indexes and comments of a resource's materialized table.
 pub fn materialized_table(r: &Resource, schema: &str, table: &str) -> Vec<String> {
     let q = format!("{}.{}", ident(schema), ident(table));
     let mut cols: Vec<String> = columns(r)
         .iter()
         .map(|(n, t, _)| match *n {
-            "id" => "\"id\" text PRIMARY KEY".to_string(),
+            "id" => "\"id\" text NOT NULL".to_string(),
             "attrs" => "\"attrs\" jsonb NOT NULL".to_string(),
             _ => format!("{} {t}", ident(n)),
         })
         .collect();
     cols.extend(SYNC_COLUMNS.iter().map(|(n, t, _)| format!("{} {t}", ident(n))));
+    let (account, account_type, account_comment) = ACCOUNT_COLUMN;
+    cols.push(format!("{} {account_type}", ident(account)));
+    cols.push(format!("PRIMARY KEY (\"id\", {})", ident(account)));
     let mut out = vec![format!("CREATE TABLE IF NOT EXISTS {q} ({})", cols.join(", "))];
     for (col, index) in indexed_columns(r).into_iter().zip(index_names(r, table)) {
         out.push(format!("CREATE INDEX IF NOT EXISTS {} ON {q} ({})", ident(&index), ident(col)));
@@ -106,6 +119,7 @@ pub fn materialized_table(r: &Resource, schema: &str, table: &str) -> Vec<String
     for (n, _, c) in SYNC_COLUMNS {
         out.push(format!("COMMENT ON COLUMN {q}.{} IS {}", ident(n), literal(c)));
     }
+    out.push(format!("COMMENT ON COLUMN {q}.{} IS {}", ident(account), literal(account_comment)));
     out
 }
 
@@ -113,6 +127,7 @@ pub fn materialized_table(r: &Resource, schema: &str, table: &str) -> Vec<String
 fn indexed_columns(r: &Resource) -> Vec<&'static str> {
     let mut cols = vec!["created"];
     cols.extend(r.columns.iter().filter(|c| c.reference).map(|c| c.name));
+    cols.push(ACCOUNT_COLUMN.0);
     cols
 }
 
@@ -159,7 +174,7 @@ mod tests {
     #[test]
     fn materialized_tables_have_a_primary_key_sync_columns_and_join_indexes() {
         let stmts = materialized_table(lookup("invoice").unwrap(), "stripe", "invoice");
-        assert!(stmts[0].contains("\"id\" text PRIMARY KEY"), "{}", stmts[0]);
+        assert!(stmts[0].contains("\"account\" text NOT NULL, PRIMARY KEY (\"id\", \"account\")"), "{}", stmts[0]);
         assert!(stmts[0].contains("\"_stamp\" bigint NOT NULL"));
         let idx: Vec<&String> = stmts.iter().filter(|s| s.starts_with("CREATE INDEX")).collect();
         assert!(idx.iter().any(|s| s.contains("(\"customer\")")));

@@ -12,11 +12,14 @@ pub struct SyncError {
     pub code: PgSqlErrorCode,
     pub message: String,
     pub hint: Option<String>,
+    /// Stripe refused a connected account itself (`account_invalid`): it revoked
+    /// the platform's access. A refresh reports the account and goes on.
+    pub revoked: bool,
 }
 
 impl SyncError {
     pub fn new(code: PgSqlErrorCode, message: impl Into<String>) -> SyncError {
-        SyncError { code, message: redact(&message.into()), hint: None }
+        SyncError { code, message: redact(&message.into()), hint: None, revoked: false }
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> SyncError {
@@ -113,6 +116,10 @@ impl From<StripeError> for SyncError {
                 };
                 (ERRCODE_INSUFFICIENT_PRIVILEGE, permission_hint.as_str())
             }
+            StripeError::AccountInvalid { .. } => (
+                ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "The connected account revoked the platform's access, or is not connected to it: see the account's rows in stripe_sync.sync_status; a refresh of the source skips accounts /v1/accounts no longer lists.",
+            ),
             StripeError::NotFound { .. } => {
                 (ERRCODE_FDW_TABLE_NOT_FOUND, "The object does not exist in this Stripe account.")
             }
@@ -138,6 +145,7 @@ impl From<StripeError> for SyncError {
                 "Nothing was decided on the incomplete read; see the server log, and run the statement again.",
             ),
         };
-        SyncError::new(code, e.to_string()).hint(hint)
+        let revoked = e.is_account_invalid();
+        SyncError { revoked, ..SyncError::new(code, e.to_string()).hint(hint) }
     }
 }

@@ -127,6 +127,65 @@ pub fn client_for_source(name: &str) -> Result<Client, SyncError> {
     client_for_server(oid, &options)
 }
 
+/// Whether a source covers its connected accounts (`connected_accounts => true`).
+pub fn is_connect(name: &str) -> Result<bool, SyncError> {
+    Spi::get_one_with_args::<bool>("SELECT connected_accounts FROM stripe_sync._sources WHERE name = $1", &[name.into()])
+        .map(|v| v.unwrap_or(false))
+        .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))
+}
+
+/// The id of the account a source's key acts as, as far as it is known
+/// (`_sources.account_id`): the `account` option of a source made with
+/// `account =>`, else what [`own_account`] learned.
+pub fn known_account_id(name: &str) -> Result<Option<String>, SyncError> {
+    Spi::get_one_with_args::<String>("SELECT account_id FROM stripe_sync._sources WHERE name = $1", &[name.into()])
+        .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))
+}
+
+/// The id a source's own rows carry in their `account` column, learned once
+/// with `GET /v1/account` (one request) and kept. Rows written before it was
+/// known (by 0.4.0, before `ALTER EXTENSION ... UPDATE`) carry `''`, and get it
+/// here, in the caller's transaction. `check` ends the wait for Stripe early.
+pub fn own_account(name: &str, client: &Client, check: impl FnMut() -> bool) -> Result<String, SyncError> {
+    if let Some(id) = known_account_id(name)? {
+        return Ok(id);
+    }
+    let client = client.acting_as(None)?;
+    let id = crate::threads::block_on(async move { stripe_core::sync::own_account(&client).await }, check)??;
+    learn_account_id(name, &id)?;
+    Ok(id)
+}
+
+/// Records a source's own account id and sets it on the rows written before.
+pub fn learn_account_id(name: &str, id: &str) -> Result<(), SyncError> {
+    let err = |e: pgrx::spi::Error| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string());
+    let updated = Spi::get_one_with_args::<bool>(
+        "UPDATE stripe_sync._sources SET account_id = $2 WHERE name = $1 AND account_id IS NULL RETURNING true",
+        &[name.into(), id.into()],
+    )
+    .map_err(err)?;
+    if updated != Some(true) {
+        return Ok(());
+    }
+    for r in resources::RESOURCES {
+        let (schema, table) = crate::apply::table_of(name, r)?;
+        if Spi::get_one_with_args::<bool>(
+            "SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL",
+            &[schema.as_str().into(), table.as_str().into()],
+        )
+        .map_err(err)?
+            == Some(true)
+        {
+            Spi::run_with_args(
+                &format!("UPDATE {}.{} SET account = $1 WHERE account = ''", ident(&schema), ident(&table)),
+                &[id.into()],
+            )
+            .map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
 fn check_name(what: &str, v: &str, allow_empty: bool) -> Result<(), SyncError> {
     let ok = (allow_empty || !v.is_empty())
         && v.len() <= 40
@@ -228,22 +287,23 @@ fn add_source(
     api_url: default!(&str, "'https://api.stripe.com'"),
     api_version: default!(Option<&str>, "NULL"),
     max_requests_per_second: default!(Option<f64>, "NULL"),
+    connected_accounts: default!(bool, "false"),
 ) -> String {
-    add(api_key, name, schema, table_prefix, account, api_url, api_version, max_requests_per_second)
-        .unwrap_or_else(|e| e.raise())
+    let opts = Options { account, api_url, api_version, rps: max_requests_per_second, connected_accounts };
+    add(api_key, name, schema, table_prefix, opts).unwrap_or_else(|e| e.raise())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn add(
-    api_key: &str,
-    name: &str,
-    schema: &str,
-    prefix: &str,
-    account: Option<&str>,
-    api_url: &str,
-    api_version: Option<&str>,
+/// The options of `add_source` after the key, the name and the tables.
+struct Options<'a> {
+    account: Option<&'a str>,
+    api_url: &'a str,
+    api_version: Option<&'a str>,
     rps: Option<f64>,
-) -> Result<String, SyncError> {
+    connected_accounts: bool,
+}
+
+fn add(api_key: &str, name: &str, schema: &str, prefix: &str, o: Options) -> Result<String, SyncError> {
+    let Options { account, api_url, api_version, rps, connected_accounts } = o;
     crate::require_updated()?;
     // validate everything before changing anything
     ApiKey::new(api_key)
@@ -260,6 +320,12 @@ fn add(
     let base = validate_base_url(api_url).map_err(SyncError::from)?;
     if let Some(a) = account {
         crate::fdw::options::check(crate::fdw::options::Target::Server, crate::fdw::options::ACCOUNT_OPTION, a)?;
+        if connected_accounts {
+            return Err(SyncError::invalid(
+                "a source cannot have both account and connected_accounts => true",
+            )
+            .hint("connected_accounts => true covers the platform and all its connected accounts: leave account NULL."));
+        }
     }
     if let Some(v) = api_version {
         check_api_version(v).map_err(|e| {
@@ -347,8 +413,19 @@ fn add(
         .collect();
     run(&format!("GRANT SELECT ON {} TO {READER_ROLE}", tables.join(", ")))?;
     Spi::run_with_args(
-        "INSERT INTO stripe_sync._sources (name, server_name, schema_name, table_prefix, account, api_url, api_version) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[name.into(), server.as_str().into(), schema.into(), prefix.into(), account.into(), base.as_str().into(), api_version.into()],
+        "INSERT INTO stripe_sync._sources (name, server_name, schema_name, table_prefix, account, api_url, api_version,
+                                           connected_accounts, account_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $5)",
+        &[
+            name.into(),
+            server.as_str().into(),
+            schema.into(),
+            prefix.into(),
+            account.into(),
+            base.as_str().into(),
+            api_version.into(),
+            connected_accounts.into(),
+        ],
     )
     .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
     Ok(name.to_string())

@@ -278,7 +278,7 @@ impl State {
             self.catchup.push_back((source, resource));
             return;
         }
-        match refresh::launch(&source, &resource, "events", unsafe { pg_sys::MyProcPid }, false) {
+        match refresh::launch(&source, &resource, "events", unsafe { pg_sys::MyProcPid }, false, None) {
             Ok(w) => self.catching_up = Some(w),
             Err(e) => log!("{WORKER_NAME}: cannot start the catch-up of {source}/{resource}: {}", e.message),
         }
@@ -357,7 +357,7 @@ pub extern "C-unwind" fn stripe_sync_worker_main(_arg: pg_sys::Datum) {
         Spi::connect(|c| {
             let mut out = Vec::new();
             for r in c.select(
-                "SELECT s.source, s.resource FROM stripe_sync._sync_state s JOIN stripe_sync._webhooks w ON w.source = s.source
+                "SELECT DISTINCT s.source, s.resource FROM stripe_sync._sync_state s JOIN stripe_sync._webhooks w ON w.source = s.source
                  WHERE s.events_cursor_created IS NOT NULL ORDER BY 1, 2",
                 None,
                 &[],

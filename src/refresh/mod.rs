@@ -94,6 +94,7 @@ fn refresh_resources(
     mode: default!(Option<&str>, "'incremental'"),
     source: default!(Option<&str>, "'default'"),
     wait: default!(Option<bool>, "true"),
+    account: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -111,12 +112,39 @@ fn refresh_resources(
         crate::require_updated()?;
         let (resource, mode, source) =
             (not_null(resource, "resource")?, not_null(mode, "mode")?, not_null(source, "source")?);
-        if wait.unwrap_or(true) { refresh_all(resource, mode, source) } else { start_detached(resource, mode, source) }
+        let account = account_of(source, account)?;
+        let account = account.as_deref();
+        if wait.unwrap_or(true) {
+            refresh_all(resource, mode, source, account)
+        } else {
+            start_detached(resource, mode, source, account)
+        }
     })();
     match rows {
         Ok(rows) => TableIterator::new(rows),
         Err(e) => e.raise(),
     }
+}
+
+/// The account a call names (`account => ...`), as a job's key: `None` for
+/// every account of the source, `Some("")` for the source's own.
+fn account_of(source: &str, account: Option<&str>) -> Result<Option<String>, SyncError> {
+    let Some(a) = account else { return Ok(None) };
+    crate::source::require(source)?;
+    if !stripe_core::client::valid_account_id(a) {
+        return Err(SyncError::invalid(format!("\"{a}\" is not a Stripe account id"))
+            .hint("Name an account as acct_..., as stripe_sync.sync_status and the account column show it."));
+    }
+    if crate::source::known_account_id(source)?.as_deref() == Some(a) {
+        return Ok(Some(String::new()));
+    }
+    if !crate::source::is_connect(source)? {
+        return Err(SyncError::invalid(format!(
+            "source \"{source}\" covers one account, not the connected account {a}"
+        ))
+        .hint("account => names a connected account of a source made with add_source(..., connected_accounts => true)."));
+    }
+    Ok(Some(a.to_string()))
 }
 
 /// The resources a call names (`all`, or one name in any accepted spelling).
@@ -142,7 +170,7 @@ fn targets(resource: &str, mode: &str) -> Result<Vec<&'static resources::Resourc
 /// `sync_status`. `all` runs the resources one after another in one worker.
 /// The call holds no snapshot or lock once it returns. A resource whose refresh
 /// is running is skipped with a NOTICE (no row).
-fn start_detached(resource: &str, mode: &str, source: &str) -> Result<Vec<Row>, SyncError> {
+fn start_detached(resource: &str, mode: &str, source: &str, account: Option<&str>) -> Result<Vec<Row>, SyncError> {
     let targets = targets(resource, mode)?;
     crate::source::require(source)?;
     let name = if targets.len() == 1 { targets[0].name } else { ALL };
@@ -157,7 +185,7 @@ fn start_detached(resource: &str, mode: &str, source: &str) -> Result<Vec<Row>, 
         return skipped(e);
     }
     let launched = clock();
-    let worker = launch(source, name, mode, unsafe { pg_sys::MyProcPid }, true)?;
+    let worker = launch(source, name, mode, unsafe { pg_sys::MyProcPid }, true, account)?;
     let worker_pid = worker.wait_for_startup().map_err(|s| {
         SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("the refresh worker did not start ({s:?})"))
     })?;
@@ -181,7 +209,7 @@ fn start_detached(resource: &str, mode: &str, source: &str) -> Result<Vec<Row>, 
     }
 }
 
-fn refresh_all(resource: &str, mode: &str, source: &str) -> Result<Vec<Row>, SyncError> {
+fn refresh_all(resource: &str, mode: &str, source: &str, account: Option<&str>) -> Result<Vec<Row>, SyncError> {
     let targets = targets(resource, mode)?;
     crate::source::require(source)?;
     // One resource's failure never stops the others: each is recorded in
@@ -190,7 +218,7 @@ fn refresh_all(resource: &str, mode: &str, source: &str) -> Result<Vec<Row>, Syn
     let mut failed: Vec<(&'static str, SyncError)> = Vec::new();
     let mut notices = std::collections::HashSet::new();
     for r in targets {
-        match refresh_one(r, mode, source, &mut notices) {
+        match refresh_one(r, mode, source, account, &mut notices) {
             Ok(row) => rows.push(row),
             Err(e) => failed.push((r.name, e)),
         }
@@ -266,7 +294,7 @@ fn wait_until_free(source: &str, resource: &str) -> Result<(), SyncError> {
 
 fn already_running(source: &str, resource: &str) -> SyncError {
     let pid = Spi::get_one_with_args::<i32>(
-        "SELECT running_pid FROM stripe_sync._sync_state WHERE source = $1 AND resource = $2",
+        "SELECT max(running_pid) FROM stripe_sync._sync_state WHERE source = $1 AND resource = $2",
         &[source.into(), resource.into()],
     )
     .ok()
@@ -290,6 +318,7 @@ pub fn launch(
     mode: &str,
     caller: i32,
     detached: bool,
+    account: Option<&str>,
 ) -> Result<pgrx::bgworkers::DynamicBackgroundWorker, SyncError> {
     let (db, user) = unsafe { (pg_sys::MyDatabaseId, pg_sys::GetUserId()) };
     let job = run::Job {
@@ -300,6 +329,7 @@ pub fn launch(
         resource: resource.to_string(),
         mode: mode.to_string(),
         parallelism: crate::guc::MAX_PARALLEL_REQUESTS.get().max(1) as usize,
+        account: account.map(str::to_string),
     };
     BackgroundWorkerBuilder::new(&format!("stripe_sync refresh {source}/{resource}"))
         .set_type(WORKER_TYPE)
@@ -327,12 +357,13 @@ fn refresh_one(
     r: &'static resources::Resource,
     mode: &str,
     source: &str,
+    account: Option<&str>,
     notices: &mut std::collections::HashSet<String>,
 ) -> Result<Row, SyncError> {
     wait_until_free(source, r.name)?;
     let launched = clock();
     let pid = unsafe { pg_sys::MyProcPid };
-    let worker = launch(source, r.name, mode, pid, false)?;
+    let worker = launch(source, r.name, mode, pid, false, account)?;
     let worker_pid = worker.wait_for_startup().map_err(|s| {
         SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("the refresh worker did not start ({s:?})"))
     })?;
@@ -357,12 +388,23 @@ fn read_result(
     notices: &mut std::collections::HashSet<String>,
 ) -> Result<Row, SyncError> {
     let row = Spi::connect(|c| {
+        // one row per account the run covered (one for a single-account source):
+        // summed, and the failures (of connected accounts: named) listed
         let t = c.select(
-            "SELECT status, rows_inserted, rows_updated, rows_deleted, api_requests, started_at, finished_at,
-                    last_error, last_error_code, last_error_hint, note
-             FROM stripe_sync._sync_state WHERE source = $1 AND resource = $2 AND started_at >= to_timestamp($3)",
+            "SELECT CASE WHEN bool_or(status = 'running') THEN 'running'
+                         WHEN bool_or(status NOT IN ('succeeded', 'revoked')) THEN 'failed' ELSE 'succeeded' END,
+                    sum(rows_inserted)::bigint, sum(rows_updated)::bigint, sum(rows_deleted)::bigint,
+                    sum(api_requests)::bigint, min(started_at), max(finished_at),
+                    string_agg(CASE WHEN account = '' THEN last_error ELSE account || ': ' || last_error END, '; ' ORDER BY account)
+                        FILTER (WHERE status NOT IN ('succeeded', 'revoked', 'running')),
+                    (array_agg(last_error_code ORDER BY account) FILTER (WHERE status NOT IN ('succeeded', 'revoked', 'running')))[1],
+                    (array_agg(last_error_hint ORDER BY account) FILTER (WHERE status NOT IN ('succeeded', 'revoked', 'running')))[1],
+                    string_agg(DISTINCT note, $4),
+                    string_agg(account || ' (' || last_error || ')', ', ' ORDER BY account) FILTER (WHERE status = 'revoked')
+             FROM stripe_sync._sync_state WHERE source = $1 AND resource = $2 AND started_at >= to_timestamp($3)
+             HAVING count(*) > 0",
             Some(1),
-            &[source.into(), resource.into(), launched.into()],
+            &[source.into(), resource.into(), launched.into(), NOTE_SEPARATOR.into()],
         )?;
         let Some(row) = t.into_iter().next() else { return Ok::<_, pgrx::spi::Error>(None) };
         Ok(Some((
@@ -376,16 +418,22 @@ fn read_result(
             (row.get::<pgrx::datum::TimestampWithTimeZone>(6)?, row.get::<pgrx::datum::TimestampWithTimeZone>(7)?),
             (row.get::<String>(8)?, row.get::<String>(9)?, row.get::<String>(10)?),
             row.get::<String>(11)?,
+            row.get::<String>(12)?,
         )))
     })
     .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
     // no run of ours: another refresh took the resource between the check and our
     // worker's start (ours then leaves without touching anything)
-    let Some((status, (ins, upd, del, req), (started, finished), (err, code, hint), note)) = row else {
+    let Some((status, (ins, upd, del, req), (started, finished), (err, code, hint), note, revoked)) = row else {
         return Err(already_running(source, resource));
     };
     if status == "running" {
         return Err(already_running(source, resource));
+    }
+    if let Some(r) = revoked {
+        pgrx::notice!(
+            "{resource}: skipped connected accounts that refused access (revoked?): {r}; see stripe_sync.sync_status"
+        );
     }
     // a note is said once per call (refresh('all') would repeat the same one per resource)
     for n in note.iter().flat_map(|n| n.split(NOTE_SEPARATOR)) {

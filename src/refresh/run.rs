@@ -2,7 +2,7 @@
 //! passes) and writes batches in its own committed transactions, with live
 //! progress and a checkpoint in `stripe_sync._sync_state`.
 
-use crate::apply::{Counts, EventEffects, Target, Version, table_of};
+use crate::apply::{Account, Counts, EventEffects, Target, Version, table_of};
 use crate::error::SyncError;
 use crate::{source, threads};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -32,12 +32,27 @@ pub struct Job {
     pub mode: String,
     /// The caller's stripe_sync.max_parallel_requests.
     pub parallelism: usize,
+    /// Connect: the account to refresh (`Some("")`: the source's own; `None`:
+    /// every account of the source). Within a run, the account being refreshed.
+    pub account: Option<String>,
+}
+
+impl Job {
+    /// The key of the account being refreshed in `_sync_state` (`''`: the source's own).
+    pub fn key(&self) -> &str {
+        self.account.as_deref().unwrap_or("")
+    }
 }
 
 impl Job {
     pub fn encode(&self) -> String {
+        let account = match self.account.as_deref() {
+            None => "*",
+            Some("") => "-",
+            Some(a) => a,
+        };
         format!(
-            "{} {} {} {} {} {} {}",
+            "{} {} {} {} {} {} {} {account}",
             self.db, self.user, self.caller, self.source, self.resource, self.mode, self.parallelism
         )
     }
@@ -52,6 +67,11 @@ impl Job {
             resource: it.next()?.to_string(),
             mode: it.next()?.to_string(),
             parallelism: it.next()?.parse().ok()?,
+            account: match it.next()? {
+                "*" => None,
+                "-" => Some(String::new()),
+                a => Some(a.to_string()),
+            },
         })
     }
 }
@@ -105,24 +125,83 @@ pub extern "C-unwind" fn stripe_sync_refresh_main(_arg: pg_sys::Datum) {
             if crate::worker::stopping() {
                 break;
             }
-            run_and_record(&Job { resource: r.name.to_string(), ..job.clone() });
+            run_resource(&Job { resource: r.name.to_string(), ..job.clone() });
             tx(|| Spi::run("SELECT pg_advisory_unlock_all()")).unwrap_or_else(|e| log!("stripe_sync refresh: {e}"));
         }
     } else {
-        run_and_record(&job);
+        run_resource(&job);
     }
 }
 
-/// Runs one resource's refresh and records how it ended in `_sync_state`.
-fn run_and_record(job: &Job) {
-    let job2 = job.clone();
-    let outcome = PgTryBuilder::new(AssertUnwindSafe(move || run(&job2)))
+/// Runs one resource's refresh for each account the job covers, one after
+/// another under the resource's lock: the source's own account, then (for a
+/// Connect source) every connected account `/v1/accounts` lists. One account's
+/// failure is recorded in its own `_sync_state` row and never stops the others.
+fn run_resource(job: &Job) {
+    let locked = match lock_for_the_run(job) {
+        Ok(l) => l,
+        Err(e) => return record(job, Err(e)),
+    };
+    if !locked {
+        log!("stripe_sync refresh of {}/{}: another refresh of it is running; not started", job.source, job.resource);
+        return;
+    }
+    let base = tx(|| -> Result<(Client, bool), SyncError> {
+        Ok((source::client_for_source(&job.source)?, source::is_connect(&job.source)?))
+    });
+    let (client, connect) = match base {
+        Ok(b) => b,
+        Err(e) => return record(&Job { account: Some(job.key().to_string()), ..job.clone() }, Err(e.into())),
+    };
+    let own = Job { account: Some(String::new()), ..job.clone() };
+    let accounts: Vec<String> = match job.account.as_deref() {
+        Some(a) => vec![a.to_string()],
+        None => {
+            // the platform's own rows first; its account table lists the others
+            record(&own, run_account(&own, &client));
+            // a connected account has no connected accounts of its own
+            if !connect || job.resource == CONNECTED_ACCOUNTS_RESOURCE {
+                return;
+            }
+            let c = client.clone();
+            let listed = threads::block_on(async move { sync::connected_accounts(&c).await }, crate::worker::stopping);
+            match listed {
+                Ok(Ok(list)) => list,
+                Ok(Err(e)) => return record(&own, Err(SyncError::from(e).into())),
+                Err(e) => return record(&own, Err(SyncError::from(e).into())),
+            }
+        }
+    };
+    for a in accounts {
+        if crate::worker::stopping() {
+            break;
+        }
+        let one = Job { account: Some(a), ..job.clone() };
+        record(&one, run_account(&one, &client));
+    }
+}
+
+/// The resource whose rows are a platform's connected accounts: refreshed for
+/// the platform only.
+const CONNECTED_ACCOUNTS_RESOURCE: &str = "account";
+
+/// Runs one account's refresh of a resource, catching Postgres errors too.
+fn run_account(job: &Job, client: &Client) -> Result<(), Stop> {
+    let (job2, client) = (job.clone(), client.clone());
+    PgTryBuilder::new(AssertUnwindSafe(move || run(&job2, &client)))
         .catch_others(|e| {
             Err(Stop::Failed(SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, crate::error::caught_message(&e))))
         })
-        .execute();
+        .execute()
+}
+
+/// Records how one account's refresh of a resource ended in `_sync_state`. A
+/// connected account that revoked the platform's access is `revoked`, with
+/// Stripe's message: reported, and no failure of the run.
+fn record(job: &Job, outcome: Result<(), Stop>) {
     let (status, err) = match outcome {
         Ok(()) => return,
+        Err(Stop::Failed(e)) if e.revoked => ("revoked", e),
         Err(Stop::Interrupted(why)) => (
             "interrupted",
             SyncError::new(PgSqlErrorCode::ERRCODE_QUERY_CANCELED, format!("interrupted ({why})"))
@@ -132,10 +211,13 @@ fn run_and_record(job: &Job) {
     };
     unsafe { pg_sys::AbortCurrentTransaction() };
     tx(|| {
+        // the row exists unless the run failed before it began (no client, no lock)
         let r = Spi::run_with_args(
-            "UPDATE stripe_sync._sync_state SET status = $3, finished_at = now(), running_pid = NULL, last_error = $4,
-                    last_error_code = $5, last_error_hint = $6, last_error_at = now()
-             WHERE source = $1 AND resource = $2",
+            "INSERT INTO stripe_sync._sync_state AS s (source, resource, account, last_mode, status, started_at, finished_at,
+                    last_error, last_error_code, last_error_hint, last_error_at)
+             VALUES ($1, $2, $7, $8, $3, now(), now(), $4, $5, $6, now())
+             ON CONFLICT (source, resource, account) DO UPDATE SET status = $3, finished_at = now(), running_pid = NULL,
+                    last_error = $4, last_error_code = $5, last_error_hint = $6, last_error_at = now(), progress = NULL",
             &[
                 job.source.as_str().into(),
                 job.resource.as_str().into(),
@@ -143,6 +225,8 @@ fn run_and_record(job: &Job) {
                 err.message.as_str().into(),
                 sqlstate_text(err.code).as_str().into(),
                 err.hint.as_deref().into(),
+                job.key().into(),
+                job.mode.as_str().into(),
             ],
         );
         if let Err(e) = r {
@@ -200,7 +284,7 @@ impl Ctx {
                 });
                 c.update(
                     "UPDATE stripe_sync._sync_state SET progress = $3, rows_inserted = $4, rows_updated = $5, rows_deleted = $6,
-                            api_requests = $7 WHERE source = $1 AND resource = $2",
+                            api_requests = $7 WHERE source = $1 AND resource = $2 AND account = $8",
                     None,
                     &[
                         self.job.source.as_str().into(),
@@ -210,6 +294,7 @@ impl Ctx {
                         self.counts.updated.into(),
                         self.counts.deleted.into(),
                         self.api_requests().into(),
+                        self.job.key().into(),
                     ],
                 )
                 .map_err(spi_err)?;
@@ -230,7 +315,7 @@ impl Ctx {
         let up = self.write(|ctx, c| {
             let up = target.upsert(c, versions)?;
             ctx.counts += up.counts;
-            set_newest(c, &ctx.job, newest)?;
+            set_newest(c, ctx, newest)?;
             Ok(up)
         })?;
         if !up.ties.is_empty() {
@@ -337,8 +422,8 @@ impl Ctx {
     }
 }
 
-fn set_newest(c: &mut pgrx::spi::SpiClient, job: &Job, newest: Option<i64>) -> Result<(), SyncError> {
-    crate::apply::record_newest(c, &job.source, &job.resource, newest)
+fn set_newest(c: &mut pgrx::spi::SpiClient, ctx: &Ctx, newest: Option<i64>) -> Result<(), SyncError> {
+    crate::apply::record_newest(c, &ctx.job.source, &ctx.job.resource, &ctx.target.account, newest)
 }
 
 fn state_value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
@@ -346,17 +431,19 @@ fn state_value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
     column: &str,
 ) -> Result<Option<T>, SyncError> {
     Spi::get_one_with_args::<T>(
-        &format!("SELECT {column} FROM stripe_sync._sync_state WHERE source = $1 AND resource = $2"),
-        &[job.source.as_str().into(), job.resource.as_str().into()],
+        &format!("SELECT {column} FROM stripe_sync._sync_state WHERE source = $1 AND resource = $2 AND account = $3"),
+        &[job.source.as_str().into(), job.resource.as_str().into(), job.key().into()],
     )
     .map_err(spi_err)
 }
 
 fn set_state(job: &Job, assignments: &str, args: Vec<pgrx::datum::DatumWithOid>) -> Result<(), SyncError> {
+    let n = args.len() + 3;
     let mut all: Vec<pgrx::datum::DatumWithOid> = vec![job.source.as_str().into(), job.resource.as_str().into()];
     all.extend(args);
+    all.push(job.key().into());
     Spi::run_with_args(
-        &format!("UPDATE stripe_sync._sync_state SET {assignments} WHERE source = $1 AND resource = $2"),
+        &format!("UPDATE stripe_sync._sync_state SET {assignments} WHERE source = $1 AND resource = $2 AND account = ${n}"),
         &all,
     )
     .map_err(spi_err)
@@ -386,24 +473,30 @@ fn lock_for_the_run(job: &Job) -> Result<bool, Stop> {
     }
 }
 
-fn run(job: &Job) -> Result<(), Stop> {
+/// One account's refresh of a resource (`job.account`), under the resource's lock.
+fn run(job: &Job, base: &Client) -> Result<(), Stop> {
     let r = resources::lookup(&job.resource).map_err(|e| SyncError::invalid(e.to_string()))?;
-    if !lock_for_the_run(job)? {
-        log!("stripe_sync refresh of {}/{}: another refresh of it is running; not started", job.source, job.resource);
-        return Ok(());
-    }
-    let (client, target) = tx(|| -> Result<_, SyncError> {
+    tx(|| -> Result<_, SyncError> {
         Spi::run_with_args(
-            "INSERT INTO stripe_sync._sync_state AS s (source, resource, last_mode, status, started_at, finished_at, running_pid,
-                    rows_inserted, rows_updated, rows_deleted, api_requests, note, last_error, progress)
-             VALUES ($1, $2, $3, 'running', now(), NULL, pg_backend_pid(), 0, 0, 0, 0, NULL, NULL, NULL)
-             ON CONFLICT (source, resource) DO UPDATE SET last_mode = $3, status = 'running', started_at = now(), finished_at = NULL,
+            "INSERT INTO stripe_sync._sync_state AS s (source, resource, account, last_mode, status, started_at, finished_at,
+                    running_pid, rows_inserted, rows_updated, rows_deleted, api_requests, note, last_error, progress)
+             VALUES ($1, $2, $4, $3, 'running', now(), NULL, pg_backend_pid(), 0, 0, 0, 0, NULL, NULL, NULL)
+             ON CONFLICT (source, resource, account) DO UPDATE SET last_mode = $3, status = 'running', started_at = now(), finished_at = NULL,
                     running_pid = pg_backend_pid(), rows_inserted = 0, rows_updated = 0, rows_deleted = 0, api_requests = 0,
                     note = NULL, last_error = NULL, last_error_code = NULL, last_error_hint = NULL, progress = NULL",
-            &[job.source.as_str().into(), job.resource.as_str().into(), job.mode.as_str().into()],
+            &[job.source.as_str().into(), job.resource.as_str().into(), job.mode.as_str().into(), job.key().into()],
         )
         .map_err(spi_err)?;
-        let client = source::client_for_source(&job.source)?;
+        Ok(())
+    })?;
+    // the ids the rows carry: the source's own (learned once), or the connected account's
+    let account = if job.key().is_empty() {
+        Account::own(&tx(|| source::own_account(&job.source, base, crate::worker::stopping))?)
+    } else {
+        Account::connected(job.key())
+    };
+    let (client, target) = tx(|| -> Result<_, SyncError> {
+        let client = base.acting_as(account.header())?;
         let (schema, table) = table_of(&job.source, r)?;
         // late webhook deliveries are the older versions a re-read must outrank
         let webhooks = Spi::get_one_with_args::<bool>(
@@ -413,7 +506,7 @@ fn run(job: &Job) -> Result<(), Stop> {
         .map_err(spi_err)?
         .unwrap_or(true);
         let version = client.config().api_version.clone();
-        Ok((client, Target::new(r, &job.source, &schema, &table, webhooks, &version)))
+        Ok((client, Target::new(r, &job.source, &schema, &table, webhooks, &version, &account)))
     })?;
     let parallelism = job.parallelism.max(1);
     let mut ctx = Ctx {
@@ -557,9 +650,15 @@ fn full(ctx: &mut Ctx) -> Result<(), Stop> {
                         let recent = target.unseen_recent_in_range(c, lo, hi, since, &seen)?;
                         ctx.counts += target.delete_unseen_in_range(c, lo, hi, since, seen)?;
                         c.update(
-                            "UPDATE stripe_sync._sync_state SET checkpoint = $3 WHERE source = $1 AND resource = $2",
+                            "UPDATE stripe_sync._sync_state SET checkpoint = $3
+                             WHERE source = $1 AND resource = $2 AND account = $4",
                             None,
-                            &[ctx.job.source.as_str().into(), ctx.job.resource.as_str().into(), JsonB(cp_now).into()],
+                            &[
+                                ctx.job.source.as_str().into(),
+                                ctx.job.resource.as_str().into(),
+                                JsonB(cp_now).into(),
+                                ctx.job.key().into(),
+                            ],
                         )
                         .map_err(spi_err)?;
                         Ok(recent)
@@ -632,12 +731,14 @@ fn full(ctx: &mut Ctx) -> Result<(), Stop> {
         if let Some(t) = cursor.get(0).and_then(Value::as_i64) {
             Spi::run_with_args(
                 "UPDATE stripe_sync._sync_state SET events_cursor_created = $3, events_cursor_id = $4
-                 WHERE source = $1 AND resource = $2 AND (events_cursor_created IS NULL OR events_cursor_created < $3)",
+                 WHERE source = $1 AND resource = $2 AND account = $5
+                   AND (events_cursor_created IS NULL OR events_cursor_created < $3)",
                 &[
                     ctx.job.source.as_str().into(),
                     ctx.job.resource.as_str().into(),
                     t.into(),
                     cursor.get(1).and_then(Value::as_str).into(),
+                    ctx.job.key().into(),
                 ],
             )
             .map_err(spi_err)?;
@@ -777,9 +878,16 @@ fn apply_events(ctx: &mut Ctx, effects: EventEffects) -> Result<(), Stop> {
     let target = ctx.target.clone();
     let move_cursor = |c: &mut pgrx::spi::SpiClient, job: &Job| {
         c.update(
-            "UPDATE stripe_sync._sync_state SET events_cursor_created = $3, events_cursor_id = $4 WHERE source = $1 AND resource = $2",
+            "UPDATE stripe_sync._sync_state SET events_cursor_created = $3, events_cursor_id = $4
+             WHERE source = $1 AND resource = $2 AND account = $5",
             None,
-            &[job.source.as_str().into(), job.resource.as_str().into(), cursor.0.into(), cursor.1.as_str().into()],
+            &[
+                job.source.as_str().into(),
+                job.resource.as_str().into(),
+                cursor.0.into(),
+                cursor.1.as_str().into(),
+                job.key().into(),
+            ],
         )
         .map(|_| ())
         .map_err(spi_err)
@@ -788,7 +896,7 @@ fn apply_events(ctx: &mut Ctx, effects: EventEffects) -> Result<(), Stop> {
         let (up, deleted) = target.apply_events(effects, c)?;
         ctx.counts += up.counts;
         ctx.counts += deleted;
-        set_newest(c, &ctx.job, newest)?;
+        set_newest(c, ctx, newest)?;
         // with ties, the cursor moves once they are settled: a run that stops
         // before that applies these events again, and finds the ties again
         if up.ties.is_empty() {
@@ -817,8 +925,13 @@ mod tests {
             resource: "invoice_item".into(),
             mode: "full".into(),
             parallelism: 8,
+            account: None,
         };
-        assert_eq!(Job::decode(&j.encode()), Some(j));
+        assert_eq!(Job::decode(&j.encode()), Some(j.clone()));
+        for a in [Some(String::new()), Some("acct_1Abc".to_string())] {
+            let one = Job { account: a, ..j.clone() };
+            assert_eq!(Job::decode(&one.encode()), Some(one));
+        }
         assert_eq!(Job::decode("1 2"), None);
     }
 }

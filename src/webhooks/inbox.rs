@@ -2,7 +2,7 @@
 //! applied in batches by the same rules as refreshes. One code path for the
 //! worker's listener and `stripe_sync.receive_webhook`.
 
-use crate::apply::{EventEffects, Target, exec, table_of};
+use crate::apply::{Account, EventEffects, Target, exec, table_of};
 use crate::error::{SyncError, in_subtransaction};
 use crate::{source, threads};
 use pgrx::prelude::*;
@@ -124,7 +124,7 @@ pub fn store_and_apply(source: &str, events: &[&Incoming]) -> Result<i64, SyncEr
     if exists {
         for e in &fresh {
             let Ok(payload) = serde_json::from_str::<Value>(&e.raw) else { continue };
-            let p = Pending { source: source.to_string(), id: e.id.clone(), kind: e.event_type.clone(), payload };
+            let p = Pending::new(source.to_string(), e.id.clone(), e.event_type.clone(), payload);
             if !touched(&p.kind).is_empty() && object_id(&p).is_some() && needs_completion(&p).is_none() {
                 ready.push(p);
             }
@@ -232,13 +232,41 @@ struct Pending {
     id: String,
     kind: String,
     payload: Value,
+    /// Connect: the connected account the event happened in (its `account`).
+    account: Option<String>,
+}
+
+impl Pending {
+    fn new(source: String, id: String, kind: String, payload: Value) -> Pending {
+        let account = payload.get("account").and_then(Value::as_str).map(str::to_string);
+        Pending { source, id, kind, payload, account }
+    }
+
+    /// The account whose rows the event changes: a connected account's events
+    /// carry its id; the source's own carry none (or, delivered by a Connect
+    /// endpoint to a source made with `account =>`, the source's own id).
+    fn account(&self, own: &str) -> Account {
+        match self.account.as_deref() {
+            Some(a) if a != own => Account::connected(a),
+            _ => Account::own(own),
+        }
+    }
+
+    /// The client of the event's account.
+    fn client(&self, clients: &HashMap<String, stripe_core::Client>) -> Option<stripe_core::Client> {
+        let base = clients.get(&self.source)?;
+        match self.account.as_deref() {
+            Some(a) if base.config().account.as_deref() != Some(a) => base.acting_as(Some(a)).ok(),
+            _ => Some(base.clone()),
+        }
+    }
 }
 
 /// Why an event could not be applied: (source, event id, error).
 type Failure = (String, String, String);
 
-/// Objects written with the same stamp as a different version: (source, resource, ties).
-type Ties = Vec<(String, &'static resources::Resource, Vec<crate::apply::Tie>)>;
+/// Objects written with the same stamp as a different version: (source, account, resource, ties).
+type Ties = Vec<(String, Account, &'static resources::Resource, Vec<crate::apply::Tie>)>;
 
 /// Seconds before a failed event is tried again: doubling per attempt, at most an hour.
 pub const RETRY_SQL: &str = "clock_timestamp() + make_interval(secs => least(3600, 2 ^ least(attempts, 12)))";
@@ -267,6 +295,7 @@ pub fn apply_pending(
     let mut orphans = 0;
     let mut failed: Vec<Failure> = Vec::new();
     let mut clients: HashMap<String, stripe_core::Client> = HashMap::new();
+    let mut unknown: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     in_tx(&mut || {
         let (batch, n) = skip_orphans(read_batch(limit)?)?;
         orphans = n;
@@ -282,11 +311,42 @@ pub fn apply_pending(
                 failed.push((e.source.clone(), e.id.clone(), err.message));
             }
         }
+        // a source whose own account id is not known yet learns it below (HTTP)
+        for e in &todo {
+            if !unknown.contains(&e.source) && source::known_account_id(&e.source)?.is_none() {
+                match client_of(&mut clients, &e.source) {
+                    Ok(_) => {
+                        unknown.insert(e.source.clone());
+                    }
+                    Err(err) => failed.push((e.source.clone(), e.id.clone(), err.message)),
+                }
+            }
+        }
         Ok(())
     })?;
     if todo.is_empty() && skipped.is_empty() && orphans == 0 {
         return Ok((0, 0));
     }
+    // HTTP: the own account ids (GET /v1/account); a source whose id cannot be
+    // learned has its events failed, to be tried again
+    let mut learned: Vec<(String, String)> = Vec::new();
+    for src in &unknown {
+        let Some(client) = clients.get(src).cloned() else { continue };
+        let got = threads::block_on(async move { sync::own_account(&client).await }, &mut check);
+        match got {
+            Ok(Ok(id)) => learned.push((src.clone(), id)),
+            Ok(Err(err)) => {
+                let why = format!("learning the source's account id (GET /v1/account): {err}");
+                failed.extend(todo.iter().filter(|e| &e.source == src).map(|e| (e.source.clone(), e.id.clone(), why.clone())));
+            }
+            Err(threads::Wait::Stopped) => return Ok((0, orphans)),
+            Err(err) => {
+                let why = err.to_string();
+                failed.extend(todo.iter().filter(|e| &e.source == src).map(|e| (e.source.clone(), e.id.clone(), why.clone())));
+            }
+        }
+    }
+    todo.retain(|e| !failed.iter().any(|(s, id, _)| *s == e.source && *id == e.id));
     // HTTP: truncated lists
     if complete_lists(&mut todo, &mut failed, &clients, &mut check).is_err() {
         return Ok((0, orphans));
@@ -298,6 +358,9 @@ pub fn apply_pending(
     // before that leaves them pending, to be applied (and tied) again
     let mut waiting: Vec<usize> = Vec::new();
     in_tx(&mut || {
+        for (src, id) in &learned {
+            source::learn_account_id(src, id)?;
+        }
         let ok: Vec<usize> = match in_subtransaction(|| write(&todo)) {
             Ok(t) => {
                 ties = t;
@@ -321,7 +384,7 @@ pub fn apply_pending(
         let (later, now): (Vec<usize>, Vec<usize>) = ok.into_iter().partition(|i| tied_in(&todo[*i], &ties));
         waiting = later;
         mark(&now.iter().map(|i| &todo[*i]).collect::<Vec<_>>(), &skipped.iter().collect::<Vec<_>>(), &failed)?;
-        for (src, _, _) in &ties {
+        for (src, _, _, _) in &ties {
             client_of(&mut clients, src)?;
         }
         Ok(())
@@ -329,8 +392,12 @@ pub fn apply_pending(
     // HTTP, then 3.: same-second versions, what Stripe has now wins; then their
     // events are marked applied. A fetch that fails marks them failed, to be
     // applied again with backoff (and tied, and fetched, again)
-    for (src, r, tied) in ties {
-        let fetched = fetch_ties(r, &tied, &clients[&src], &mut check);
+    for (src, account, r, tied) in ties {
+        let client = clients[&src].acting_as(account.header());
+        let fetched = match client {
+            Ok(client) => fetch_ties(r, &tied, &client, &mut check),
+            Err(e) => Err(e.into()),
+        };
         if fetched.as_ref().is_err_and(|e| e.code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED) {
             // asked to stop: the events stay pending
             break;
@@ -338,11 +405,15 @@ pub fn apply_pending(
         let events: Vec<&Pending> = waiting
             .iter()
             .map(|i| &todo[*i])
-            .filter(|e| e.source == src && tied.iter().any(|(id, _)| Some(id.as_str()) == object_id(e)))
+            .filter(|e| {
+                e.source == src
+                    && e.account(&account.id) == account
+                    && tied.iter().any(|(id, _)| Some(id.as_str()) == object_id(e))
+            })
             .collect();
         in_tx(&mut || {
             let written = match &fetched {
-                Ok(objects) => write_ties(&src, r, objects.clone(), &tied),
+                Ok(objects) => write_ties(&src, &account, r, objects.clone(), &tied),
                 Err(e) => Err(SyncError::new(e.code, e.message.clone())),
             };
             match written {
@@ -367,7 +438,8 @@ fn object_id(e: &Pending) -> Option<&str> {
 /// Whether an event's object is among the ties of its source.
 fn tied_in(e: &Pending, ties: &Ties) -> bool {
     let Some(id) = object_id(e) else { return false };
-    ties.iter().any(|(src, _, t)| *src == e.source && t.iter().any(|(tid, _)| tid == id))
+    ties.iter()
+        .any(|(src, acct, _, t)| *src == e.source && e.account(&acct.id) == *acct && t.iter().any(|(tid, _)| tid == id))
 }
 
 /// Events of sources that no longer exist (dropped with events pending) are
@@ -409,7 +481,7 @@ fn read_batch(limit: i64) -> Result<Vec<Pending>, SyncError> {
             if let (Some(source), Some(id), Some(kind), Some(p)) =
                 (row.get::<String>(1)?, row.get::<String>(2)?, row.get::<String>(3)?, row.get::<JsonB>(4)?)
             {
-                out.push(Pending { source, id, kind, payload: p.0 });
+                out.push(Pending::new(source, id, kind, p.0));
             }
         }
         Ok::<_, pgrx::spi::Error>(out)
@@ -453,7 +525,7 @@ fn complete_lists(
             continue;
         };
         // no client: the failure is recorded already
-        let Some(client) = clients.get(&e.source).cloned() else { continue };
+        let Some(client) = e.client(clients) else { continue };
         let mut object = e.payload["data"]["object"].clone();
         let done = threads::block_on(
             async move {
@@ -490,11 +562,12 @@ fn api_version_of(source: &str) -> Result<String, SyncError> {
     .unwrap_or_else(|| stripe_core::client::API_VERSION.to_string()))
 }
 
-/// A source's schema, table prefix and API version (its own, or the pinned one).
-fn source_tables(c: &mut SpiClient, source: &str) -> Result<(String, String, String), SyncError> {
+/// A source's schema, table prefix, API version (its own, or the pinned one)
+/// and own account id.
+fn source_tables(c: &mut SpiClient, source: &str) -> Result<(String, String, String, String), SyncError> {
     let row = exec(
         c,
-        "SELECT schema_name, table_prefix, coalesce(api_version, $2) FROM stripe_sync._sources WHERE name = $1",
+        "SELECT schema_name, table_prefix, coalesce(api_version, $2), account_id FROM stripe_sync._sources WHERE name = $1",
         &[source.into(), stripe_core::client::API_VERSION.into()],
     )?;
     if row.is_empty() {
@@ -505,37 +578,54 @@ fn source_tables(c: &mut SpiClient, source: &str) -> Result<(String, String, Str
     }
     let first = row.first();
     let (schema, prefix, version) = first.get_three::<String, String, String>().map_err(spi_err)?;
-    Ok((schema.unwrap_or_default(), prefix.unwrap_or_default(), version.unwrap_or_default()))
+    let Some(own) = first.get::<String>(4).map_err(spi_err)? else {
+        return Err(SyncError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("the account id of source \"{source}\" is not known yet"),
+        )
+        .hint("The webhook worker learns it (GET /v1/account) before applying the event; a refresh does too."));
+    };
+    Ok((schema.unwrap_or_default(), prefix.unwrap_or_default(), version.unwrap_or_default(), own))
 }
 
 /// Writes events to their tables; returns the same-second ties to settle.
 fn write(events: &[Pending]) -> Result<Ties, SyncError> {
-    let mut groups: BTreeMap<(String, &'static str), Vec<&Value>> = BTreeMap::new();
-    for e in events {
-        for r in touched(&e.kind) {
-            groups.entry((e.source.clone(), r.name)).or_default().push(&e.payload);
-        }
-    }
-    let mut ties = Vec::new();
-    // each source's schema, table prefix and API version, read once
-    let mut sources: HashMap<&str, (String, String, String)> = HashMap::new();
+    // each source's schema, table prefix, API version and own account, read once
+    let mut sources: HashMap<String, (String, String, String, String)> = HashMap::new();
+    // grouped by source, account (a connected account's events change its rows
+    // only) and table
+    let mut groups: BTreeMap<(String, String, &'static str), (Account, Vec<&Value>)> = BTreeMap::new();
     Spi::connect_mut(|c| {
-        for ((src, rname), payloads) in &groups {
-            let r = resources::lookup(rname).map_err(|e| SyncError::invalid(e.to_string()))?;
-            if !sources.contains_key(src.as_str()) {
-                sources.insert(src, source_tables(c, src)?);
+        for e in events {
+            if !sources.contains_key(&e.source) {
+                sources.insert(e.source.clone(), source_tables(c, &e.source)?);
             }
-            let (schema, prefix, version) = &sources[src.as_str()];
-            let target = Target::new(r, src, schema, &crate::ddl::table_name(prefix, r), true, version);
+            let account = e.account(&sources[&e.source].3);
+            for r in touched(&e.kind) {
+                groups
+                    .entry((e.source.clone(), account.key.clone(), r.name))
+                    .or_insert_with(|| (account.clone(), Vec::new()))
+                    .1
+                    .push(&e.payload);
+            }
+        }
+        Ok::<(), SyncError>(())
+    })?;
+    let mut ties = Vec::new();
+    Spi::connect_mut(|c| {
+        for ((src, _, rname), (account, payloads)) in &groups {
+            let r = resources::lookup(rname).map_err(|e| SyncError::invalid(e.to_string()))?;
+            let (schema, prefix, version, _) = &sources[src.as_str()];
+            let target = Target::new(r, src, schema, &crate::ddl::table_name(prefix, r), true, version, account);
             let mut fx = EventEffects::default();
             for p in payloads {
                 fx.add(r, (*p).clone(), version);
             }
             let newest = fx.newest;
             let (up, _) = target.apply_events(fx, c)?;
-            crate::apply::record_newest(c, src, r.name, newest)?;
+            crate::apply::record_newest(c, src, r.name, account, newest)?;
             if !up.ties.is_empty() {
-                ties.push((src.clone(), r, up.ties));
+                ties.push((src.clone(), account.clone(), r, up.ties));
             }
         }
         Ok::<(), SyncError>(())
@@ -621,12 +711,13 @@ fn fetch_ties(
 /// Writes fetched ties: what Stripe has now.
 fn write_ties(
     src: &str,
+    account: &Account,
     r: &'static resources::Resource,
     fetched: Vec<Fetched>,
     ties: &[crate::apply::Tie],
 ) -> Result<(), SyncError> {
     let (schema, table) = table_of(src, r)?;
-    let target = Target::new(r, src, &schema, &table, true, &api_version_of(src)?);
+    let target = Target::new(r, src, &schema, &table, true, &api_version_of(src)?, account);
     in_subtransaction(|| Spi::connect_mut(|c| target.write_fetched(c, fetched, ties, "fetch:tie")))
         .map_err(|m| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, m))?;
     Ok(())

@@ -343,6 +343,7 @@ impl Client {
         let (message, code, param) = parse_error_body(&body, status);
         let err = match status {
             401 => StripeError::Authentication { message },
+            403 if code.as_deref() == Some("account_invalid") => StripeError::AccountInvalid { message },
             403 => StripeError::Permission { message, path: path.to_string() },
             404 => StripeError::NotFound { message, param },
             429 => StripeError::RateLimited { message, attempts: 0 },

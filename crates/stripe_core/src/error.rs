@@ -10,6 +10,9 @@ pub enum StripeError {
     Authentication { message: String },
     /// 403: a restricted key lacks a permission.
     Permission { message: String, path: String },
+    /// 403 `account_invalid`: the key may not act as this connected account (it
+    /// revoked the platform's access, or it is not connected).
+    AccountInvalid { message: String },
     /// 404 `resource_missing`.
     NotFound { message: String, param: Option<String> },
     /// 400 and other 4xx request errors.
@@ -41,6 +44,10 @@ impl fmt::Display for StripeError {
             StripeError::Permission { message, path } => {
                 write!(f, "the API key lacks a permission for {path} (403): {message}")
             }
+            StripeError::AccountInvalid { message } => write!(
+                f,
+                "Stripe refused access to the connected account (403 account_invalid): {message}"
+            ),
             StripeError::NotFound { message, .. } => {
                 write!(f, "not found at Stripe (404): {message}")
             }
@@ -80,8 +87,17 @@ impl StripeError {
     pub fn is_refused(&self) -> bool {
         matches!(
             self,
-            StripeError::Permission { .. } | StripeError::InvalidRequest { .. } | StripeError::NotFound { .. }
+            StripeError::Permission { .. }
+                | StripeError::AccountInvalid { .. }
+                | StripeError::InvalidRequest { .. }
+                | StripeError::NotFound { .. }
         )
+    }
+
+    /// True when Stripe refused the connected account itself (`account_invalid`):
+    /// it revoked the platform's access, or is not connected to it.
+    pub fn is_account_invalid(&self) -> bool {
+        matches!(self, StripeError::AccountInvalid { .. })
     }
 
     /// True for Stripe's `resource_missing`.

@@ -93,6 +93,12 @@ pub const CUSTOMER_PARENT: Parent =
 
 /// The events list (events refreshes, the events cursor).
 pub const EVENTS_PATH: &str = "/v1/events";
+/// The account a key (or `Stripe-Account`) acts as.
+pub const OWN_ACCOUNT_PATH: &str = "/v1/account";
+/// Connect events of a platform about its connected accounts: an account that
+/// revoked access, and one that granted it (Standard accounts).
+pub const ACCOUNT_DEAUTHORIZED_EVENT: &str = "account.application.deauthorized";
+pub const ACCOUNT_AUTHORIZED_EVENT: &str = "account.application.authorized";
 /// Webhook endpoints (create_webhook, delete_webhook, webhook_status).
 pub const WEBHOOK_ENDPOINTS_PATH: &str = "/v1/webhook_endpoints";
 

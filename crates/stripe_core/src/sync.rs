@@ -540,6 +540,23 @@ pub async fn created_after(
     };
 }
 
+/// The id of the account the client acts as (`GET /v1/account`): a source's own
+/// account, whose id its rows carry in the `account` column.
+pub async fn own_account(client: &Client) -> Result<String, StripeError> {
+    let acct = client.get(resources::OWN_ACCOUNT_PATH, &[]).await?;
+    acct.get("id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| StripeError::Decode {
+        message: format!("{} answered an object without an id", resources::OWN_ACCOUNT_PATH),
+    })
+}
+
+/// The ids of a platform's connected accounts (`GET /v1/accounts`, every page,
+/// in Stripe's order: newest first).
+pub async fn connected_accounts(client: &Client) -> Result<Vec<String>, StripeError> {
+    let r = resources::lookup("account").map_err(|e| StripeError::Config { message: e.to_string() })?;
+    let all = Pager::new(client.acting_as(None)?, ListQuery::new(r.list_path)).collect_all().await?;
+    Ok(all.iter().filter_map(|a| a.get("id").and_then(Value::as_str).map(str::to_string)).collect())
+}
+
 /// The newest event of these types: (created, id).
 pub async fn newest_event(client: &Client, types: &[&str]) -> Result<Option<(i64, String)>, StripeError> {
     let mut q = ListQuery { limit: 1, ..ListQuery::new(resources::EVENTS_PATH) };
