@@ -129,9 +129,12 @@ pub fn client_for_source(name: &str) -> Result<Client, SyncError> {
 
 /// Whether a source covers its connected accounts (`connected_accounts => true`).
 pub fn is_connect(name: &str) -> Result<bool, SyncError> {
-    Spi::get_one_with_args::<bool>("SELECT connected_accounts FROM stripe_sync._sources WHERE name = $1", &[name.into()])
-        .map(|v| v.unwrap_or(false))
-        .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))
+    Spi::get_one_with_args::<bool>(
+        "SELECT connected_accounts FROM stripe_sync._sources WHERE name = $1",
+        &[name.into()],
+    )
+    .map(|v| v.unwrap_or(false))
+    .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))
 }
 
 /// The id of the account a source's key acts as, as far as it is known
@@ -321,10 +324,9 @@ fn add(api_key: &str, name: &str, schema: &str, prefix: &str, o: Options) -> Res
     if let Some(a) = account {
         crate::fdw::options::check(crate::fdw::options::Target::Server, crate::fdw::options::ACCOUNT_OPTION, a)?;
         if connected_accounts {
-            return Err(SyncError::invalid(
-                "a source cannot have both account and connected_accounts => true",
-            )
-            .hint("connected_accounts => true covers the platform and all its connected accounts: leave account NULL."));
+            return Err(SyncError::invalid("a source cannot have both account and connected_accounts => true").hint(
+                "connected_accounts => true covers the platform and all its connected accounts: leave account NULL.",
+            ));
         }
     }
     if let Some(v) = api_version {

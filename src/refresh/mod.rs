@@ -142,7 +142,9 @@ fn account_of(source: &str, account: Option<&str>) -> Result<Option<String>, Syn
         return Err(SyncError::invalid(format!(
             "source \"{source}\" covers one account, not the connected account {a}"
         ))
-        .hint("account => names a connected account of a source made with add_source(..., connected_accounts => true)."));
+        .hint(
+            "account => names a connected account of a source made with add_source(..., connected_accounts => true).",
+        ));
     }
     Ok(Some(a.to_string()))
 }

@@ -443,7 +443,9 @@ fn set_state(job: &Job, assignments: &str, args: Vec<pgrx::datum::DatumWithOid>)
     all.extend(args);
     all.push(job.key().into());
     Spi::run_with_args(
-        &format!("UPDATE stripe_sync._sync_state SET {assignments} WHERE source = $1 AND resource = $2 AND account = ${n}"),
+        &format!(
+            "UPDATE stripe_sync._sync_state SET {assignments} WHERE source = $1 AND resource = $2 AND account = ${n}"
+        ),
         &all,
     )
     .map_err(spi_err)

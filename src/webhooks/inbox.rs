@@ -337,12 +337,16 @@ pub fn apply_pending(
             Ok(Ok(id)) => learned.push((src.clone(), id)),
             Ok(Err(err)) => {
                 let why = format!("learning the source's account id (GET /v1/account): {err}");
-                failed.extend(todo.iter().filter(|e| &e.source == src).map(|e| (e.source.clone(), e.id.clone(), why.clone())));
+                failed.extend(
+                    todo.iter().filter(|e| &e.source == src).map(|e| (e.source.clone(), e.id.clone(), why.clone())),
+                );
             }
             Err(threads::Wait::Stopped) => return Ok((0, orphans)),
             Err(err) => {
                 let why = err.to_string();
-                failed.extend(todo.iter().filter(|e| &e.source == src).map(|e| (e.source.clone(), e.id.clone(), why.clone())));
+                failed.extend(
+                    todo.iter().filter(|e| &e.source == src).map(|e| (e.source.clone(), e.id.clone(), why.clone())),
+                );
             }
         }
     }

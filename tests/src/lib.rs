@@ -344,6 +344,36 @@ pub fn compare_account(
     d
 }
 
+/// [`compare_account`] for a table of a Connect source, which holds every
+/// account: its rows whose `account` column is `account_id` against the fake's
+/// objects of `account` (`None`: the platform's own).
+pub fn compare_connect(
+    c: &mut postgres::Client,
+    fake: &Fake,
+    account: Option<&str>,
+    account_id: &str,
+    schema: &str,
+    resource: &str,
+) -> Diff {
+    let mut expected: std::collections::HashMap<String, serde_json::Value> = fake_objects_of(fake, account, resource)
+        .into_iter()
+        .map(|o| (o["id"].as_str().unwrap_or_default().to_string(), o))
+        .collect();
+    let mut d = Diff::default();
+    let sql = format!("SELECT id, attrs FROM {schema}.{resource} WHERE account = $1");
+    for row in c.query(&sql, &[&account_id]).expect("read the table") {
+        let id: String = row.get(0);
+        let attrs: serde_json::Value = row.get(1);
+        match expected.remove(&id) {
+            None => d.extra.push(id),
+            Some(o) if o != attrs => d.stale.push(id),
+            Some(_) => {}
+        }
+    }
+    d.missing = expected.into_keys().collect();
+    d
+}
+
 /// A call to the fake's API that must succeed.
 pub fn call(fake: &Fake, method: &str, path: &str, body: &str) -> Value {
     let (status, v) = fake.call(method, path, body);

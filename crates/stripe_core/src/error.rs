@@ -44,10 +44,9 @@ impl fmt::Display for StripeError {
             StripeError::Permission { message, path } => {
                 write!(f, "the API key lacks a permission for {path} (403): {message}")
             }
-            StripeError::AccountInvalid { message } => write!(
-                f,
-                "Stripe refused access to the connected account (403 account_invalid): {message}"
-            ),
+            StripeError::AccountInvalid { message } => {
+                write!(f, "Stripe refused access to the connected account (403 account_invalid): {message}")
+            }
             StripeError::NotFound { message, .. } => {
                 write!(f, "not found at Stripe (404): {message}")
             }

@@ -1,0 +1,172 @@
+//! Stripe Connect: one source covering a platform and every connected account
+//! (`add_source(..., connected_accounts => true)`), in one set of tables keyed
+//! by `(id, account)`.
+
+use e2e::{
+    Cluster, ClusterConfig, Fake, Faults, SeedSpec, TEST_KEY, compare_connect, connect_collecting_notices, id,
+    start_fake, wait_for,
+};
+use std::time::{Duration, Instant};
+use stripe_core::resources::RESOURCES;
+use stripe_fake::connect::PLATFORM_ID;
+
+/// The resource whose rows are the platform's connected accounts (the
+/// platform's only).
+const ACCOUNTS: &str = "account";
+
+/// A platform with 50 connected accounts: 3 with thousands of objects
+/// (`SeedSpec::scaled(200)`: about 2,500 each), the rest tiny (1 to 3 customers).
+fn platform(faults: Faults) -> Fake {
+    let mut seed = SeedSpec::scaled(10);
+    seed.accounts = 0;
+    seed.connected = (0..50).map(|i| if i < 3 { 200 } else { 1 + i % 3 }).collect();
+    start_fake(Some(seed), faults)
+}
+
+fn add_connect_source(c: &mut postgres::Client, fake: &Fake) {
+    c.execute(
+        "SELECT stripe_sync.add_source($1, api_url => $2, max_requests_per_second => 1000, connected_accounts => true)",
+        &[&TEST_KEY, &fake.url()],
+    )
+    .expect("add a Connect source");
+}
+
+/// Every table equals the fake, account by account: the platform's rows carry
+/// its own id; each connected account's rows carry the account's.
+fn assert_equal_per_account(c: &mut postgres::Client, fake: &Fake, skip: &[String], when: &str) {
+    for r in RESOURCES {
+        let d = compare_connect(c, fake, None, PLATFORM_ID, "stripe", r.name);
+        assert!(d.is_empty(), "platform {} after {when}: {}", r.name, d.summary());
+    }
+    for a in fake.connected_accounts().iter().filter(|a| !skip.contains(a)) {
+        for r in RESOURCES.iter().filter(|r| r.name != ACCOUNTS) {
+            let d = compare_connect(c, fake, Some(a), a, "stripe", r.name);
+            assert!(d.is_empty(), "{a} {} after {when}: {}", r.name, d.summary());
+        }
+    }
+}
+
+/// Changes objects in a connected account the way its owner does: a customer
+/// renamed, one created, one deleted (with its payment methods), a product
+/// renamed.
+fn mutate_account(fake: &Fake, account: &str, round: u32) {
+    let ok = |(status, v): (u16, serde_json::Value)| {
+        assert_eq!(status, 200, "{account}: {v}");
+        v
+    };
+    let customers = fake.objects_of(account, "customers");
+    let first = id(&customers[0]);
+    ok(fake.call_as(account, "POST", &format!("/v1/customers/{first}"), &format!("name=Renamed{round}")));
+    ok(fake.call_as(account, "POST", "/v1/customers", &format!("email=new{round}@example.com")));
+    if customers.len() > 1 {
+        let last = id(&customers[customers.len() - 1]);
+        ok(fake.call_as(account, "DELETE", &format!("/v1/customers/{last}"), ""));
+    }
+    if let Some(p) = fake.objects_of(account, "products").first() {
+        ok(fake.call_as(account, "POST", &format!("/v1/products/{}", id(p)), &format!("name=Product{round}")));
+    }
+}
+
+fn count(c: &mut postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+#[test]
+fn a_connect_source_keeps_the_platform_and_50_connected_accounts_in_one_set_of_tables() {
+    let cluster = Cluster::start(ClusterConfig::default());
+    let mut c = cluster.connect_with_extension();
+    let fake = platform(Faults::default());
+    add_connect_source(&mut c, &fake);
+    let connected = fake.connected_accounts();
+    assert_eq!(connected.len(), 50);
+
+    let t = Instant::now();
+    let requests: i64 = count(&mut c, "SELECT sum(api_requests)::bigint FROM stripe_sync.refresh('all', 'full')");
+    println!("refresh('all', 'full') of the platform and 50 accounts: {requests} requests, {:.1?}", t.elapsed());
+    assert_equal_per_account(&mut c, &fake, &[], "refresh('all', 'full')");
+    // the source learned its own id; every row carries an account
+    let own: String = c.query_one("SELECT account_id FROM stripe_sync.sources", &[]).unwrap().get(0);
+    assert_eq!(own, PLATFORM_ID);
+    for r in RESOURCES {
+        let blank =
+            count(&mut c, &format!("SELECT count(*) FROM stripe.{} WHERE account IS NULL OR account = ''", r.name));
+        assert_eq!(blank, 0, "{}", r.name);
+    }
+    // sync_status: a row per account and resource (connected accounts have no
+    // account table of their own), each succeeded
+    let rows = count(&mut c, "SELECT count(*) FROM stripe_sync.sync_status WHERE status = 'succeeded'");
+    assert_eq!(rows, 15 + 14 * 50);
+    let accounts = count(&mut c, "SELECT count(DISTINCT account) FROM stripe_sync.sync_status");
+    assert_eq!(accounts, 51);
+
+    // one account alone
+    let small = &connected[10];
+    let n =
+        count(&mut c, &format!("SELECT count(*) FROM stripe_sync.refresh('customer', 'full', account => '{small}')"));
+    assert_eq!(n, 1);
+    let err = c.query("SELECT * FROM stripe_sync.refresh('customer', 'full', account => 'cus_nope')", &[]).unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "22023", "{err:?}");
+
+    // changes in 10 accounts (the three large ones among them), then an events refresh
+    for (i, a) in connected.iter().step_by(5).enumerate() {
+        mutate_account(&fake, a, i as u32);
+    }
+    mutate_account(&fake, &connected[1], 90);
+    let t = Instant::now();
+    let requests: i64 = count(&mut c, "SELECT sum(api_requests)::bigint FROM stripe_sync.refresh('all', 'events')");
+    println!("refresh('all', 'events') after changes in 11 accounts: {requests} requests, {:.1?}", t.elapsed());
+    assert_equal_per_account(&mut c, &fake, &[], "changes in 11 accounts and refresh('all', 'events')");
+}
+
+#[test]
+fn a_connected_account_that_revokes_access_mid_run_is_reported_and_the_others_complete() {
+    let cluster = Cluster::start(ClusterConfig::default());
+    let mut c = cluster.connect_with_extension();
+    let fake = platform(Faults { latency_ms: 5, ..Faults::default() });
+    add_connect_source(&mut c, &fake);
+    // the account the run reaches last: /v1/accounts lists newest first
+    let (_, listed) = fake.call("GET", "/v1/accounts?limit=100", "");
+    let order: Vec<String> =
+        listed["data"].as_array().unwrap().iter().map(id).filter(|a| fake.connected_accounts().contains(a)).collect();
+    let last = order.last().unwrap().clone();
+    let first = order.first().unwrap().clone();
+
+    let (mut runner, notices) = connect_collecting_notices(&cluster);
+    let run = std::thread::spawn(move || {
+        runner.query("SELECT * FROM stripe_sync.refresh('all', 'full')", &[]).map(|r| r.len())
+    });
+    // once the second resource's pass has reached the first connected account
+    wait_for(Duration::from_secs(120), "the run at its second resource", || {
+        let n = count(
+            &mut c,
+            &format!(
+                "SELECT count(*) FROM stripe_sync.sync_status WHERE resource = 'balance_transaction' AND account = '{first}'"
+            ),
+        );
+        (n > 0).then_some(())
+    });
+    assert!(fake.deauthorize(&last));
+    let rows = run.join().unwrap().expect("the run succeeds for the other accounts");
+    assert_eq!(rows, 15);
+    let row = c
+        .query_one(
+            "SELECT status, last_error FROM stripe_sync.sync_status WHERE account = $1 AND resource = 'balance_transaction'",
+            &[&last],
+        )
+        .unwrap();
+    let (status, error): (String, String) = (row.get(0), row.get(1));
+    assert_eq!(status, "revoked");
+    assert!(error.contains("account_invalid"), "{error}");
+    let said = notices.lock().unwrap().join("\n");
+    assert!(said.contains(&last), "a NOTICE names the account: {said}");
+    // every other account of every resource succeeded, and equals the fake
+    let bad = count(
+        &mut c,
+        &format!("SELECT count(*) FROM stripe_sync.sync_status WHERE status <> 'succeeded' AND account <> '{last}'"),
+    );
+    assert_eq!(bad, 0);
+    // the platform's account table was read before the deauthorization: the
+    // next run no longer lists the account
+    c.batch_execute("SELECT * FROM stripe_sync.refresh('account', 'full')").unwrap();
+    assert_equal_per_account(&mut c, &fake, &[last.clone()], "a deauthorization mid-run");
+}
