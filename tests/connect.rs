@@ -170,3 +170,61 @@ fn a_connected_account_that_revokes_access_mid_run_is_reported_and_the_others_co
     c.batch_execute("SELECT * FROM stripe_sync.refresh('account', 'full')").unwrap();
     assert_equal_per_account(&mut c, &fake, &[last.clone()], "a deauthorization mid-run");
 }
+
+#[test]
+fn webhooks_of_a_connect_source_come_through_two_endpoints_and_land_in_their_accounts_rows() {
+    let port = e2e::free_port();
+    let cluster = Cluster::start(ClusterConfig {
+        settings: vec![
+            ("stripe_sync.webhook_listen".into(), format!("'127.0.0.1:{port}'")),
+            ("stripe_sync.database".into(), "'postgres'".into()),
+        ],
+        ..Default::default()
+    });
+    let mut c = cluster.connect_with_extension();
+    let faults = Faults { webhook_shuffle_ms: 300, webhook_duplicate_rate: 0.3, ..Faults::default() };
+    let fake = platform(faults);
+    add_connect_source(&mut c, &fake);
+    c.batch_execute("SELECT * FROM stripe_sync.refresh('all', 'full')").unwrap();
+    let url = format!("http://127.0.0.1:{port}/webhook/default");
+    c.query_one("SELECT stripe_sync.create_webhook($1)", &[&url]).unwrap();
+    // two endpoints of the platform at the same URL: its own, and the Connect one
+    let endpoints = fake.objects("webhook_endpoints");
+    assert_eq!(endpoints.len(), 2, "{endpoints:?}");
+    assert_eq!(endpoints.iter().filter(|e| e["_connect"] == true).count(), 1);
+    let status: serde_json::Value = c.query_one("SELECT stripe_sync.webhook_status()::json", &[]).unwrap().get(0);
+    assert!(status["connect_endpoint_id"].is_string(), "{status}");
+    assert_eq!(status["secrets"], 2, "{status}");
+    assert_eq!(status["connect_stripe_status"], "enabled", "{status}");
+    // calling it again reuses both
+    c.query_one("SELECT stripe_sync.create_webhook($1)", &[&url]).unwrap();
+    assert_eq!(fake.objects("webhook_endpoints").len(), 2);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // changes in 10 connected accounts and in the platform, delivered shuffled and duplicated
+    let connected = fake.connected_accounts();
+    for (i, a) in connected.iter().step_by(5).enumerate() {
+        mutate_account(&fake, a, 100 + i as u32);
+    }
+    let first = id(&fake.objects("customers")[0]);
+    e2e::call(&fake, "POST", &format!("/v1/customers/{first}"), "name=Platform+change");
+    let mut h = e2e::chaos::Hooked { cluster, c, fake, port };
+    h.settle(Duration::from_secs(60));
+    assert_equal_per_account(&mut h.c, &h.fake, &[], "webhooks of 10 connected accounts and the platform");
+    let status: serde_json::Value = h.c.query_one("SELECT stripe_sync.webhook_status()::json", &[]).unwrap().get(0);
+    assert_eq!(status["failed"], 0, "{status}");
+    assert!(status["duplicates"].as_i64().unwrap() > 0, "deliveries were duplicated: {status}");
+    // the rows were written by the worker from the events, not by a refresh
+    let by_events = count(
+        &mut h.c,
+        &format!(
+            "SELECT count(*) FROM stripe.customer WHERE account = '{}' AND _synced_by LIKE 'event:%'",
+            connected[0]
+        ),
+    );
+    assert!(by_events > 0);
+
+    // dropping the source deletes both endpoints at Stripe
+    h.c.batch_execute("SELECT stripe_sync.drop_source('default')").unwrap();
+    assert_eq!(h.fake.objects("webhook_endpoints").len(), 0);
+}

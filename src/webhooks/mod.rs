@@ -48,6 +48,9 @@ fn spi(e: pgrx::spi::Error) -> SyncError {
 /// Registers `url` at Stripe for the events every table of the source needs and
 /// stores the signing secret. An endpoint for the same URL is reused when
 /// stripe_sync knows its secret, replaced otherwise. Returns the endpoint id.
+/// A Connect source gets a second endpoint at the same URL, `connect=true`,
+/// which delivers its connected accounts' events (with `account` set); its
+/// secret is accepted too.
 #[pg_extern]
 fn create_webhook(url: &str, source: default!(&str, "'default'")) -> String {
     create(url, source).unwrap_or_else(|e| e.raise())
@@ -61,36 +64,53 @@ fn create(url: &str, source: &str) -> Result<String, SyncError> {
     }
     let client = source::client_for_source(source)?;
     let api_version = client.config().api_version.clone();
-    let known: Option<(Option<String>, Vec<String>)> =
-        Spi::connect(|c| {
-            let t = c.select(
-                "SELECT endpoint_id, secrets FROM stripe_sync._webhooks WHERE source = $1 AND url = $2",
-                None,
-                &[source.into(), url.into()],
-            )?;
-            Ok::<_, pgrx::spi::Error>(t.into_iter().next().map(|r| {
-                (r.get::<String>(1).ok().flatten(), r.get::<Vec<String>>(2).ok().flatten().unwrap_or_default())
-            }))
-        })
-        .map_err(spi)?;
+    let known: Option<(Option<String>, Option<String>, Vec<String>)> = Spi::connect(|c| {
+        let t = c.select(
+            "SELECT endpoint_id, connect_endpoint_id, secrets FROM stripe_sync._webhooks WHERE source = $1 AND url = $2",
+            None,
+            &[source.into(), url.into()],
+        )?;
+        Ok::<_, pgrx::spi::Error>(t.into_iter().next().map(|r| {
+            (
+                r.get::<String>(1).ok().flatten(),
+                r.get::<String>(2).ok().flatten(),
+                r.get::<Vec<String>>(3).ok().flatten().unwrap_or_default(),
+            )
+        }))
+    })
+    .map_err(spi)?;
+    let connect = source::is_connect(source)?;
     let events: Vec<String> = event_types().into_iter().map(str::to_string).collect();
-    let url_s = url.to_string();
-    let source_s = source.to_string();
-    let known_id = known.as_ref().and_then(|(id, secrets)| id.clone().filter(|_| !secrets.is_empty()));
-    let (id, secret) =
-        http(async move { create_at_stripe(&client, &url_s, &source_s, &api_version, &events, known_id).await })
-            .map_err(permission_hint)?;
+    let (url_s, source_s) = (url.to_string(), source.to_string());
+    let with_secrets = |id: Option<String>| id.filter(|_| known.as_ref().is_some_and(|k| !k.2.is_empty()));
+    let known_ids = (
+        with_secrets(known.as_ref().and_then(|k| k.0.clone())),
+        with_secrets(known.as_ref().and_then(|k| k.1.clone())),
+    );
+    let endpoints = http(async move {
+        let e = Endpoint { url: &url_s, source: &source_s, api_version: &api_version, events: &events };
+        let own = create_at_stripe(&client, &e, false, known_ids.0).await?;
+        let connected = if connect { Some(create_at_stripe(&client, &e, true, known_ids.1).await?) } else { None };
+        Ok((own, connected))
+    })
+    .map_err(permission_hint)?;
+    let ((id, secret), connected) = endpoints;
+    let (connect_id, connect_secret) = connected.unzip();
+    // the new secrets replace the old ones; an endpoint that was kept keeps its secrets
+    let fresh: Vec<String> = [secret, connect_secret.flatten()].into_iter().flatten().collect();
     Spi::run_with_args(
-        "INSERT INTO stripe_sync._webhooks AS w (source, endpoint_id, url, secrets, managed, enabled_events)
-         VALUES ($1, $2, $3, CASE WHEN $4::text IS NULL THEN '{}'::text[] ELSE ARRAY[$4::text] END, true, $5)
+        "INSERT INTO stripe_sync._webhooks AS w (source, endpoint_id, url, secrets, managed, enabled_events, connect_endpoint_id)
+         VALUES ($1, $2, $3, $4, true, $5, $6)
          ON CONFLICT (source) DO UPDATE SET endpoint_id = $2, url = $3, managed = true, enabled_events = $5,
-             secrets = CASE WHEN $4::text IS NULL THEN w.secrets ELSE ARRAY[$4::text] END",
+             connect_endpoint_id = $6,
+             secrets = CASE WHEN cardinality($4) = 0 THEN w.secrets ELSE $4 END",
         &[
             source.into(),
             id.as_str().into(),
             url.into(),
-            secret.as_deref().into(),
+            fresh.into(),
             event_types().iter().map(|s| s.to_string()).collect::<Vec<_>>().into(),
+            connect_id.into(),
         ],
     )
     .map_err(spi)?;
@@ -98,21 +118,38 @@ fn create(url: &str, source: &str) -> Result<String, SyncError> {
     Ok(id)
 }
 
+/// What an endpoint of a source is made with.
+struct Endpoint<'a> {
+    url: &'a str,
+    source: &'a str,
+    api_version: &'a str,
+    events: &'a [String],
+}
+
+/// The metadata key that marks stripe_sync's Connect endpoints (`connect=true`):
+/// Stripe's endpoint object does not say which endpoints are Connect ones.
+const CONNECT_MARK: &str = "stripe_sync_connect";
+
+fn is_connect_endpoint(e: &Value) -> bool {
+    e.get("metadata").and_then(|m| m.get(CONNECT_MARK)).and_then(Value::as_str) == Some("true")
+        || e.get("connect").and_then(Value::as_bool) == Some(true)
+}
+
 /// Creates the endpoint (or reuses/replaces one with the same URL); returns its
 /// id and, when created, its secret.
 async fn create_at_stripe(
     client: &Client,
-    url: &str,
-    source: &str,
-    api_version: &str,
-    events: &[String],
+    ep: &Endpoint<'_>,
+    connect: bool,
     known_id: Option<String>,
 ) -> Result<(String, Option<String>), StripeError> {
+    let Endpoint { url, source, api_version, events } = *ep;
     let existing = stripe_core::Pager::new(client.clone(), stripe_core::ListQuery::new(WEBHOOK_ENDPOINTS_PATH))
         .collect_all()
         .await?;
     let mut form: Vec<(String, String)> = events.iter().map(|e| ("enabled_events[]".to_string(), e.clone())).collect();
-    for e in existing.iter().filter(|e| e.get("url").and_then(Value::as_str) == Some(url)) {
+    let same = |e: &&Value| e.get("url").and_then(Value::as_str) == Some(url) && is_connect_endpoint(e) == connect;
+    for e in existing.iter().filter(same) {
         let id = e.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
         if known_id.as_deref() == Some(id.as_str()) {
             // ours, and we hold its secret: bring its events up to date
@@ -126,6 +163,10 @@ async fn create_at_stripe(
     form.push(("api_version".into(), api_version.into()));
     form.push(("description".into(), format!("stripe_sync source {source}")));
     form.push(("metadata[stripe_sync_source]".into(), source.into()));
+    if connect {
+        form.push(("connect".into(), "true".into()));
+        form.push((format!("metadata[{CONNECT_MARK}]"), "true".into()));
+    }
     let created = client.post(WEBHOOK_ENDPOINTS_PATH, &form, None).await?;
     let id = created.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     let secret = created.get("secret").and_then(Value::as_str).map(str::to_string);
@@ -165,11 +206,11 @@ fn delete_webhook(source: default!(&str, "'default'")) -> bool {
 
 /// Deletes the endpoint of a source, if any (used by drop_source too).
 pub fn delete(source: &str) -> Result<bool, SyncError> {
-    let row = Spi::get_two_with_args::<String, bool>(
-        "SELECT endpoint_id, managed FROM stripe_sync._webhooks WHERE source = $1",
+    let row = Spi::get_three_with_args::<String, bool, String>(
+        "SELECT endpoint_id, managed, connect_endpoint_id FROM stripe_sync._webhooks WHERE source = $1",
         &[source.into()],
     )
-    .unwrap_or((None, None));
+    .unwrap_or((None, None, None));
     let exists = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT FROM stripe_sync._webhooks WHERE source = $1)",
         &[source.into()],
@@ -180,13 +221,16 @@ pub fn delete(source: &str) -> Result<bool, SyncError> {
     if !exists {
         return Ok(false);
     }
-    if let (Some(id), Some(true)) = row {
+    if let (Some(id), Some(true), connect_id) = row {
         let client = source::client_for_source(source)?;
         http(async move {
-            match client.delete(&format!("{WEBHOOK_ENDPOINTS_PATH}/{id}")).await {
-                Ok(_) | Err(StripeError::NotFound { .. }) => Ok(()),
-                Err(e) => Err(e),
+            for id in std::iter::once(id).chain(connect_id) {
+                match client.delete(&format!("{WEBHOOK_ENDPOINTS_PATH}/{id}")).await {
+                    Ok(_) | Err(StripeError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
+            Ok(())
         })
         .map_err(permission_hint)?;
     }
@@ -285,7 +329,7 @@ fn status(source: &str) -> Result<JsonB, SyncError> {
     source::require(source)?;
     let local: Value = Spi::get_one_with_args::<JsonB>(
         "SELECT jsonb_build_object(
-            'endpoint_id', w.endpoint_id, 'url', w.url, 'managed', w.managed, 'enabled_events', w.enabled_events,
+            'endpoint_id', w.endpoint_id, 'connect_endpoint_id', w.connect_endpoint_id, 'url', w.url, 'managed', w.managed, 'enabled_events', w.enabled_events,
             'secrets', coalesce(array_length(w.secrets, 1), 0),
             'received', coalesce(s.received, 0), 'duplicates', coalesce(s.duplicates, 0), 'applied', coalesce(s.applied, 0),
             'skipped', coalesce(s.skipped, 0), 'rejected', coalesce(s.rejected, 0),
@@ -307,10 +351,11 @@ fn status(source: &str) -> Result<JsonB, SyncError> {
     .map(|j| j.0)
     .unwrap_or(Value::Null);
     let mut out = local;
-    if let Some(id) = out.get("endpoint_id").and_then(Value::as_str).map(str::to_string) {
+    for (key, status) in [("endpoint_id", "stripe_status"), ("connect_endpoint_id", "connect_stripe_status")] {
+        let Some(id) = out.get(key).and_then(Value::as_str).map(str::to_string) else { continue };
         let client = source::client_for_source(source)?;
         let remote = http(async move { client.retrieve(&format!("{WEBHOOK_ENDPOINTS_PATH}/{id}")).await });
-        out["stripe_status"] = match remote {
+        out[status] = match remote {
             Ok(Some(ep)) => ep.get("status").cloned().unwrap_or(Value::Null),
             Ok(None) => json!("missing at Stripe"),
             Err(e) => json!(format!("unknown: {}", e.message)),

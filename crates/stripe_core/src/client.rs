@@ -128,6 +128,9 @@ pub struct ClientStats {
     pub retries: AtomicU64,
 }
 
+/// Numbers the idempotency keys this process makes.
+static IDEMPOTENCY_SEQ: AtomicU64 = AtomicU64::new(0);
+
 /// A Stripe API client. Cheap to clone; clones share the rate limit and counters.
 #[derive(Clone)]
 pub struct Client {
@@ -220,11 +223,13 @@ impl Client {
     ) -> Result<Value, StripeError> {
         let key = match idempotency_key {
             Some(k) => k.to_string(),
+            // unique in the process (not per client: two clients of one backend
+            // posting in the same second must not share a key)
             None => format!(
                 "stripe_sync-{}-{}-{}",
                 std::process::id(),
                 crate::signature::unix_now(),
-                self.seq.fetch_add(1, Ordering::Relaxed)
+                IDEMPOTENCY_SEQ.fetch_add(1, Ordering::Relaxed)
             ),
         };
         self.send(Method::Post(form.to_vec(), key), path, &[]).await.map(|(v, _)| v)
