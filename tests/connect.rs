@@ -67,6 +67,46 @@ fn mutate_account(fake: &Fake, account: &str, round: u32) {
     }
 }
 
+/// The README's row-level-security recipe, run as written.
+const RLS_RECIPE: &str = "
+DO $$
+DECLARE t regclass;
+BEGIN
+  FOR t IN SELECT c.oid::regclass FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'stripe' AND c.relkind = 'r' LOOP
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t);
+    EXECUTE format('CREATE POLICY tenant_isolation ON %s FOR SELECT
+                    USING (account = current_setting(''app.stripe_account'', true))', t);
+  END LOOP;
+END $$;";
+
+/// A tenant role that sets `app.stripe_account` sees that account's rows only,
+/// in all 15 tables; without the setting it sees none. The writers (the table
+/// owner) are not held back: a refresh still writes every account.
+fn tenant_isolation(cluster: &Cluster, c: &mut postgres::Client, connected: &[String]) {
+    c.batch_execute(RLS_RECIPE).expect("the RLS recipe");
+    c.batch_execute("CREATE ROLE tenant_app LOGIN IN ROLE stripe_sync_reader").unwrap();
+    let mut t = cluster.connect_as("tenant_app");
+    for a in [&connected[0], &connected[7], &PLATFORM_ID.to_string()] {
+        t.batch_execute(&format!("SET app.stripe_account = '{a}'")).unwrap();
+        for r in RESOURCES {
+            let table = format!("stripe.{}", r.name);
+            let theirs = count(c, &format!("SELECT count(*) FROM {table} WHERE account = '{a}'"));
+            let seen = count(&mut t, &format!("SELECT count(*) FROM {table}"));
+            let others = count(&mut t, &format!("SELECT count(*) FROM {table} WHERE account <> '{a}'"));
+            assert_eq!((seen, others), (theirs, 0), "{table} as tenant {a}");
+        }
+    }
+    t.batch_execute("RESET app.stripe_account").unwrap();
+    for r in RESOURCES {
+        assert_eq!(count(&mut t, &format!("SELECT count(*) FROM stripe.{}", r.name)), 0, "{} without a tenant", r.name);
+    }
+    let before = count(c, &format!("SELECT count(*) FROM stripe.customer WHERE account = '{}'", connected[3]));
+    c.batch_execute(&format!("SELECT * FROM stripe_sync.refresh('customer', 'full', account => '{}')", connected[3]))
+        .unwrap();
+    assert_eq!(count(c, &format!("SELECT count(*) FROM stripe.customer WHERE account = '{}'", connected[3])), before);
+}
+
 fn count(c: &mut postgres::Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
 }
@@ -98,6 +138,8 @@ fn a_connect_source_keeps_the_platform_and_50_connected_accounts_in_one_set_of_t
     assert_eq!(rows, 15 + 14 * 50);
     let accounts = count(&mut c, "SELECT count(DISTINCT account) FROM stripe_sync.sync_status");
     assert_eq!(accounts, 51);
+
+    tenant_isolation(&cluster, &mut c, &connected);
 
     // one account alone
     let small = &connected[10];

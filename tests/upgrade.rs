@@ -245,7 +245,7 @@ fn upgrade_story(generated_0_1_0: &str, restore: &dyn Fn()) {
         .query_one("SELECT default_version FROM pg_available_extensions WHERE name = 'stripe_sync'", &[])
         .unwrap()
         .get(0);
-    assert_eq!((v.as_str(), current.as_str()), ("0.4.0", "0.4.0"), "updated to the current version");
+    assert_eq!((v.as_str(), current.as_str()), ("0.5.0", "0.5.0"), "updated to the current version");
     // 0.4.0 added the Connect column to the foreign tables of sources made by 0.1.0,
     // after attrs, as add_source makes them now
     let last: Vec<(String, String)> = c
@@ -281,6 +281,27 @@ fn upgrade_story(generated_0_1_0: &str, restore: &dyn Fn()) {
             c.query_one("SELECT count(*) FROM stripe_sync._inbox WHERE status = 'pending'", &[]).unwrap().get(0);
         (n == 0).then_some(())
     });
+    // 0.5.0 keyed every materialized table by (id, account); the worker learned
+    // the source's account id (GET /v1/account) and set it on the rows 0.1.0 wrote
+    let keys: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+              WHERE n.nspname = 'stripe' AND i.indisprimary
+                AND pg_get_indexdef(i.indexrelid) LIKE '%(id, account)'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(keys, 15, "every materialized table is keyed by (id, account)");
+    let own: Option<String> = c.query_one("SELECT account_id FROM stripe_sync.sources", &[]).unwrap().get(0);
+    assert_eq!(own.as_deref(), Some(stripe_fake::connect::PLATFORM_ID));
+    for r in resources::RESOURCES {
+        let unlabeled: i64 = c
+            .query_one(&format!("SELECT count(*) FROM stripe.{} WHERE account <> $1", r.name), &[&own])
+            .unwrap()
+            .get(0);
+        assert_eq!(unlabeled, 0, "stripe.{}: rows written by 0.1.0 carry the account id", r.name);
+    }
     let row =
         c.query_one("SELECT name, _api_version FROM stripe.customer WHERE id = $1", &[&id(&customers[1])]).unwrap();
     let (name, version): (String, Option<String>) = (row.get(0), row.get(1));

@@ -158,7 +158,7 @@ fn run_resource(job: &Job) {
         Some(a) => vec![a.to_string()],
         None => {
             // the platform's own rows first; its account table lists the others
-            record(&own, run_account(&own, &client));
+            record(&own, run_account(&own, &client, None));
             // a connected account has no connected accounts of its own
             if !connect || job.resource == CONNECTED_ACCOUNTS_RESOURCE {
                 return;
@@ -172,13 +172,81 @@ fn run_resource(job: &Job) {
             }
         }
     };
-    for a in accounts {
+    // a full pass of each account starts reading up to AHEAD accounts before
+    // its turn to be written, so that many small accounts are read at once
+    // (within the source's one rate budget) instead of one request at a time
+    let ahead_ok = job.mode == "full" && accounts.len() > 1;
+    let mut waiting: std::collections::VecDeque<String> = accounts.into();
+    let mut reading: std::collections::VecDeque<(String, Option<Ahead>)> = std::collections::VecDeque::new();
+    loop {
+        while ahead_ok && reading.len() < AHEAD && !crate::worker::stopping() {
+            let Some(a) = waiting.pop_front() else { break };
+            let one = Job { account: Some(a.clone()), ..job.clone() };
+            let ahead = start_ahead(&one, &client).unwrap_or_else(|e| {
+                log!("stripe_sync refresh of {}/{}: {a} is read in its turn: {}", job.source, job.resource, e.message);
+                None
+            });
+            reading.push_back((a, ahead));
+        }
+        let Some((a, ahead)) = reading.pop_front().or_else(|| waiting.pop_front().map(|a| (a, None))) else { break };
         if crate::worker::stopping() {
             break;
         }
         let one = Job { account: Some(a), ..job.clone() };
-        record(&one, run_account(&one, &client));
+        record(&one, run_account(&one, &client, ahead));
     }
+}
+
+/// Accounts whose full pass is read ahead of its turn, at most.
+const AHEAD: usize = 64;
+
+/// A fresh full pass of one account, reading on a thread of its own before the
+/// account's turn: first the newest event (where events refreshes will go on;
+/// read before the listing, so no change between them is missed), then the
+/// pass. Its channels hold a few pages at most: a large account waits for its
+/// turn.
+pub struct Ahead {
+    client: Client,
+    started: i64,
+    hi: i64,
+    events: Receiver<Result<Option<(i64, String)>, StripeError>>,
+    pass: Receiver<MsgResult>,
+}
+
+/// Starts reading an account's full pass ahead of its turn; `None` when the
+/// account has a checkpoint (a resumed pass reads what its checkpoint says).
+fn start_ahead(job: &Job, base: &Client) -> Result<Option<Ahead>, SyncError> {
+    let r = resources::lookup(&job.resource).map_err(|e| SyncError::invalid(e.to_string()))?;
+    if tx(|| state_value::<JsonB>(job, "checkpoint"))?.is_some() {
+        return Ok(None);
+    }
+    let client = base.acting_as(Account::connected(job.key()).header())?.with_own_counters();
+    let started = stripe_core::signature::unix_now();
+    let hi = started + CLOCK_AHEAD_MARGIN_SECS;
+    let (ev_tx, events) = sync_channel(1);
+    let (tx, pass) = sync_channel(8);
+    let (c, parallelism) = (client.clone(), job.parallelism.max(1));
+    threads::spawn_blocked(
+        "stripe_sync refresh ahead",
+        Box::new(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                if r.events_complete {
+                    let types: Vec<&'static str> = r.event_types().collect();
+                    let _ = ev_tx.send(sync::newest_event(&c, &types).await);
+                }
+                match r.scope {
+                    Scope::Account => {
+                        let p = FullPass { resource: r, lo: 0, hi, done: Vec::new(), parallelism };
+                        sync::full_pass(c, p, tx).await
+                    }
+                    _ => sync::per_customer_pass(c, r, None, Default::default(), parallelism, tx).await,
+                }
+            });
+        }),
+    )
+    .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
+    Ok(Some(Ahead { client, started, hi, events, pass }))
 }
 
 /// The resource whose rows are a platform's connected accounts: refreshed for
@@ -186,9 +254,9 @@ fn run_resource(job: &Job) {
 const CONNECTED_ACCOUNTS_RESOURCE: &str = "account";
 
 /// Runs one account's refresh of a resource, catching Postgres errors too.
-fn run_account(job: &Job, client: &Client) -> Result<(), Stop> {
+fn run_account(job: &Job, client: &Client, ahead: Option<Ahead>) -> Result<(), Stop> {
     let (job2, client) = (job.clone(), client.clone());
-    PgTryBuilder::new(AssertUnwindSafe(move || run(&job2, &client)))
+    PgTryBuilder::new(AssertUnwindSafe(move || run(&job2, &client, ahead)))
         .catch_others(|e| {
             Err(Stop::Failed(SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, crate::error::caught_message(&e))))
         })
@@ -246,6 +314,8 @@ struct Ctx {
     counts: Counts,
     objects: u64,
     parallelism: usize,
+    /// The account's full pass, read ahead of its turn (see [`Ahead`]).
+    ahead: Option<Ahead>,
 }
 
 impl Ctx {
@@ -369,6 +439,25 @@ impl Ctx {
         }
     }
 
+    /// Waits for a value from a thread reading ahead, checking for interruption.
+    fn wait_for<T>(&self, rx: &Receiver<T>) -> Result<T, Stop> {
+        loop {
+            if let Some(why) = self.interrupted() {
+                return Err(Stop::Interrupted(why));
+            }
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(v) => return Ok(v),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(StripeError::Unfinished {
+                        message: "the thread reading ahead stopped without an answer".into(),
+                    }
+                    .into());
+                }
+            }
+        }
+    }
+
     /// Starts a pass on its own thread; returns the receiving end.
     fn spawn_pass(
         &self,
@@ -475,8 +564,9 @@ fn lock_for_the_run(job: &Job) -> Result<bool, Stop> {
     }
 }
 
-/// One account's refresh of a resource (`job.account`), under the resource's lock.
-fn run(job: &Job, base: &Client) -> Result<(), Stop> {
+/// One account's refresh of a resource (`job.account`), under the resource's
+/// lock; `ahead`: its full pass, already reading.
+fn run(job: &Job, base: &Client, mut ahead: Option<Ahead>) -> Result<(), Stop> {
     let r = resources::lookup(&job.resource).map_err(|e| SyncError::invalid(e.to_string()))?;
     tx(|| -> Result<_, SyncError> {
         Spi::run_with_args(
@@ -498,7 +588,10 @@ fn run(job: &Job, base: &Client) -> Result<(), Stop> {
         Account::connected(job.key())
     };
     let (client, target) = tx(|| -> Result<_, SyncError> {
-        let client = base.acting_as(account.header())?;
+        let client = match &ahead {
+            Some(a) => a.client.clone(),
+            None => base.acting_as(account.header())?.with_own_counters(),
+        };
         let (schema, table) = table_of(&job.source, r)?;
         // late webhook deliveries are the older versions a re-read must outrank
         let webhooks = Spi::get_one_with_args::<bool>(
@@ -514,9 +607,11 @@ fn run(job: &Job, base: &Client) -> Result<(), Stop> {
     let mut ctx = Ctx {
         job: job.clone(),
         r,
-        requests_at_start: client.requests_sent(),
+        // a client of its own: its counters hold this account's requests only (also those read ahead)
+        requests_at_start: 0,
         client,
         target,
+        ahead: ahead.take(),
         started: Instant::now(),
         counts: Counts::default(),
         objects: 0,
@@ -570,9 +665,17 @@ fn events_refused_note(e: &StripeError) -> String {
 fn newest_event(ctx: &Ctx, r: &'static Resource) -> Result<Result<Option<(i64, String)>, String>, Stop> {
     let client = ctx.client.clone();
     let types: Vec<&'static str> = r.event_types().collect();
-    match ctx.http(async move { sync::newest_event(&client, &types).await })? {
+    events_answer(ctx.http(async move { sync::newest_event(&client, &types).await })?)
+}
+
+/// What `/v1/events` answered for the newest event: a refusal is a note (events
+/// are optional for a full pass), unless it refused the account itself.
+fn events_answer(
+    answer: Result<Option<(i64, String)>, StripeError>,
+) -> Result<Result<Option<(i64, String)>, String>, Stop> {
+    match answer {
         Ok(e) => Ok(Ok(e)),
-        Err(e) if e.is_refused() => Ok(Err(events_refused_note(&e))),
+        Err(e) if e.is_refused() && !e.is_account_invalid() => Ok(Err(events_refused_note(&e))),
         Err(e) => Err(e.into()),
     }
 }
@@ -588,14 +691,27 @@ fn full(ctx: &mut Ctx) -> Result<(), Stop> {
     let checkpoint: Option<Value> = tx(|| state_value::<JsonB>(&ctx.job, "checkpoint"))?.map(|j| j.0);
     let r = ctx.r;
     let resuming = checkpoint.is_some();
+    // a pass read ahead is used when there is no checkpoint to resume from
+    let ahead = if checkpoint.is_none() { ctx.ahead.take() } else { None };
+    let mut ahead_pass = None;
     let mut cp = match checkpoint {
         Some(cp) => cp,
         None => {
-            let now = stripe_core::signature::unix_now();
+            let now = ahead.as_ref().map_or_else(stripe_core::signature::unix_now, |a| a.started);
+            let hi = ahead.as_ref().map_or(now + CLOCK_AHEAD_MARGIN_SECS, |a| a.hi);
+            let newest = match ahead {
+                Some(a) => {
+                    let got = if r.events_complete { Some(ctx.wait_for(&a.events)?) } else { None };
+                    ahead_pass = Some(a.pass);
+                    got.map(events_answer).transpose()?
+                }
+                None if r.events_complete => Some(newest_event(ctx, r)?),
+                None => None,
+            };
             // where events refreshes continue once this pass is done; without
             // access to /v1/events the pass goes on with no events cursor
-            let events_cursor = if r.events_complete {
-                match newest_event(ctx, r)? {
+            let events_cursor = if let Some(newest) = newest {
+                match newest {
                     Ok(Some((t, id))) => json!([t, id]),
                     Ok(None) => json!([now, null]),
                     Err(why) => {
@@ -612,7 +728,7 @@ fn full(ctx: &mut Ctx) -> Result<(), Stop> {
             // listing began (then it is fetched)
             let cp = json!({
                 "started": now,
-                "hi": now + CLOCK_AHEAD_MARGIN_SECS,
+                "hi": hi,
                 "newest": null,
                 "done": [],
                 "after": null,
@@ -633,7 +749,10 @@ fn full(ctx: &mut Ctx) -> Result<(), Stop> {
             .map(|a| a.iter().filter_map(|p| Some((p[0].as_i64()?, p[1].as_i64()?))).collect())
             .unwrap_or_default();
         let pass = FullPass { resource: r, lo: 0, hi, done, parallelism: ctx.parallelism };
-        let rx = ctx.spawn_pass(move |client, tx| Box::pin(sync::full_pass(client, pass, tx)))?;
+        let rx = match ahead_pass.take() {
+            Some(rx) => rx,
+            None => ctx.spawn_pass(move |client, tx| Box::pin(sync::full_pass(client, pass, tx)))?,
+        };
         ctx.consume(rx, |ctx, msg| {
             match msg {
                 Msg::Objects { objects, stamp } => {
@@ -677,9 +796,12 @@ fn full(ctx: &mut Ctx) -> Result<(), Stop> {
         let after = cp["after"].as_str().map(|id| (id.to_string(), cp["after_created"].as_i64()));
         let started = cp["started"].as_i64().unwrap_or(0);
         let parallelism = ctx.parallelism;
-        let rx = ctx.spawn_pass(move |client, tx| {
-            Box::pin(sync::per_customer_pass(client, r, after, Default::default(), parallelism, tx))
-        })?;
+        let rx = match ahead_pass.take() {
+            Some(rx) => rx,
+            None => ctx.spawn_pass(move |client, tx| {
+                Box::pin(sync::per_customer_pass(client, r, after, Default::default(), parallelism, tx))
+            })?,
+        };
         let mut customers: Vec<String> = Vec::new();
         ctx.consume(rx, |ctx, msg| {
             match msg {

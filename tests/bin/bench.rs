@@ -91,8 +91,10 @@ struct Args {
     incremental_objects: usize,
     catchup_events: usize,
     vacuum_minutes: usize,
+    connect_accounts: usize,
+    connect_customers: usize,
     out: String,
-    /// Only these sections (limit, engine, webhooks, memory, incremental, catchup, vacuum); empty = all
+    /// Only these sections (limit, engine, connect, webhooks, memory, incremental, catchup, vacuum); empty = all
     /// but vacuum, which takes `vacuum_minutes` on its own.
     only: Vec<String>,
 }
@@ -114,6 +116,8 @@ fn parse() -> Args {
         incremental_objects: 100_000,
         catchup_events: 200_000,
         vacuum_minutes: 10,
+        connect_accounts: 1_000,
+        connect_customers: 10,
         out: "bench/out".into(),
         only: Vec::new(),
     };
@@ -132,11 +136,13 @@ fn parse() -> Args {
             "--incremental-objects" => a.incremental_objects = n(),
             "--catchup-events" => a.catchup_events = n(),
             "--vacuum-minutes" => a.vacuum_minutes = n(),
+            "--connect-accounts" => a.connect_accounts = n(),
+            "--connect-customers" => a.connect_customers = n(),
             "--out" => a.out = v.clone(),
             "--only" => a.only = v.split(',').map(str::to_string).collect(),
             "--help" | "-h" => {
                 println!(
-                    "bench [--customers 100000] [--seq-customers 20000] [--invoices 100000] [--events 200000] [--clients 64] [--memory-objects 1000000] [--incremental-objects 100000] [--catchup-events 200000] [--vacuum-minutes 10] [--out bench/out] [--only limit,engine,webhooks,memory,incremental,catchup,vacuum]"
+                    "bench [--customers 100000] [--seq-customers 20000] [--invoices 100000] [--events 200000] [--clients 64] [--memory-objects 1000000] [--incremental-objects 100000] [--catchup-events 200000] [--vacuum-minutes 10] [--connect-accounts 1000] [--connect-customers 10] [--out bench/out] [--only limit,engine,connect,webhooks,memory,incremental,catchup,vacuum]"
                 );
                 std::process::exit(0);
             }
@@ -341,6 +347,55 @@ fn main() {
             });
         }
         drop(fast);
+    }
+
+    // 2b. Connect: many small connected accounts at Stripe's limit
+    if a.runs("connect") {
+        eprintln!("== Connect: {} connected accounts of {} customers", a.connect_accounts, a.connect_customers);
+        let mut spec = SeedSpec::only_customers(a.connect_customers);
+        spec.accounts = 0;
+        spec.connected = vec![a.connect_customers; a.connect_accounts];
+        let limited = Faults { latency_ms: 250, rate_limit: 100.0, ..Faults::default() };
+        let fake = start_fake(Some(spec), limited);
+        c.execute(
+            "SELECT stripe_sync.add_source($1, name => 'platform', schema => 'platform', api_url => $2,
+                    max_requests_per_second => 100, connected_accounts => true)",
+            &[&TEST_KEY, &fake.url()],
+        )
+        .expect("add_source");
+        let (secs, requests) = refresh(&mut c, "customer", "full", "platform");
+        let accounts = a.connect_accounts as f64 + 1.0;
+        // every request at 100 per second: the fewest requests (a page and the
+        // newest event per account, and /v1/accounts) at the rate limit
+        let fewest = 2.0 * accounts + (a.connect_accounts as f64 / 100.0).ceil();
+        let ceiling = fewest / 100.0;
+        eprintln!(
+            "   {requests} requests ({:.2} per account) in {secs:.1} s; at 100 requests/s the fewest take {ceiling:.1} s",
+            requests as f64 / accounts
+        );
+        let n: i64 = c.query_one("SELECT count(*) FROM platform.customer", &[]).unwrap().get(0);
+        assert_eq!(n as usize, (a.connect_accounts + 1) * a.connect_customers, "every account's customers");
+        let setting = format!(
+            "refresh('customer', 'full') of a platform and {} connected accounts of {} customers, 250 ms latency, 100 req/s",
+            a.connect_accounts, a.connect_customers
+        );
+        rows.push(Row {
+            bench: "Connect: requests per account".into(),
+            setting: setting.clone(),
+            figure: requests as f64 / accounts,
+            unit: "requests per account".into(),
+            limit: 2.0,
+            goal: "<= 1 (at most 2 per account and resource)".into(),
+        });
+        rows.push(Row {
+            bench: "Connect: wall time".into(),
+            setting,
+            figure: secs,
+            unit: "s".into(),
+            limit: ceiling,
+            goal: "<= 1.25 (within 80% of the rate-limit ceiling)".into(),
+        });
+        drop(fake);
     }
 
     // 3. webhook throughput and lag

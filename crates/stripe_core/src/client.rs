@@ -196,6 +196,13 @@ impl Client {
         Ok(Client { cfg: Arc::new(cfg), ..self.clone() })
     }
 
+    /// This client with counters of its own (from zero), still sharing the rate
+    /// limit and connections: what one account's refresh sends, when several
+    /// accounts are read at once.
+    pub fn with_own_counters(&self) -> Client {
+        Client { stats: Arc::default(), ..self.clone() }
+    }
+
     /// Requests sent so far by this client and its clones.
     pub fn requests_sent(&self) -> u64 {
         self.stats.requests.load(Ordering::Relaxed)
