@@ -73,6 +73,76 @@ pub fn block_on<T: Send + 'static>(
     }
 }
 
+/// A tokio runtime on threads of its own (signals blocked), alive until dropped:
+/// every request of one refresh runs on it. HTTP connections belong to the
+/// runtime that opened them, and the client's pool hands them to whoever asks
+/// next; with one runtime per request, a connection whose runtime had ended
+/// failed the request another runtime had sent on it (a retry each).
+pub struct Runtime {
+    handle: tokio::runtime::Handle,
+    /// Dropped to shut the runtime down.
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl Runtime {
+    pub fn new(name: &str) -> io::Result<Runtime> {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
+        spawn_blocked(
+            name,
+            Box::new(move || {
+                // worker threads inherit this thread's blocked signals
+                let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+                match rt {
+                    Ok(rt) => {
+                        let _ = handle_tx.send(Ok(rt.handle().clone()));
+                        // until the owner drops its end
+                        let _ = stop_rx.recv();
+                        rt.shutdown_background();
+                    }
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e));
+                    }
+                }
+            }),
+        )?;
+        let handle = handle_rx.recv().map_err(|_| io::Error::other("the runtime thread ended at once"))??;
+        Ok(Runtime { handle, _stop: stop })
+    }
+
+    /// Runs `fut` on the runtime, in the background.
+    pub fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.handle.spawn(fut);
+    }
+
+    /// [`block_on`] on this runtime: waits for `fut`, running `check` every
+    /// 100 ms; when it returns true the wait ends at once (and `fut` is dropped).
+    pub fn block_on<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = T> + Send + 'static,
+        mut check: impl FnMut() -> bool,
+    ) -> Result<T, Wait> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let task = self.handle.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(r) => return Ok(r),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if check() {
+                        task.abort();
+                        return Err(Wait::Stopped);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Wait::Failed(io::Error::other("the HTTP task ended without an answer")));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +160,21 @@ mod tests {
         assert!(matches!(r, Err(Wait::Stopped)));
         assert!(t.elapsed() < Duration::from_secs(5), "waited {:?}", t.elapsed());
         assert_eq!(block_on(async { 7 }, || false).ok(), Some(7));
+    }
+
+    #[test]
+    fn a_runtime_runs_futures_until_dropped_and_a_stopped_wait_returns_at_once() {
+        let rt = Runtime::new("test runtime").unwrap();
+        assert_eq!(rt.block_on(async { 7 }, || false).ok(), Some(7));
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let _ = tx.send(1);
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).ok(), Some(1));
+        let t = Instant::now();
+        let r = rt.block_on(async { tokio::time::sleep(Duration::from_secs(30)).await }, || true);
+        assert!(matches!(r, Err(Wait::Stopped)));
+        assert!(t.elapsed() < Duration::from_secs(5), "waited {:?}", t.elapsed());
     }
 }

@@ -149,51 +149,62 @@ fn run_resource(job: &Job) {
     let base = tx(|| -> Result<(Client, bool), SyncError> {
         Ok((source::client_for_source(&job.source)?, source::is_connect(&job.source)?))
     });
-    let (client, connect) = match base {
+    let rt = threads::Runtime::new("stripe_sync refresh")
+        .map(std::sync::Arc::new)
+        .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
+    let ((client, connect), rt) = match base.and_then(|b| Ok((b, rt?))) {
         Ok(b) => b,
         Err(e) => return record(&Job { account: Some(job.key().to_string()), ..job.clone() }, Err(e.into())),
     };
     let own = Job { account: Some(String::new()), ..job.clone() };
     let accounts: Vec<String> = match job.account.as_deref() {
         Some(a) => vec![a.to_string()],
+        // a connected account has no connected accounts of its own
+        None if !connect || job.resource == resources::CONNECTED_ACCOUNTS => vec![String::new()],
         None => {
-            // the platform's own rows first; its account table lists the others
-            record(&own, run_account(&own, &client, None));
-            // a connected account has no connected accounts of its own
-            if !connect || job.resource == CONNECTED_ACCOUNTS_RESOURCE {
-                return;
-            }
+            // the platform's own account, then every account it lists
             let c = client.clone();
-            let listed = threads::block_on(async move { sync::connected_accounts(&c).await }, crate::worker::stopping);
-            match listed {
-                Ok(Ok(list)) => list,
-                Ok(Err(e)) => return record(&own, Err(SyncError::from(e).into())),
-                Err(e) => return record(&own, Err(SyncError::from(e).into())),
+            match rt.block_on(async move { sync::connected_accounts(&c).await }, crate::worker::stopping) {
+                Ok(Ok(list)) => std::iter::once(String::new()).chain(list).collect(),
+                listed => {
+                    record(&own, run_account(&own, &client, &rt, None));
+                    let e = match listed {
+                        Ok(Err(e)) => SyncError::from(e),
+                        Err(e) => SyncError::from(e),
+                        Ok(Ok(_)) => unreachable!("handled above"),
+                    };
+                    let e = SyncError::new(e.code, format!("listing the connected accounts: {}", e.message));
+                    return record(&own, Err(e.into()));
+                }
             }
         }
     };
     // a full pass of each account starts reading up to AHEAD accounts before
     // its turn to be written, so that many small accounts are read at once
     // (within the source's one rate budget) instead of one request at a time
-    let ahead_ok = job.mode == "full" && accounts.len() > 1;
+    let ahead_ok = (job.mode == "full" || job.mode == "events") && accounts.len() > 1;
     let mut waiting: std::collections::VecDeque<String> = accounts.into();
     let mut reading: std::collections::VecDeque<(String, Option<Ahead>)> = std::collections::VecDeque::new();
     loop {
         while ahead_ok && reading.len() < AHEAD && !crate::worker::stopping() {
             let Some(a) = waiting.pop_front() else { break };
             let one = Job { account: Some(a.clone()), ..job.clone() };
-            let ahead = start_ahead(&one, &client).unwrap_or_else(|e| {
+            let ahead = start_ahead(&one, &client, &rt).unwrap_or_else(|e| {
                 log!("stripe_sync refresh of {}/{}: {a} is read in its turn: {}", job.source, job.resource, e.message);
                 None
             });
             reading.push_back((a, ahead));
         }
-        let Some((a, ahead)) = reading.pop_front().or_else(|| waiting.pop_front().map(|a| (a, None))) else { break };
+        // the first account whose reading is over goes first: a large account
+        // still reading never holds back the small ones read behind it
+        let ready = reading.iter().position(|(_, ahead)| ahead.as_ref().is_none_or(Ahead::read));
+        let next = reading.remove(ready.unwrap_or(0));
+        let Some((a, ahead)) = next.or_else(|| waiting.pop_front().map(|a| (a, None))) else { break };
         if crate::worker::stopping() {
             break;
         }
         let one = Job { account: Some(a), ..job.clone() };
-        record(&one, run_account(&one, &client, ahead));
+        record(&one, run_account(&one, &client, &rt, ahead));
     }
 }
 
@@ -204,59 +215,90 @@ const AHEAD: usize = 64;
 /// account's turn: first the newest event (where events refreshes will go on;
 /// read before the listing, so no change between them is missed), then the
 /// pass. Its channels hold a few pages at most: a large account waits for its
-/// turn.
+/// turn, which comes once no account read after it is complete.
 pub struct Ahead {
     client: Client,
     started: i64,
     hi: i64,
     events: Receiver<Result<Option<(i64, String)>, StripeError>>,
     pass: Receiver<MsgResult>,
+    /// Events mode: the cursor (created) the events are read from.
+    since: Option<i64>,
+    /// Set once the whole pass is read (and waits in its channel).
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Starts reading an account's full pass ahead of its turn; `None` when the
-/// account has a checkpoint (a resumed pass reads what its checkpoint says).
-fn start_ahead(job: &Job, base: &Client) -> Result<Option<Ahead>, SyncError> {
-    let r = resources::lookup(&job.resource).map_err(|e| SyncError::invalid(e.to_string()))?;
-    if tx(|| state_value::<JsonB>(job, "checkpoint"))?.is_some() {
-        return Ok(None);
+impl Ahead {
+    /// Whether the whole pass has been read.
+    fn read(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::Acquire)
     }
+}
+
+/// Starts reading an account's pass ahead of its turn: a fresh full pass, or
+/// the events since the account's events cursor. `None` (read in its turn) for
+/// a full pass with a checkpoint (it resumes as the checkpoint says) and for an
+/// events refresh that will run a full one instead (no cursor, or too old).
+fn start_ahead(job: &Job, base: &Client, rt: &threads::Runtime) -> Result<Option<Ahead>, SyncError> {
+    let r = resources::lookup(&job.resource).map_err(|e| SyncError::invalid(e.to_string()))?;
+    let since = if job.mode == "events" {
+        let cursor = tx(|| state_value::<i64>(job, "events_cursor_created"))?;
+        match cursor {
+            Some(t) if r.events_complete && t >= stripe_core::signature::unix_now() - EVENT_RETENTION_SECS => Some(t),
+            _ => return Ok(None),
+        }
+    } else {
+        if tx(|| state_value::<JsonB>(job, "checkpoint"))?.is_some() {
+            return Ok(None);
+        }
+        None
+    };
     let client = base.acting_as(Account::connected(job.key()).header())?.with_own_counters();
     let started = stripe_core::signature::unix_now();
     let hi = started + CLOCK_AHEAD_MARGIN_SECS;
     let (ev_tx, events) = sync_channel(1);
     let (tx, pass) = sync_channel(8);
     let (c, parallelism) = (client.clone(), job.parallelism.max(1));
-    threads::spawn_blocked(
-        "stripe_sync refresh ahead",
-        Box::new(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async move {
-                if r.events_complete {
-                    let types: Vec<&'static str> = r.event_types().collect();
-                    let _ = ev_tx.send(sync::newest_event(&c, &types).await);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let finished = done.clone();
+    rt.spawn(async move {
+        let read = async move {
+            if r.events_complete {
+                let types: Vec<&'static str> = r.event_types().collect();
+                let newest = sync::newest_event(&c, &types).await;
+                let refused = newest.is_err();
+                let _ = ev_tx.send(newest);
+                if refused {
+                    return;
                 }
-                match r.scope {
-                    Scope::Account => {
-                        let p = FullPass { resource: r, lo: 0, hi, done: Vec::new(), parallelism };
-                        sync::full_pass(c, p, tx).await
-                    }
-                    _ => sync::per_customer_pass(c, r, None, Default::default(), parallelism, tx).await,
+            }
+            if let Some(since) = since {
+                let pass = sync::EventsPass { resource: r, types: events_followed(r), since, parallelism };
+                return sync::events_since(c, pass, tx).await;
+            }
+            match r.scope {
+                Scope::Account => {
+                    let p = FullPass { resource: r, lo: 0, hi, done: Vec::new(), parallelism };
+                    sync::full_pass(c, p, tx).await
                 }
-            });
-        }),
-    )
-    .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
-    Ok(Some(Ahead { client, started, hi, events, pass }))
+                _ => sync::per_customer_pass(c, r, None, Default::default(), parallelism, tx).await,
+            }
+        };
+        read.await;
+        finished.store(true, std::sync::atomic::Ordering::Release);
+    });
+    Ok(Some(Ahead { client, started, hi, events, pass, since, done }))
 }
 
-/// The resource whose rows are a platform's connected accounts: refreshed for
-/// the platform only.
-const CONNECTED_ACCOUNTS_RESOURCE: &str = "account";
-
 /// Runs one account's refresh of a resource, catching Postgres errors too.
-fn run_account(job: &Job, client: &Client, ahead: Option<Ahead>) -> Result<(), Stop> {
-    let (job2, client) = (job.clone(), client.clone());
-    PgTryBuilder::new(AssertUnwindSafe(move || run(&job2, &client, ahead)))
+fn run_account(
+    job: &Job,
+    client: &Client,
+    rt: &std::sync::Arc<threads::Runtime>,
+    ahead: Option<Ahead>,
+) -> Result<(), Stop> {
+    let (job2, client, rt) = (job.clone(), client.clone(), rt.clone());
+    PgTryBuilder::new(AssertUnwindSafe(move || run(&job2, &client, rt, ahead)))
         .catch_others(|e| {
             Err(Stop::Failed(SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, crate::error::caught_message(&e))))
         })
@@ -316,6 +358,8 @@ struct Ctx {
     parallelism: usize,
     /// The account's full pass, read ahead of its turn (see [`Ahead`]).
     ahead: Option<Ahead>,
+    /// Where the run's HTTP runs.
+    rt: std::sync::Arc<threads::Runtime>,
 }
 
 impl Ctx {
@@ -429,7 +473,7 @@ impl Ctx {
     /// gone) ends the wait at once, whatever the request still has to do.
     fn http<T: Send + 'static>(&self, fut: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, Stop> {
         let mut why = None;
-        match threads::block_on(fut, || {
+        match self.rt.block_on(fut, || {
             why = self.interrupted();
             why.is_some()
         }) {
@@ -470,15 +514,7 @@ impl Ctx {
     ) -> Result<Receiver<MsgResult>, Stop> {
         let (tx, rx) = sync_channel(8);
         let client = self.client.clone();
-        threads::spawn_blocked(
-            "stripe_sync refresh",
-            Box::new(move || {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    rt.block_on(pass(client, tx));
-                }
-            }),
-        )
-        .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))?;
+        self.rt.spawn(async move { pass(client, tx).await });
         Ok(rx)
     }
 
@@ -520,7 +556,10 @@ fn state_value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
     column: &str,
 ) -> Result<Option<T>, SyncError> {
     Spi::get_one_with_args::<T>(
-        &format!("SELECT {column} FROM stripe_sync._sync_state WHERE source = $1 AND resource = $2 AND account = $3"),
+        // one row, NULL when the account has no state yet
+        &format!(
+            "SELECT (SELECT {column} FROM stripe_sync._sync_state WHERE source = $1 AND resource = $2 AND account = $3)"
+        ),
         &[job.source.as_str().into(), job.resource.as_str().into(), job.key().into()],
     )
     .map_err(spi_err)
@@ -566,7 +605,7 @@ fn lock_for_the_run(job: &Job) -> Result<bool, Stop> {
 
 /// One account's refresh of a resource (`job.account`), under the resource's
 /// lock; `ahead`: its full pass, already reading.
-fn run(job: &Job, base: &Client, mut ahead: Option<Ahead>) -> Result<(), Stop> {
+fn run(job: &Job, base: &Client, rt: std::sync::Arc<threads::Runtime>, mut ahead: Option<Ahead>) -> Result<(), Stop> {
     let r = resources::lookup(&job.resource).map_err(|e| SyncError::invalid(e.to_string()))?;
     tx(|| -> Result<_, SyncError> {
         Spi::run_with_args(
@@ -612,6 +651,7 @@ fn run(job: &Job, base: &Client, mut ahead: Option<Ahead>) -> Result<(), Stop> {
         client,
         target,
         ahead: ahead.take(),
+        rt,
         started: Instant::now(),
         counts: Counts::default(),
         objects: 0,
@@ -901,7 +941,12 @@ fn events(ctx: &mut Ctx) -> Result<(), Stop> {
         return full(ctx);
     }
     // without access to /v1/events, a full refresh is the way to the truth
-    if let Err(why) = newest_event(ctx, r)? {
+    let ahead = ctx.ahead.take();
+    let access = match &ahead {
+        Some(a) => events_answer(ctx.wait_for(&a.events)?)?,
+        None => newest_event(ctx, r)?,
+    };
+    if let Err(why) = access {
         note(ctx, &format!("{why} (ran a full refresh instead)"))?;
         tx(|| set_state(&ctx.job, "events_cursor_created = NULL, events_cursor_id = NULL", vec![]))?;
         return full(ctx);
@@ -933,13 +978,11 @@ fn events(ctx: &mut Ctx) -> Result<(), Stop> {
         }
         Some(t) => t,
     };
-    let mut types: Vec<String> = r.event_types().map(str::to_string).collect();
-    if let Some(parent) = r.parent() {
-        // a deleted customer takes its payment methods with it, without events of their own
-        types.push(parent.deleted_event.into());
-    }
-    let pass = sync::EventsPass { resource: r, types, since, parallelism: ctx.parallelism };
-    let rx = ctx.spawn_pass(move |client, tx| Box::pin(sync::events_since(client, pass, tx)))?;
+    let pass = sync::EventsPass { resource: r, types: events_followed(r), since, parallelism: ctx.parallelism };
+    let rx = match ahead {
+        Some(a) if a.since == Some(since) => a.pass,
+        _ => ctx.spawn_pass(move |client, tx| Box::pin(sync::events_since(client, pass, tx)))?,
+    };
     // events of the cursor's second up to the cursor itself were applied already
     let mut skipping = cursor_id.is_some();
     let mut held: Vec<Value> = Vec::new();
@@ -983,6 +1026,16 @@ fn events(ctx: &mut Ctx) -> Result<(), Stop> {
         apply_events(ctx, rest)?;
     }
     Ok(())
+}
+
+/// The event types an events refresh of `r` reads.
+fn events_followed(r: &'static Resource) -> Vec<String> {
+    let mut types: Vec<String> = r.event_types().map(str::to_string).collect();
+    if let Some(parent) = r.parent() {
+        // a deleted customer takes its payment methods with it, without events of their own
+        types.push(parent.deleted_event.into());
+    }
+    types
 }
 
 /// Events applied per transaction in events mode, at most; the cursor moves

@@ -252,6 +252,21 @@ impl Pending {
         }
     }
 
+    /// The account whose rows of `r` the event changes: the platform's list of
+    /// accounts is the platform's own rows, whatever account the event names.
+    fn account_of(&self, r: &resources::Resource, own: &str) -> Account {
+        if r.name == resources::CONNECTED_ACCOUNTS { Account::own(own) } else { self.account(own) }
+    }
+
+    /// Whether the event changes `acct`'s rows of `r` (see [`Pending::account_of`]).
+    fn changes(&self, r: &resources::Resource, acct: &Account) -> bool {
+        if acct.key.is_empty() {
+            r.name == resources::CONNECTED_ACCOUNTS || self.account.as_deref().is_none_or(|a| a == acct.id)
+        } else {
+            r.name != resources::CONNECTED_ACCOUNTS && self.account.as_deref() == Some(acct.key.as_str())
+        }
+    }
+
     /// The client of the event's account.
     fn client(&self, clients: &HashMap<String, stripe_core::Client>) -> Option<stripe_core::Client> {
         let base = clients.get(&self.source)?;
@@ -411,7 +426,7 @@ pub fn apply_pending(
             .map(|i| &todo[*i])
             .filter(|e| {
                 e.source == src
-                    && e.account(&account.id) == account
+                    && e.changes(r, &account)
                     && tied.iter().any(|(id, _)| Some(id.as_str()) == object_id(e))
             })
             .collect();
@@ -442,8 +457,7 @@ fn object_id(e: &Pending) -> Option<&str> {
 /// Whether an event's object is among the ties of its source.
 fn tied_in(e: &Pending, ties: &Ties) -> bool {
     let Some(id) = object_id(e) else { return false };
-    ties.iter()
-        .any(|(src, acct, _, t)| *src == e.source && e.account(&acct.id) == *acct && t.iter().any(|(tid, _)| tid == id))
+    ties.iter().any(|(src, acct, r, t)| *src == e.source && e.changes(r, acct) && t.iter().any(|(tid, _)| tid == id))
 }
 
 /// Events of sources that no longer exist (dropped with events pending) are
@@ -604,8 +618,9 @@ fn write(events: &[Pending]) -> Result<Ties, SyncError> {
             if !sources.contains_key(&e.source) {
                 sources.insert(e.source.clone(), source_tables(c, &e.source)?);
             }
-            let account = e.account(&sources[&e.source].3);
+            let own = &sources[&e.source].3;
             for r in touched(&e.kind) {
+                let account = e.account_of(r, own);
                 groups
                     .entry((e.source.clone(), account.key.clone(), r.name))
                     .or_insert_with(|| (account.clone(), Vec::new()))

@@ -369,10 +369,15 @@ fn main() {
         // newest event per account, and /v1/accounts) at the rate limit
         let fewest = 2.0 * accounts + (a.connect_accounts as f64 / 100.0).ceil();
         let ceiling = fewest / 100.0;
+        let stats = fake.stats();
         eprintln!(
-            "   {requests} requests ({:.2} per account) in {secs:.1} s; at 100 requests/s the fewest take {ceiling:.1} s",
-            requests as f64 / accounts
+            "   {requests} requests ({:.2} per account) in {secs:.1} s; at 100 requests/s the fewest take {ceiling:.1} s; the fake answered {:?} by status",
+            requests as f64 / accounts,
+            stats.by_status
         );
+        let mut paths: Vec<(&String, &u64)> = stats.by_path.iter().collect();
+        paths.sort_by(|a, b| b.1.cmp(a.1));
+        eprintln!("   by path: {:?}", &paths[..paths.len().min(6)]);
         let n: i64 = c.query_one("SELECT count(*) FROM platform.customer", &[]).unwrap().get(0);
         assert_eq!(n as usize, (a.connect_accounts + 1) * a.connect_customers, "every account's customers");
         let setting = format!(

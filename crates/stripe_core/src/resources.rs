@@ -93,6 +93,11 @@ pub const CUSTOMER_PARENT: Parent =
 
 /// The events list (events refreshes, the events cursor).
 pub const EVENTS_PATH: &str = "/v1/events";
+/// The resource whose objects are a platform's connected accounts: its rows are
+/// the platform's own (a connected account lists none), and a Connect event
+/// about an account (`account.updated`, delivered with `account` set) changes
+/// the platform's row of it.
+pub const CONNECTED_ACCOUNTS: &str = "account";
 /// The account a key (or `Stripe-Account`) acts as.
 pub const OWN_ACCOUNT_PATH: &str = "/v1/account";
 /// Connect events of a platform about its connected accounts: an account that
