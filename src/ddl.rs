@@ -91,7 +91,7 @@ pub const SYNC_COLUMNS: &[(&str, &str, &str)] = &[
 /// account's cloned objects and test data may reuse one, so only the pair is
 /// safe; id first, so that lookups by id alone use the key's index.
 pub const ACCOUNT_COLUMN: (&str, &str, &str) = (
-    "account",
+    crate::fdw::ACCOUNT_COLUMN,
     "text NOT NULL",
     "The Stripe account the object is in: the source's own account id, or a connected account of a Connect source. The key is (id, account).",
 );

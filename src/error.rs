@@ -118,7 +118,7 @@ impl From<StripeError> for SyncError {
             }
             StripeError::AccountInvalid { .. } => (
                 ERRCODE_INSUFFICIENT_PRIVILEGE,
-                "The connected account revoked the platform's access, or is not connected to it: see the account's rows in stripe_sync.sync_status; a refresh of the source skips accounts /v1/accounts no longer lists.",
+                "The connected account revoked the platform's access, or is not connected to it: see the account's rows in stripe_sync.sync_status; a refresh of the source skips accounts Stripe no longer lists as connected.",
             ),
             StripeError::NotFound { .. } => {
                 (ERRCODE_FDW_TABLE_NOT_FOUND, "The object does not exist in this Stripe account.")

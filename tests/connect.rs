@@ -210,7 +210,7 @@ fn a_connected_account_that_revokes_access_mid_run_is_reported_and_the_others_co
     // the platform's account table was read before the deauthorization: the
     // next run no longer lists the account
     c.batch_execute("SELECT * FROM stripe_sync.refresh('account', 'full')").unwrap();
-    assert_equal_per_account(&mut c, &fake, &[last.clone()], "a deauthorization mid-run");
+    assert_equal_per_account(&mut c, &fake, std::slice::from_ref(&last), "a deauthorization mid-run");
 }
 
 #[test]

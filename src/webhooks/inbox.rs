@@ -238,7 +238,7 @@ struct Pending {
 
 impl Pending {
     fn new(source: String, id: String, kind: String, payload: Value) -> Pending {
-        let account = payload.get("account").and_then(Value::as_str).map(str::to_string);
+        let account = payload.get("account").and_then(Value::as_str).map(str::to_string); // not a resource: the event's field
         Pending { source, id, kind, payload, account }
     }
 
@@ -351,7 +351,7 @@ pub fn apply_pending(
         match got {
             Ok(Ok(id)) => learned.push((src.clone(), id)),
             Ok(Err(err)) => {
-                let why = format!("learning the source's account id (GET /v1/account): {err}");
+                let why = format!("learning the source's account id (GET {}): {err}", resources::OWN_ACCOUNT_PATH);
                 failed.extend(
                     todo.iter().filter(|e| &e.source == src).map(|e| (e.source.clone(), e.id.clone(), why.clone())),
                 );
@@ -601,7 +601,7 @@ fn source_tables(c: &mut SpiClient, source: &str) -> Result<(String, String, Str
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("the account id of source \"{source}\" is not known yet"),
         )
-        .hint("The webhook worker learns it (GET /v1/account) before applying the event; a refresh does too."));
+        .hint("The webhook worker learns it (from Stripe, once) before applying the event; a refresh does too."));
     };
     Ok((schema.unwrap_or_default(), prefix.unwrap_or_default(), version.unwrap_or_default(), own))
 }

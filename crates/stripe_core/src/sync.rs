@@ -552,7 +552,8 @@ pub async fn own_account(client: &Client) -> Result<String, StripeError> {
 /// The ids of a platform's connected accounts (`GET /v1/accounts`, every page,
 /// in Stripe's order: newest first).
 pub async fn connected_accounts(client: &Client) -> Result<Vec<String>, StripeError> {
-    let r = resources::lookup("account").map_err(|e| StripeError::Config { message: e.to_string() })?;
+    let r =
+        resources::lookup(resources::CONNECTED_ACCOUNTS).map_err(|e| StripeError::Config { message: e.to_string() })?;
     let all = Pager::new(client.acting_as(None)?, ListQuery::new(r.list_path)).collect_all().await?;
     Ok(all.iter().filter_map(|a| a.get("id").and_then(Value::as_str).map(str::to_string)).collect())
 }
