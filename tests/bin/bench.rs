@@ -401,6 +401,53 @@ fn main() {
             goal: "<= 1.25 (within 80% of the rate-limit ceiling)".into(),
         });
         drop(fake);
+
+        // every resource of 100 such accounts: the requests each costs per account
+        let small = 100;
+        let mut spec = SeedSpec::only_customers(a.connect_customers);
+        spec.accounts = 0;
+        spec.connected = vec![a.connect_customers; small];
+        let fake = start_fake(Some(spec), Faults { latency_ms: 250, rate_limit: 100.0, ..Faults::default() });
+        c.execute(
+            "SELECT stripe_sync.add_source($1, name => 'platform_all', schema => 'platform_all', api_url => $2,
+                    max_requests_per_second => 100, connected_accounts => true)",
+            &[&TEST_KEY, &fake.url()],
+        )
+        .expect("add_source");
+        let t = Instant::now();
+        let total: i64 = c
+            .query_one("SELECT sum(api_requests)::bigint FROM stripe_sync.refresh('all', 'full', 'platform_all')", &[])
+            .expect("refresh all")
+            .get(0);
+        let secs = t.elapsed().as_secs_f64();
+        let per: Vec<(String, f64)> = c
+            .query(
+                "SELECT resource, avg(api_requests)::float8 FROM stripe_sync.sync_status
+                  WHERE source = 'platform_all' GROUP BY 1 ORDER BY 1",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        eprintln!("   refresh('all', 'full') of the platform and {small} accounts: {total} requests in {secs:.1} s");
+        for (r, n) in &per {
+            eprintln!("     {r}: {n:.2} requests per account");
+        }
+        let over: Vec<String> = per.iter().filter(|(_, n)| *n > 2.0).map(|(r, n)| format!("{r} {n:.1}")).collect();
+        rows.push(Row {
+            bench: "Connect: every resource".into(),
+            setting: format!(
+                "refresh('all', 'full') of a platform and {small} connected accounts ({} customers each), 250 ms latency, 100 req/s; over 2 requests per account: {}",
+                a.connect_customers,
+                if over.is_empty() { "none".to_string() } else { over.join(", ") }
+            ),
+            figure: total as f64 / ((small + 1) * 15) as f64,
+            unit: "requests per account and resource".into(),
+            limit: 2.0,
+            goal: "<= 1 (at most 2 per account and resource)".into(),
+        });
+        drop(fake);
     }
 
     // 3. webhook throughput and lag
