@@ -279,3 +279,34 @@ fn webhooks_of_a_connect_source_come_through_two_endpoints_and_land_in_their_acc
     h.c.batch_execute("SELECT stripe_sync.drop_source('default')").unwrap();
     assert_eq!(h.fake.objects("webhook_endpoints").len(), 0);
 }
+
+#[test]
+fn a_read_only_restricted_key_without_events_refreshes_every_account_of_a_platform() {
+    const KEY: &str = "rk_test_51ConnectReadOnly000000000";
+    let cluster = Cluster::start(ClusterConfig::default());
+    let mut c = cluster.connect_with_extension();
+    let mut faults = Faults::default();
+    let perms = stripe_fake::permissions::DATA_TOOL_READ.iter().map(|p| p.to_string()).collect();
+    faults.restricted_keys.insert(KEY.into(), perms);
+    let fake = platform(faults);
+    c.execute(
+        "SELECT stripe_sync.add_source($1, api_url => $2, max_requests_per_second => 1000, connected_accounts => true)",
+        &[&KEY, &fake.url()],
+    )
+    .unwrap();
+    // accounts read ahead go on without /v1/events, in both modes
+    for mode in ["full", "events"] {
+        c.batch_execute(&format!("SELECT * FROM stripe_sync.refresh('customer', '{mode}')")).unwrap();
+        let ok = count(&mut c, "SELECT count(*) FROM stripe_sync.sync_status WHERE status = 'succeeded'");
+        assert_eq!(ok, 51, "{mode}");
+    }
+    let note: String = c
+        .query_one("SELECT note FROM stripe_sync.sync_status WHERE account = $1", &[&fake.connected_accounts()[0]])
+        .unwrap()
+        .get(0);
+    assert!(note.contains("Events: Read"), "{note}");
+    for a in fake.connected_accounts() {
+        let d = compare_connect(&mut c, &fake, Some(&a), &a, "stripe", "customer");
+        assert!(d.is_empty(), "{a}: {}", d.summary());
+    }
+}

@@ -221,6 +221,9 @@ pub struct Ahead {
     started: i64,
     hi: i64,
     events: Receiver<Result<Option<(i64, String)>, StripeError>>,
+    /// What `events` said, once received (an events refresh that runs a full
+    /// one asks twice).
+    newest: Option<Result<Option<(i64, String)>, StripeError>>,
     pass: Receiver<MsgResult>,
     /// Events mode: the cursor (created) the events are read from.
     since: Option<i64>,
@@ -229,6 +232,14 @@ pub struct Ahead {
 }
 
 impl Ahead {
+    /// The newest event, as read ahead.
+    fn newest_event(&mut self, ctx: &Ctx) -> Result<Result<Option<(i64, String)>, String>, Stop> {
+        if self.newest.is_none() {
+            self.newest = Some(ctx.wait_for(&self.events)?);
+        }
+        events_answer(self.newest.clone().unwrap_or(Ok(None)))
+    }
+
     /// Whether the whole pass has been read.
     fn read(&self) -> bool {
         self.done.load(std::sync::atomic::Ordering::Acquire)
@@ -241,18 +252,16 @@ impl Ahead {
 /// events refresh that will run a full one instead (no cursor, or too old).
 fn start_ahead(job: &Job, base: &Client, rt: &threads::Runtime) -> Result<Option<Ahead>, SyncError> {
     let r = resources::lookup(&job.resource).map_err(|e| SyncError::invalid(e.to_string()))?;
-    let since = if job.mode == "events" {
-        let cursor = tx(|| state_value::<i64>(job, "events_cursor_created"))?;
-        match cursor {
-            Some(t) if r.events_complete && t >= stripe_core::signature::unix_now() - EVENT_RETENTION_SECS => Some(t),
-            _ => return Ok(None),
-        }
-    } else {
-        if tx(|| state_value::<JsonB>(job, "checkpoint"))?.is_some() {
-            return Ok(None);
-        }
-        None
+    // events since the cursor; or, where an events refresh runs a full one
+    // instead (no cursor, one too old, no complete events), a full pass
+    let since = match job.mode.as_str() {
+        "events" => tx(|| state_value::<i64>(job, "events_cursor_created"))?
+            .filter(|t| r.events_complete && *t >= stripe_core::signature::unix_now() - EVENT_RETENTION_SECS),
+        _ => None,
     };
+    if since.is_none() && tx(|| state_value::<JsonB>(job, "checkpoint"))?.is_some() {
+        return Ok(None);
+    }
     let client = base.acting_as(Account::connected(job.key()).header())?.with_own_counters();
     let started = stripe_core::signature::unix_now();
     let hi = started + CLOCK_AHEAD_MARGIN_SECS;
@@ -266,9 +275,11 @@ fn start_ahead(job: &Job, base: &Client, rt: &threads::Runtime) -> Result<Option
             if r.events_complete {
                 let types: Vec<&'static str> = r.event_types().collect();
                 let newest = sync::newest_event(&c, &types).await;
-                let refused = newest.is_err();
+                // a full pass goes on without /v1/events (a restricted key); events
+                // cannot, nor can anything with an account Stripe refuses
+                let stop = newest.as_ref().is_err_and(|e| since.is_some() || !e.is_refused() || e.is_account_invalid());
                 let _ = ev_tx.send(newest);
-                if refused {
+                if stop {
                     return;
                 }
             }
@@ -287,7 +298,7 @@ fn start_ahead(job: &Job, base: &Client, rt: &threads::Runtime) -> Result<Option
         read.await;
         finished.store(true, std::sync::atomic::Ordering::Release);
     });
-    Ok(Some(Ahead { client, started, hi, events, pass, since, done }))
+    Ok(Some(Ahead { client, started, hi, events, newest: None, pass, since, done }))
 }
 
 /// Runs one account's refresh of a resource, catching Postgres errors too.
@@ -740,10 +751,10 @@ fn full(ctx: &mut Ctx) -> Result<(), Stop> {
             let now = ahead.as_ref().map_or_else(stripe_core::signature::unix_now, |a| a.started);
             let hi = ahead.as_ref().map_or(now + CLOCK_AHEAD_MARGIN_SECS, |a| a.hi);
             let newest = match ahead {
-                Some(a) => {
-                    let got = if r.events_complete { Some(ctx.wait_for(&a.events)?) } else { None };
+                Some(mut a) => {
+                    let got = if r.events_complete { Some(a.newest_event(ctx)?) } else { None };
                     ahead_pass = Some(a.pass);
-                    got.map(events_answer).transpose()?
+                    got
                 }
                 None if r.events_complete => Some(newest_event(ctx, r)?),
                 None => None,
@@ -941,11 +952,17 @@ fn events(ctx: &mut Ctx) -> Result<(), Stop> {
         return full(ctx);
     }
     // without access to /v1/events, a full refresh is the way to the truth
-    let ahead = ctx.ahead.take();
-    let access = match &ahead {
-        Some(a) => events_answer(ctx.wait_for(&a.events)?)?,
+    let mut ahead = ctx.ahead.take();
+    let access = match ahead.as_mut() {
+        Some(a) => a.newest_event(ctx)?,
         None => newest_event(ctx, r)?,
     };
+    // a full pass read ahead serves the full refresh this may run instead
+    let (ahead, full_ahead): (Option<Ahead>, Option<Ahead>) = match ahead {
+        Some(a) if a.since.is_none() => (None, Some(a)),
+        a => (a, None),
+    };
+    ctx.ahead = full_ahead;
     if let Err(why) = access {
         note(ctx, &format!("{why} (ran a full refresh instead)"))?;
         tx(|| set_state(&ctx.job, "events_cursor_created = NULL, events_cursor_id = NULL", vec![]))?;
