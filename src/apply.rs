@@ -82,6 +82,16 @@ impl Account {
     pub fn header(&self) -> Option<&str> {
         (!self.key.is_empty()).then_some(self.key.as_str())
     }
+
+    /// The source's client acting for this account: the source's own client
+    /// (which a source made with `account =>` has acting as that account), or
+    /// one sending the connected account's `Stripe-Account`.
+    pub fn client(&self, base: &stripe_core::Client) -> Result<stripe_core::Client, stripe_core::StripeError> {
+        match self.header() {
+            Some(a) => base.acting_as(Some(a)),
+            None => Ok(base.clone()),
+        }
+    }
 }
 
 /// A materialized table and the statements that write it.

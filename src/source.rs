@@ -153,7 +153,7 @@ pub fn own_account(name: &str, client: &Client, check: impl FnMut() -> bool) -> 
     if let Some(id) = known_account_id(name)? {
         return Ok(id);
     }
-    let client = client.acting_as(None)?;
+    let client = client.clone();
     let id = crate::threads::block_on(async move { stripe_core::sync::own_account(&client).await }, check)??;
     learn_account_id(name, &id)?;
     Ok(id)

@@ -262,7 +262,7 @@ fn start_ahead(job: &Job, base: &Client, rt: &threads::Runtime) -> Result<Option
     if since.is_none() && tx(|| state_value::<JsonB>(job, "checkpoint"))?.is_some() {
         return Ok(None);
     }
-    let client = base.acting_as(Account::connected(job.key()).header())?.with_own_counters();
+    let client = Account::connected(job.key()).client(base)?.with_own_counters();
     let started = stripe_core::signature::unix_now();
     let hi = started + CLOCK_AHEAD_MARGIN_SECS;
     let (ev_tx, events) = sync_channel(1);
@@ -317,12 +317,13 @@ fn run_account(
 }
 
 /// Records how one account's refresh of a resource ended in `_sync_state`. A
-/// connected account that revoked the platform's access is `revoked`, with
-/// Stripe's message: reported, and no failure of the run.
+/// connected account of a Connect source that revoked the platform's access is
+/// `revoked`, with Stripe's message: reported, and no failure of the run.
 fn record(job: &Job, outcome: Result<(), Stop>) {
     let (status, err) = match outcome {
         Ok(()) => return,
-        Err(Stop::Failed(e)) if e.revoked => ("revoked", e),
+        // a source's own account (one made with `account =>`) fails as it is: it is all there is
+        Err(Stop::Failed(e)) if e.revoked && !job.key().is_empty() => ("revoked", e),
         Err(Stop::Interrupted(why)) => (
             "interrupted",
             SyncError::new(PgSqlErrorCode::ERRCODE_QUERY_CANCELED, format!("interrupted ({why})"))
@@ -640,7 +641,7 @@ fn run(job: &Job, base: &Client, rt: std::sync::Arc<threads::Runtime>, mut ahead
     let (client, target) = tx(|| -> Result<_, SyncError> {
         let client = match &ahead {
             Some(a) => a.client.clone(),
-            None => base.acting_as(account.header())?.with_own_counters(),
+            None => account.client(base)?.with_own_counters(),
         };
         let (schema, table) = table_of(&job.source, r)?;
         // late webhook deliveries are the older versions a re-read must outrank

@@ -412,7 +412,7 @@ pub fn apply_pending(
     // events are marked applied. A fetch that fails marks them failed, to be
     // applied again with backoff (and tied, and fetched, again)
     for (src, account, r, tied) in ties {
-        let client = clients[&src].acting_as(account.header());
+        let client = account.client(&clients[&src]);
         let fetched = match client {
             Ok(client) => fetch_ties(r, &tied, &client, &mut check),
             Err(e) => Err(e.into()),
