@@ -71,8 +71,6 @@ BEGIN
                 EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', rel,
                                           src.table_prefix || t.resource || '_pkey');
                 EXECUTE pg_catalog.format('ALTER TABLE %s ADD PRIMARY KEY (id, account)', rel);
-                EXECUTE pg_catalog.format('CREATE INDEX IF NOT EXISTS %I ON %s (account)',
-                                          src.table_prefix || t.resource || '_account_idx', rel);
                 EXECUTE pg_catalog.format('COMMENT ON COLUMN %s.account IS %L', rel,
                     'The Stripe account the object is in: the source''s own account id, or a connected account of a Connect source. The key is (id, account).');
             END IF;
