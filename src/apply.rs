@@ -178,12 +178,15 @@ impl Target {
         };
         let upsert = format!(
             "WITH input AS (
-                SELECT e->'o' AS o, e->'o'->>'id' AS id, (e->>'s')::bigint AS s, e->>'b' AS b, n
+                -- the account rides along as a column: matched as `t.account = $5`, it was
+                -- a condition of its own, and a kept generic plan made while the table was
+                -- small scanned the whole key index for it, the input rescanned per row
+                SELECT e->'o' AS o, e->'o'->>'id' AS id, (e->>'s')::bigint AS s, e->>'b' AS b, n, $5::text AS acct
                 FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS x(e, n)
              ), cur AS (
                 -- what each row holds before this statement (read once)
                 SELECT input.id, input.s, input.b, t._stamp AS ts, t.attrs IS NOT DISTINCT FROM input.o AS same
-                FROM input JOIN {q} t ON t.id = input.id AND t.account = $5
+                FROM input JOIN {q} t ON t.id = input.id AND t.account = input.acct
              ), written AS (
                 INSERT INTO {q} AS t ({names}, attrs, _synced_at, _synced_by, _stamp, _api_version, account)
                 SELECT {exprs}, o, now(), b, s, $4, $5 FROM input
@@ -228,16 +231,16 @@ impl Target {
         );
         let delete_ids = format!(
             "WITH input AS (
-                SELECT e->>'id' AS id, (e->>'s')::bigint AS s FROM jsonb_array_elements($1) e
+                SELECT e->>'id' AS id, (e->>'s')::bigint AS s, $5::text AS acct FROM jsonb_array_elements($1) e
              ), locked AS (
                 -- a row of the same second, whatever wrote it (an event, a page, or a
                 -- fetch sent before this deletion arrived): which came last is
                 -- unknown, so it is fetched (when $4) instead of deleted
-                SELECT t.id, input.s, ($4 AND t._stamp = input.s) AS tied
-                FROM {q} t JOIN input ON t.id = input.id AND t.account = $5 ORDER BY t.id FOR UPDATE OF t
+                SELECT t.id, t.account, input.s, ($4 AND t._stamp = input.s) AS tied
+                FROM {q} t JOIN input ON t.id = input.id AND t.account = input.acct ORDER BY t.id FOR UPDATE OF t
              ), gone AS (
                 DELETE FROM {q} t USING locked
-                WHERE t.id = locked.id AND t.account = $5 AND t._stamp <= locked.s AND NOT locked.tied
+                WHERE t.id = locked.id AND t.account = locked.account AND t._stamp <= locked.s AND NOT locked.tied
                 RETURNING t.id
              ), tomb AS (
                 INSERT INTO stripe_sync._deleted AS d (source, resource, account, id, stamp) SELECT $2, $3, $6, id, s FROM input

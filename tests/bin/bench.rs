@@ -179,12 +179,12 @@ fn single_row_floor(cluster: &Cluster, c: &mut postgres::Client, clients: usize,
     std::fs::write(
         &script,
         r#"\set n random(1, 1000000000)
-INSERT INTO public.floor_customer AS t (id, created, email, name, attrs, _synced_at, _synced_by, _stamp)
+INSERT INTO public.floor_customer AS t (id, created, email, name, attrs, _synced_at, _synced_by, _stamp, account)
 VALUES ('cus_f' || :n, now(), 'b' || :n || '@example.com', 'Bench ' || :n,
         format('{"id":"cus_f%s","object":"customer","created":%s,"email":"b%s@example.com","name":"Bench %s","balance":0,"delinquent":false,"metadata":{}}',
                :n, extract(epoch FROM now())::bigint, :n, :n)::jsonb,
-        now(), 'event:evt_f' || :n, extract(epoch FROM now())::bigint)
-ON CONFLICT (id) DO UPDATE SET attrs = EXCLUDED.attrs, _synced_at = EXCLUDED._synced_at,
+        now(), 'event:evt_f' || :n, extract(epoch FROM now())::bigint, 'acct_1FakePlatform0000')
+ON CONFLICT (id, account) DO UPDATE SET attrs = EXCLUDED.attrs, _synced_at = EXCLUDED._synced_at,
     _synced_by = EXCLUDED._synced_by, _stamp = EXCLUDED._stamp
 WHERE t._stamp < EXCLUDED._stamp;
 "#,
