@@ -326,22 +326,7 @@ pub fn compare_account(
     schema: &str,
     resource: &str,
 ) -> Diff {
-    let mut expected: std::collections::HashMap<String, serde_json::Value> = fake_objects_of(fake, account, resource)
-        .into_iter()
-        .map(|o| (o["id"].as_str().unwrap_or_default().to_string(), o))
-        .collect();
-    let mut d = Diff::default();
-    for row in c.query(&format!("SELECT id, attrs FROM {schema}.{resource}"), &[]).expect("read the table") {
-        let id: String = row.get(0);
-        let attrs: serde_json::Value = row.get(1);
-        match expected.remove(&id) {
-            None => d.extra.push(id),
-            Some(o) if o != attrs => d.stale.push(id),
-            Some(_) => {}
-        }
-    }
-    d.missing = expected.into_keys().collect();
-    d
+    compare_rows(c, fake, account, resource, &format!("SELECT id, attrs FROM {schema}.{resource}"), &[])
 }
 
 /// [`compare_account`] for a table of a Connect source, which holds every
@@ -355,13 +340,26 @@ pub fn compare_connect(
     schema: &str,
     resource: &str,
 ) -> Diff {
+    let sql = format!("SELECT id, attrs FROM {schema}.{resource} WHERE account = $1");
+    compare_rows(c, fake, account, resource, &sql, &[&account_id])
+}
+
+/// The rows `sql` returns (`id`, `attrs`) against the fake's objects of
+/// `resource` in `account`.
+fn compare_rows(
+    c: &mut postgres::Client,
+    fake: &Fake,
+    account: Option<&str>,
+    resource: &str,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> Diff {
     let mut expected: std::collections::HashMap<String, serde_json::Value> = fake_objects_of(fake, account, resource)
         .into_iter()
         .map(|o| (o["id"].as_str().unwrap_or_default().to_string(), o))
         .collect();
     let mut d = Diff::default();
-    let sql = format!("SELECT id, attrs FROM {schema}.{resource} WHERE account = $1");
-    for row in c.query(&sql, &[&account_id]).expect("read the table") {
+    for row in c.query(sql, params).expect("read the table") {
         let id: String = row.get(0);
         let attrs: serde_json::Value = row.get(1);
         match expected.remove(&id) {
