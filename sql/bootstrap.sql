@@ -77,7 +77,7 @@ COMMENT ON TABLE stripe_sync._sync_state IS 'Internal: per source and resource, 
 COMMENT ON COLUMN stripe_sync._sync_state.source IS 'Source name.';
 COMMENT ON COLUMN stripe_sync._sync_state.resource IS 'Resource name.';
 COMMENT ON COLUMN stripe_sync._sync_state.last_mode IS 'Mode of the last refresh: full, incremental or events.';
-COMMENT ON COLUMN stripe_sync._sync_state.status IS 'running, succeeded, failed or interrupted.';
+COMMENT ON COLUMN stripe_sync._sync_state.status IS 'running, succeeded, failed, interrupted; for a connected account of a Connect source also revoked (it revoked the platform''s access: reported, skipped by refreshes, its rows kept) or connected (access granted, heard by webhook; not refreshed since).';
 COMMENT ON COLUMN stripe_sync._sync_state.started_at IS 'When the last refresh started.';
 COMMENT ON COLUMN stripe_sync._sync_state.finished_at IS 'When the last refresh finished.';
 COMMENT ON COLUMN stripe_sync._sync_state.rows_inserted IS 'Rows inserted by the last refresh.';
@@ -132,7 +132,7 @@ COMMENT ON VIEW stripe_sync.sync_status IS 'Per source and resource: the last re
 COMMENT ON COLUMN stripe_sync.sync_status.source IS 'Source name.';
 COMMENT ON COLUMN stripe_sync.sync_status.resource IS 'Resource name.';
 COMMENT ON COLUMN stripe_sync.sync_status.last_mode IS 'Mode of the last refresh.';
-COMMENT ON COLUMN stripe_sync.sync_status.status IS 'running, succeeded, failed or interrupted.';
+COMMENT ON COLUMN stripe_sync.sync_status.status IS 'running, succeeded, failed, interrupted; for a connected account of a Connect source also revoked (it revoked the platform''s access: reported, skipped by refreshes, its rows kept) or connected (access granted, heard by webhook; not refreshed since).';
 COMMENT ON COLUMN stripe_sync.sync_status.started_at IS 'When the last refresh started.';
 COMMENT ON COLUMN stripe_sync.sync_status.finished_at IS 'When it finished.';
 COMMENT ON COLUMN stripe_sync.sync_status.rows_inserted IS 'Rows inserted by it.';

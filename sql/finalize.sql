@@ -17,6 +17,8 @@ COMMENT ON FUNCTION stripe_sync.add_source(text, text, text, text, text, text, t
 COMMENT ON FUNCTION stripe_sync.drop_source(text, boolean) IS 'Removes a source: drop_source(name, drop_tables => false). Drops its server, user mapping, foreign tables, sync state, tombstones, webhook endpoint (also at Stripe), inbox and counters; nothing of any other source. The materialized tables are kept unless drop_tables.';
 COMMENT ON FUNCTION stripe_sync.refresh(text, text, text, boolean, text) IS
   'Brings materialized tables up to date: refresh(resource or ''all'', mode full|incremental|events, source, wait, account). A Connect source''s run covers every account (or the one named). Runs in a background worker that commits as it goes; an interrupted full refresh resumes. Returns one row per resource; wait => false returns as soon as the run started (progress in sync_status) and holds no snapshot.';
+COMMENT ON FUNCTION stripe_sync.forget_account(text, text) IS
+  'Connect: removes a connected account''s rows from every materialized table of a source, with its sync state and tombstones, and skips its events waiting in the inbox: forget_account(account, source). For an account that revoked access; one still connected comes back with the next refresh. Returns the rows removed.';
 COMMENT ON FUNCTION stripe_sync.retry_failed(text) IS 'Makes failed webhook events of a source (NULL: every source) pending again, to be applied at once; returns how many.';
 COMMENT ON FUNCTION stripe_sync.skip_event(text, text) IS 'Gives up on one stored webhook event (pending or failed): skip_event(event_id, source). It is marked skipped, with who skipped it, and never applied.';
 ALTER FUNCTION stripe_sync.set_webhook_secret(text, text, boolean) SET log_min_error_statement = 'panic';
@@ -69,7 +71,8 @@ BEGIN
         'stripe_sync.receive_webhook(text, text, text)',
         'stripe_sync.apply_inbox(bigint)',
         'stripe_sync.retry_failed(text)',
-        'stripe_sync.skip_event(text, text)']::regprocedure[]
+        'stripe_sync.skip_event(text, text)',
+        'stripe_sync.forget_account(text, text)']::regprocedure[]
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO stripe_sync_admin', f);

@@ -277,12 +277,7 @@ impl Target {
     /// order, so they cannot deadlock. Taking it again in the same transaction
     /// is free.
     fn take_turn(&self, c: &mut SpiClient) -> Result<(), SyncError> {
-        exec(
-            c,
-            "SELECT pg_advisory_xact_lock(hashtext('stripe_sync writes'), hashtext($1))",
-            &[self.source.as_str().into()],
-        )?;
-        Ok(())
+        take_turn(c, &self.source)
     }
 
     /// Upserts versions (the newest per id, when an id comes twice).
@@ -648,6 +643,13 @@ pub fn record_newest(
 pub const PAGE_READ_WINDOW_SECS: i64 = 10;
 
 /// The materialized table of a resource for a source: (schema, table).
+/// Waits for the source's writers' turn (see [`Target::take_turn`]), held to
+/// the end of the transaction.
+pub fn take_turn(c: &mut SpiClient, source: &str) -> Result<(), SyncError> {
+    exec(c, "SELECT pg_advisory_xact_lock(hashtext('stripe_sync writes'), hashtext($1))", &[source.into()])?;
+    Ok(())
+}
+
 pub fn table_of(source: &str, r: &Resource) -> Result<(String, String), SyncError> {
     let row = Spi::get_two_with_args::<String, String>(
         "SELECT schema_name, table_prefix FROM stripe_sync._sources WHERE name = $1",

@@ -505,3 +505,86 @@ fn drop(name: &str, drop_tables: bool) -> Result<bool, SyncError> {
     }
     Ok(true)
 }
+
+/// Connect: removes a connected account's rows from every materialized table of
+/// a source, with its sync state and tombstones, and skips its events still
+/// waiting in the inbox. Meant for an account that revoked the platform's
+/// access; one still connected comes back with the next refresh (a NOTICE says
+/// so). The platform's own list of accounts (`account`) is left as Stripe has
+/// it. Returns the rows removed.
+#[pg_extern]
+fn forget_account(account: &str, source: default!(&str, "'default'")) -> i64 {
+    forget(account, source).unwrap_or_else(|e| e.raise())
+}
+
+fn forget(account: &str, source: &str) -> Result<i64, SyncError> {
+    require(source)?;
+    let spi = |e: pgrx::spi::Error| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string());
+    if !stripe_core::client::valid_account_id(account) {
+        return Err(SyncError::invalid(format!("\"{account}\" is not a Stripe account id"))
+            .hint("Name a connected account as acct_..., as stripe_sync.sync_status and the account column show it."));
+    }
+    if !is_connect(source)? {
+        return Err(SyncError::invalid(format!(
+            "source \"{source}\" covers one account and has no connected accounts"
+        ))
+        .hint("A source's rows go with stripe_sync.drop_source(name, drop_tables => true)."));
+    }
+    if known_account_id(source)?.as_deref() == Some(account) {
+        return Err(SyncError::invalid(format!("{account} is the platform's own account of source \"{source}\""))
+            .hint("forget_account removes a connected account's rows; the platform's go with stripe_sync.drop_source(name, drop_tables => true)."));
+    }
+    let (schema, prefix) = Spi::get_two_with_args::<String, String>(
+        "SELECT schema_name, table_prefix FROM stripe_sync._sources WHERE name = $1",
+        &[source.into()],
+    )
+    .map_err(spi)?;
+    let (schema, prefix) = (schema.unwrap_or_default(), prefix.unwrap_or_default());
+    Spi::connect_mut(|c| {
+        // the source's writers (refreshes, the webhook worker) wait meanwhile
+        crate::apply::take_turn(c, source)?;
+        let revoked = c
+            .select(
+                "SELECT EXISTS (SELECT FROM stripe_sync._sync_state WHERE source = $1 AND account = $2 AND status = 'revoked')",
+                None,
+                &[source.into(), account.into()],
+            )
+            .map_err(spi)?
+            .first()
+            .get_one::<bool>()
+            .map_err(spi)?
+            .unwrap_or(false);
+        let mut removed = 0i64;
+        for r in resources::RESOURCES.iter().filter(|r| r.name != resources::CONNECTED_ACCOUNTS) {
+            let table = format!("{}.{}", ident(&schema), ident(&ddl::table_name(&prefix, r)));
+            let n = c
+                .update(
+                    &format!("WITH d AS (DELETE FROM {table} WHERE account = $1 RETURNING 1) SELECT count(*) FROM d"),
+                    None,
+                    &[account.into()],
+                )
+                .map_err(spi)?
+                .first()
+                .get_one::<i64>()
+                .map_err(spi)?
+                .unwrap_or(0);
+            removed += n;
+        }
+        for sql in [
+            "DELETE FROM stripe_sync._sync_state WHERE source = $1 AND account = $2",
+            "DELETE FROM stripe_sync._deleted WHERE source = $1 AND account = $2",
+            "UPDATE stripe_sync._inbox SET status = 'skipped', applied_at = clock_timestamp(),
+                    error = concat_ws('; ', error, 'its account was forgotten (forget_account)')
+             WHERE source = $1 AND payload->>'account' = $2 AND status IN ('pending', 'failed')",
+        ] {
+            c.update(sql, None, &[source.into(), account.into()]).map_err(spi)?;
+        }
+        if !revoked {
+            pgrx::notice!(
+                "{account} has not revoked access as far as source \"{source}\" knows: if it is still connected, the next refresh brings its rows back"
+            );
+        }
+        pgrx::notice!("{removed} rows of {account} removed from the tables of source \"{source}\"");
+        Ok(removed)
+    })
+}

@@ -51,3 +51,13 @@ fn random_changes_deliveries_refreshes_kills_and_restarts_end_equal_to_the_fake(
         assert!(o.ok(), "seed {seed} failed (replay: STRIPE_SYNC_SEED={seed}): {}", o.line());
     }
 }
+
+#[test]
+fn random_changes_in_connected_accounts_connections_revocations_and_refreshes_end_equal_per_account() {
+    let steps = std::env::var("STRIPE_SYNC_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    for seed in seeds().into_iter().take(2) {
+        let o = chaos::connect_differential(seed, steps);
+        println!("{}", o.line());
+        assert!(o.ok(), "seed {seed} failed (replay: STRIPE_SYNC_SEED={seed}): {}", o.line());
+    }
+}

@@ -275,6 +275,88 @@ fn webhooks_of_a_connect_source_come_through_two_endpoints_and_land_in_their_acc
         .get(0);
     assert_eq!(email.as_deref(), Some("changed@example.com"));
 
+    // access granted and revoked, heard through the Connect endpoint: a new
+    // account's row comes (fetched: the event carries the application), and the
+    // revoked account's row goes; sync_status says so before any refresh
+    let new = id(&e2e::call(&h.fake, "POST", "/v1/accounts", "email=new%40example.com"));
+    let gone = connected[4].clone();
+    assert!(h.fake.deauthorize(&gone));
+    h.settle(Duration::from_secs(60));
+    assert_equal_per_account(&mut h.c, &h.fake, &[], "an account connected and one revoked, by webhooks");
+    let state = |c: &mut postgres::Client, a: &str| -> Vec<(String, String, Option<String>, Option<String>)> {
+        c.query(
+            "SELECT resource, status, note, last_error FROM stripe_sync.sync_status WHERE account = $1 ORDER BY 1",
+            &[&a],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+    };
+    let revoked = state(&mut h.c, &gone);
+    assert_eq!(revoked.len(), RESOURCES.len() - 1, "one row per resource but the platform's account list: {revoked:?}");
+    for (r, status, _, error) in &revoked {
+        assert_eq!(status, "revoked", "{gone} {r}");
+        assert!(error.as_deref().is_some_and(|e| e.contains("account.application.deauthorized")), "{r}: {error:?}");
+    }
+    let fresh = state(&mut h.c, &new);
+    assert_eq!(fresh.len(), RESOURCES.len() - 1, "{fresh:?}");
+    for (r, status, note, _) in &fresh {
+        assert_eq!(status, "connected", "{new} {r}");
+        assert!(note.as_deref().is_some_and(|n| n.contains("account.application.authorized")), "{r}: {note:?}");
+    }
+    let status: serde_json::Value = h.c.query_one("SELECT stripe_sync.webhook_status()::json", &[]).unwrap().get(0);
+    assert_eq!(status["failed"], 0, "{status}");
+    // the next refresh covers the new account and skips the revoked one, which stays revoked
+    assert_eq!(h.fake.call_as(&new, "POST", "/v1/customers", "email=theirs%40example.com").0, 200);
+    h.settle(Duration::from_secs(60));
+    let outcome: String =
+        h.c.query_one("SELECT status FROM stripe_sync.refresh('customer', 'events')", &[]).unwrap().get(0);
+    assert_eq!(outcome, "succeeded");
+    assert_eq!(count(&mut h.c, &format!("SELECT count(*) FROM stripe.customer WHERE account = '{new}'")), 1);
+    assert!(state(&mut h.c, &new).iter().any(|(r, s, _, _)| r == "customer" && s == "succeeded"));
+    assert!(state(&mut h.c, &gone).iter().all(|(_, s, _, _)| s == "revoked"));
+
+    // offboarding: the revoked account's rows, state and tombstones go; nothing of anyone else
+    let kept: i64 = RESOURCES
+        .iter()
+        .map(|r| count(&mut h.c, &format!("SELECT count(*) FROM stripe.{} WHERE account = '{gone}'", r.name)))
+        .sum();
+    assert!(kept > 0, "a revoked account's rows are kept until forgotten");
+    let others = |c: &mut postgres::Client| -> i64 {
+        RESOURCES
+            .iter()
+            .map(|r| count(c, &format!("SELECT count(*) FROM stripe.{} WHERE account <> '{gone}'", r.name)))
+            .sum()
+    };
+    let before = others(&mut h.c);
+    let removed = count(&mut h.c, &format!("SELECT stripe_sync.forget_account('{gone}')"));
+    assert_eq!(removed, kept);
+    assert_eq!(others(&mut h.c), before, "no row of another account goes");
+    for r in RESOURCES {
+        assert_eq!(count(&mut h.c, &format!("SELECT count(*) FROM stripe.{} WHERE account = '{gone}'", r.name)), 0);
+    }
+    assert!(state(&mut h.c, &gone).is_empty());
+    let tombstones = count(&mut h.c, &format!("SELECT count(*) FROM stripe_sync._deleted WHERE account = '{gone}'"));
+    assert_eq!(tombstones, 0);
+    assert_equal_per_account(&mut h.c, &h.fake, &[], "forget_account of a revoked account");
+    // bad input changes nothing: no account id, the platform's own account
+    for bad in ["cus_123", PLATFORM_ID] {
+        let err = h.c.query_one("SELECT stripe_sync.forget_account($1)", &[&bad]).unwrap_err();
+        let db = err.as_db_error().unwrap();
+        assert_eq!(db.code().code(), "22023", "{bad}: {err:?}");
+        assert!(db.hint().is_some(), "{bad}: a hint");
+    }
+    assert_eq!(others(&mut h.c), before);
+    // an account still connected: forgotten, and a NOTICE says the next refresh brings it back
+    let (mut n, notices) = connect_collecting_notices(&h.cluster);
+    let still = &connected[1];
+    n.query_one("SELECT stripe_sync.forget_account($1)", &[still]).unwrap();
+    let said = notices.lock().unwrap().join("\n");
+    assert!(said.contains("next refresh brings its rows back"), "{said}");
+    n.batch_execute(&format!("SELECT * FROM stripe_sync.refresh('all', 'full', account => '{still}')")).unwrap();
+    assert_equal_per_account(&mut h.c, &h.fake, &[], "a forgotten account still connected, refreshed again");
+
     // dropping the source deletes both endpoints at Stripe
     h.c.batch_execute("SELECT stripe_sync.drop_source('default')").unwrap();
     assert_eq!(h.fake.objects("webhook_endpoints").len(), 0);

@@ -245,7 +245,7 @@ fn upgrade_story(generated_0_1_0: &str, restore: &dyn Fn()) {
         .query_one("SELECT default_version FROM pg_available_extensions WHERE name = 'stripe_sync'", &[])
         .unwrap()
         .get(0);
-    assert_eq!((v.as_str(), current.as_str()), ("0.5.0", "0.5.0"), "updated to the current version");
+    assert_eq!((v.as_str(), current.as_str()), ("0.6.0", "0.6.0"), "updated to the current version");
     // 0.4.0 added the Connect column to the foreign tables of sources made by 0.1.0,
     // after attrs, as add_source makes them now
     let last: Vec<(String, String)> = c

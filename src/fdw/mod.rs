@@ -33,7 +33,7 @@ const PG_EPOCH_UNIX: i64 = 946_684_800;
 
 /// The FDW's state for one foreign table scan.
 #[wrappers_fdw(
-    version = "0.5.0",
+    version = "0.6.0",
     author = "stripe_sync",
     website = "https://github.com/stripe-sync/stripe_sync",
     error_type = "FdwError"

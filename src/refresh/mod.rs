@@ -114,6 +114,15 @@ fn refresh_resources(
             (not_null(resource, "resource")?, not_null(mode, "mode")?, not_null(source, "source")?);
         let account = account_of(source, account)?;
         let account = account.as_deref();
+        if account.is_some_and(|a| !a.is_empty())
+            && stripe_core::resources::lookup(resource).is_ok_and(|r| r.name == resources::CONNECTED_ACCOUNTS)
+        {
+            return Err(SyncError::invalid(format!(
+                "the {} table is the platform's list of its connected accounts; a connected account has none",
+                resources::CONNECTED_ACCOUNTS
+            ))
+            .hint("Refresh it without account =>."));
+        }
         if wait.unwrap_or(true) {
             refresh_all(resource, mode, source, account)
         } else {
@@ -219,7 +228,9 @@ fn refresh_all(resource: &str, mode: &str, source: &str, account: Option<&str>) 
     let mut rows = Vec::new();
     let mut failed: Vec<(&'static str, SyncError)> = Vec::new();
     let mut notices = std::collections::HashSet::new();
-    for r in targets {
+    // a connected account has no list of accounts of its own
+    let connected = account.is_some_and(|a| !a.is_empty());
+    for r in targets.into_iter().filter(|r| !(connected && r.name == resources::CONNECTED_ACCOUNTS)) {
         match refresh_one(r, mode, source, account, &mut notices) {
             Ok(row) => rows.push(row),
             Err(e) => failed.push((r.name, e)),

@@ -158,6 +158,8 @@ fn run_resource(job: &Job) {
     };
     let own = Job { account: Some(String::new()), ..job.clone() };
     let accounts: Vec<String> = match job.account.as_deref() {
+        // a connected account has no list of accounts of its own
+        Some(a) if job.resource == resources::CONNECTED_ACCOUNTS && !a.is_empty() => return,
         Some(a) => vec![a.to_string()],
         // a connected account has no connected accounts of its own
         None if !connect || job.resource == resources::CONNECTED_ACCOUNTS => vec![String::new()],

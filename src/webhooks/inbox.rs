@@ -315,10 +315,9 @@ pub fn apply_pending(
         let (batch, n) = skip_orphans(read_batch(limit)?)?;
         orphans = n;
         // events no table follows are skipped
-        (todo, skipped) = batch.into_iter().partition(|e| {
-            !touched(&e.kind).is_empty()
-                && e.payload.get("data").and_then(|d| d.get("object")).and_then(|o| o.get("id")).is_some()
-        });
+        (todo, skipped) = batch
+            .into_iter()
+            .partition(|e| !touched(&e.kind).is_empty() && resources::event_subject(&e.payload).is_some());
         for e in &todo {
             if needs_completion(e).is_some()
                 && let Err(err) = client_of(&mut clients, &e.source)
@@ -449,9 +448,9 @@ pub fn apply_pending(
     Ok((applied, skipped.len() as i64 + orphans))
 }
 
-/// The id of an event's object.
+/// The id of the object an event is about.
 fn object_id(e: &Pending) -> Option<&str> {
-    e.payload.get("data").and_then(|d| d.get("object")).and_then(|o| o.get("id")).and_then(Value::as_str)
+    resources::event_subject(&e.payload)
 }
 
 /// Whether an event's object is among the ties of its source.
@@ -645,6 +644,14 @@ fn write(events: &[Pending]) -> Result<Ties, SyncError> {
             crate::apply::record_newest(c, src, r.name, account, newest)?;
             if !up.ties.is_empty() {
                 ties.push((src.clone(), account.clone(), r, up.ties));
+            }
+        }
+        // a connected account's grant or revocation of access, in its state
+        for e in events.iter().filter(|e| super::access::is_access_event(&e.kind)) {
+            let own = &sources[&e.source].3;
+            if let Some(acct) = e.account.as_deref().filter(|a| a != own) {
+                let stamp = e.payload.get("created").and_then(Value::as_i64).unwrap_or(0);
+                super::access::record(c, &e.source, own, acct, (&e.kind, &e.id, stamp))?;
             }
         }
         Ok::<(), SyncError>(())

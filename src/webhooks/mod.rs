@@ -2,6 +2,7 @@
 //! `delete_webhook`), the SQL ingress (`receive_webhook`), applying the inbox
 //! without the worker (`apply_inbox`), and `webhook_status`.
 
+pub mod access;
 pub mod inbox;
 
 use crate::error::SyncError;

@@ -3,7 +3,9 @@
 //! `--soak-seconds N` sets the soak's length (default 600), `--adversarial-seconds N`
 //! the hostile traffic's (default 60), `--changes N` the webhook bursts (default 5000),
 //! `--seeds N` the seeds of the randomized differential run (default 100, seeds 1..=N),
-//! `--seed N` one seed only (a replay; no other scenario), `--steps N` its steps (default 150).
+//! `--seed N` one seed only (a replay; no other scenario), `--steps N` its steps (default 150),
+//! `--connect-seeds N` the seeds of the Connect differential run (default 20, seeds 1..=N),
+//! `--connect-seed N` one of them only (a replay; no other scenario).
 
 use e2e::chaos;
 
@@ -14,6 +16,8 @@ fn main() {
     let mut customers = 500usize;
     let mut seeds = 100u64;
     let mut only_seed: Option<u64> = None;
+    let mut connect_seeds = 20u64;
+    let mut only_connect_seed: Option<u64> = None;
     let mut steps = 150usize;
     let args: Vec<String> = std::env::args().skip(1).collect();
     for w in args.chunks(2) {
@@ -26,6 +30,8 @@ fn main() {
             "--seeds" => seeds = v,
             "--seed" => only_seed = Some(v),
             "--steps" => steps = v as usize,
+            "--connect-seeds" => connect_seeds = v,
+            "--connect-seed" => only_connect_seed = Some(v),
             other => panic!("unknown option {other}"),
         }
     }
@@ -36,11 +42,15 @@ fn main() {
         Box::new(move || chaos::adversarial(hostile, changes)),
         Box::new(move || chaos::soak(soak)),
     ];
-    match only_seed {
-        Some(seed) => scenarios = vec![Box::new(move || chaos::differential(seed, steps))],
-        None => {
+    match (only_seed, only_connect_seed) {
+        (Some(seed), _) => scenarios = vec![Box::new(move || chaos::differential(seed, steps))],
+        (None, Some(seed)) => scenarios = vec![Box::new(move || chaos::connect_differential(seed, steps))],
+        (None, None) => {
             for seed in 1..=seeds {
                 scenarios.push(Box::new(move || chaos::differential(seed, steps)));
+            }
+            for seed in 1..=connect_seeds {
+                scenarios.push(Box::new(move || chaos::connect_differential(seed, steps)));
             }
         }
     }

@@ -414,14 +414,38 @@ impl Rng {
     }
 }
 
-fn ids_of(fake: &Fake, collection: &str, keep: impl Fn(&serde_json::Value) -> bool) -> Vec<String> {
-    fake.objects(collection).iter().filter(|o| keep(o)).filter_map(|o| o["id"].as_str().map(str::to_string)).collect()
+/// One account of the fake as its owner reaches it: the platform's own (`None`)
+/// or a connected one.
+#[derive(Clone, Copy)]
+pub struct At<'a> {
+    pub fake: &'a Fake,
+    pub account: Option<&'a str>,
+}
+
+impl At<'_> {
+    fn call(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        match self.account {
+            Some(a) => self.fake.call_as(a, method, path, body),
+            None => self.fake.call(method, path, body),
+        }
+    }
+
+    fn objects(&self, collection: &str) -> Vec<serde_json::Value> {
+        match self.account {
+            Some(a) => self.fake.objects_of(a, collection),
+            None => self.fake.objects(collection),
+        }
+    }
+}
+
+fn ids_of(at: At, collection: &str, keep: impl Fn(&serde_json::Value) -> bool) -> Vec<String> {
+    at.objects(collection).iter().filter(|o| keep(o)).filter_map(|o| o["id"].as_str().map(str::to_string)).collect()
 }
 
 /// One random change at the fake, the way a Stripe user makes them; returns what it did.
-fn random_change(fake: &Fake, rng: &mut Rng, step: usize) -> String {
-    let post = |path: &str, body: &str| fake.call("POST", path, body).1;
-    let customers = ids_of(fake, "customers", |_| true);
+fn random_change(at: At, rng: &mut Rng, step: usize) -> String {
+    let post = |path: &str, body: &str| at.call("POST", path, body).1;
+    let customers = ids_of(at, "customers", |_| true);
     let Some(cus) = rng.pick(&customers).cloned() else {
         post("/v1/customers", &format!("name=c{step}"));
         return "create a customer".into();
@@ -441,8 +465,7 @@ fn random_change(fake: &Fake, rng: &mut Rng, step: usize) -> String {
         }
         2 => {
             // an identical re-update (no change at Stripe), then a real one
-            let name =
-                fake.objects("customers").into_iter().find(|c| c["id"] == cus.as_str()).map(|c| c["name"].clone());
+            let name = at.objects("customers").into_iter().find(|c| c["id"] == cus.as_str()).map(|c| c["name"].clone());
             let same = name.and_then(|n| n.as_str().map(str::to_string)).unwrap_or_default();
             post(&format!("/v1/customers/{cus}"), &format!("name={}", same.replace(' ', "+")));
             post(&format!("/v1/customers/{cus}"), &format!("metadata[step]={step}"));
@@ -450,13 +473,13 @@ fn random_change(fake: &Fake, rng: &mut Rng, step: usize) -> String {
         }
         3 => {
             // preferably a customer with payment methods: they go with it
-            let with_pm = ids_of(fake, "payment_methods", |p| p["customer"].is_string());
+            let with_pm = ids_of(at, "payment_methods", |p| p["customer"].is_string());
             let victim = rng
                 .pick(&with_pm)
-                .and_then(|pm| fake.objects("payment_methods").into_iter().find(|p| p["id"] == pm.as_str()))
+                .and_then(|pm| at.objects("payment_methods").into_iter().find(|p| p["id"] == pm.as_str()))
                 .and_then(|p| p["customer"].as_str().map(str::to_string))
                 .unwrap_or(cus);
-            fake.call("DELETE", &format!("/v1/customers/{victim}"), "");
+            at.call("DELETE", &format!("/v1/customers/{victim}"), "");
             format!("delete customer {victim} (with its payment methods)")
         }
         4 => {
@@ -474,7 +497,7 @@ fn random_change(fake: &Fake, rng: &mut Rng, step: usize) -> String {
             format!("payment method {pm}: {moves} attach/detach moves on {cus}")
         }
         5 => {
-            let products = ids_of(fake, "products", |_| true);
+            let products = ids_of(at, "products", |_| true);
             match rng.pick(&products) {
                 Some(p) if rng.below(2) == 0 => {
                     post(&format!("/v1/products/{p}"), &format!("description=d{step}"));
@@ -489,17 +512,17 @@ fn random_change(fake: &Fake, rng: &mut Rng, step: usize) -> String {
             }
         }
         6 => {
-            let prices = ids_of(fake, "prices", |_| true);
+            let prices = ids_of(at, "prices", |_| true);
             let Some(p) = rng.pick(&prices) else { return "no price".into() };
             let active = if rng.below(2) == 0 { "true" } else { "false" };
             post(&format!("/v1/prices/{p}"), &format!("active={active}"));
             format!("set price {p} active={active}")
         }
         7 => {
-            let subs = ids_of(fake, "subscriptions", |s| s["status"] == "active");
+            let subs = ids_of(at, "subscriptions", |s| s["status"] == "active");
             match (rng.below(3), rng.pick(&subs)) {
                 (0, Some(s)) => {
-                    fake.call("DELETE", &format!("/v1/subscriptions/{s}"), "");
+                    at.call("DELETE", &format!("/v1/subscriptions/{s}"), "");
                     format!("cancel subscription {s}")
                 }
                 (1, Some(s)) => {
@@ -507,7 +530,7 @@ fn random_change(fake: &Fake, rng: &mut Rng, step: usize) -> String {
                     format!("update subscription {s}")
                 }
                 _ => {
-                    let prices = ids_of(fake, "prices", |p| p["active"] == true && p["recurring"].is_object());
+                    let prices = ids_of(at, "prices", |p| p["active"] == true && p["recurring"].is_object());
                     let Some(price) = rng.pick(&prices) else { return "no recurring price".into() };
                     let s = post("/v1/subscriptions", &format!("customer={cus}&items[0][price]={price}"));
                     format!("subscribe {cus}: {}", s["id"])
@@ -522,7 +545,7 @@ fn random_change(fake: &Fake, rng: &mut Rng, step: usize) -> String {
                 post("/v1/invoiceitems", &format!("customer={cus}&amount={}&currency=usd&invoice={iid}", 100 + i));
             }
             if rng.below(2) == 0 {
-                fake.call("DELETE", &format!("/v1/invoices/{iid}"), "");
+                at.call("DELETE", &format!("/v1/invoices/{iid}"), "");
                 format!("invoice {iid} with 12 lines deleted as a draft")
             } else {
                 post(&format!("/v1/invoices/{iid}/finalize"), "");
@@ -539,10 +562,10 @@ fn random_change(fake: &Fake, rng: &mut Rng, step: usize) -> String {
             format!("charge {chid} (maybe refunded)")
         }
         10 => {
-            let items = ids_of(fake, "invoiceitems", |i| i["invoice"].is_null());
+            let items = ids_of(at, "invoiceitems", |i| i["invoice"].is_null());
             match (rng.below(3), rng.pick(&items)) {
                 (0, Some(i)) => {
-                    fake.call("DELETE", &format!("/v1/invoiceitems/{i}"), "");
+                    at.call("DELETE", &format!("/v1/invoiceitems/{i}"), "");
                     format!("delete pending invoice item {i}")
                 }
                 (1, Some(i)) => {
@@ -588,7 +611,7 @@ pub fn differential(seed: u64, steps: usize) -> Outcome {
     for step in 0..steps {
         match rng.below(100) {
             0..=64 => {
-                last = random_change(&h.fake, &mut rng, step);
+                last = random_change(At { fake: &h.fake, account: None }, &mut rng, step);
                 changes += 1;
             }
             65..=84 => {
@@ -658,6 +681,179 @@ pub fn differential(seed: u64, steps: usize) -> Outcome {
         lost,
         notes: format!(
             "deliveries: {} queued, {} given up; last change: {last}; replay: make chaos ARGS=\"--seed {seed} --steps {steps}\"{why}",
+            h.fake.deliveries().queued,
+            h.fake.deliveries().gave_up
+        ),
+    }
+}
+
+/// The seeded randomized differential run of a Connect platform: random changes
+/// in the platform and in random connected accounts (as in [`differential`]),
+/// accounts connected, updated and revoked while it runs, webhook deliveries of
+/// both endpoints delayed, shuffled and duplicated, and refreshes of random
+/// resources in all three modes, of every account or of one (a revoked one
+/// too). Then, once deliveries settle: the tables webhooks keep complete, and
+/// the platform's `account` list, equal the fake account by account; every
+/// revoked account is `revoked` in `sync_status`; no event is pending or
+/// failed. After a final `refresh('all', 'events')` all 15 tables equal the
+/// fake, account by account, and no account is left `connected` (waiting for a
+/// first refresh). Replay a failing seed with `make chaos ARGS="--connect-seed N"`.
+pub fn connect_differential(seed: u64, steps: usize) -> Outcome {
+    use stripe_fake::connect::PLATFORM_ID;
+    let faults = Faults {
+        webhook_delay_ms: 20,
+        webhook_shuffle_ms: 400,
+        webhook_duplicate_rate: 0.3,
+        webhook_retry_base_ms: 200,
+        webhook_retry_max_ms: 2_000,
+        ..Faults::default()
+    };
+    let mut spec = SeedSpec { seed, ..SeedSpec::scaled(10) };
+    spec.accounts = 0;
+    spec.connected = vec![20, 1, 2, 3, 1, 2];
+    let port = free_port();
+    let cluster = Cluster::start(ClusterConfig {
+        settings: vec![
+            ("stripe_sync.webhook_listen".into(), format!("'127.0.0.1:{port}'")),
+            ("stripe_sync.database".into(), "'postgres'".into()),
+        ],
+        ..Default::default()
+    });
+    let mut c = cluster.connect_with_extension();
+    let fake = start_fake(Some(spec), faults);
+    c.execute(
+        "SELECT stripe_sync.add_source($1, api_url => $2, max_requests_per_second => 1000, connected_accounts => true)",
+        &[&TEST_KEY, &fake.url()],
+    )
+    .expect("add a Connect source");
+    c.query("SELECT * FROM stripe_sync.refresh('all', 'full')", &[]).expect("first full refresh");
+    let url = format!("http://127.0.0.1:{port}/webhook/default");
+    c.query_one("SELECT stripe_sync.create_webhook($1)", &[&url]).expect("create_webhook");
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut h = Hooked { cluster, c, fake, port };
+    let mut rng = Rng::new(seed);
+    let modes = ["full", "incremental", "events"];
+    let (mut changes, mut refreshes, mut connected, mut updated) = (0, 0, 0, 0);
+    let mut revoked: Vec<String> = Vec::new();
+    let mut last = String::new();
+    for step in 0..steps {
+        let accounts = h.fake.connected_accounts();
+        match rng.below(100) {
+            0..=59 => {
+                // the platform a third of the time, else a connected account
+                let account = if rng.below(3) == 0 { None } else { rng.pick(&accounts).map(String::as_str) };
+                let did = random_change(At { fake: &h.fake, account }, &mut rng, step);
+                last = format!("{}: {did}", account.unwrap_or("platform"));
+                changes += 1;
+            }
+            60..=63 => {
+                let (status, a) = h.fake.call("POST", "/v1/accounts", &format!("email=new{step}%40example.com"));
+                last = format!("connect a new account ({status}): {}", a["id"]);
+                connected += 1;
+            }
+            64..=66 if accounts.len() > 2 => {
+                let a = rng.pick(&accounts).cloned().unwrap_or_default();
+                h.fake.deauthorize(&a);
+                last = format!("{a} revokes access");
+                revoked.push(a);
+            }
+            67..=70 => {
+                let Some(a) = rng.pick(&accounts).cloned() else { continue };
+                h.fake.call("POST", &format!("/v1/accounts/{a}"), &format!("email=u{step}%40example.com"));
+                last = format!("update account {a}");
+                updated += 1;
+            }
+            71..=89 => {
+                let r = &RESOURCES[rng.below(RESOURCES.len() as u64) as usize];
+                let mode = modes[rng.below(3) as usize];
+                let known: Vec<String> = accounts.iter().chain(&revoked).cloned().collect();
+                let one = if rng.below(10) < 3 { rng.pick(&known).cloned() } else { None };
+                // a refresh may find the worker's catch-up running (55P03): fine here
+                let sql = "SELECT * FROM stripe_sync.refresh($1, $2, account => $3)";
+                if h.c.query(sql, &[&r.name, &mode, &one]).is_err() {
+                    h.c = reconnect(&h.cluster);
+                }
+                refreshes += 1;
+            }
+            _ => std::thread::sleep(Duration::from_millis(rng.below(400))),
+        }
+    }
+    h.settle(Duration::from_secs(300));
+    let mut diff = Diff::default();
+    let stuck: i64 =
+        h.c.query_one("SELECT count(*) FROM stripe_sync._inbox WHERE status IN ('pending', 'failed')", &[])
+            .unwrap()
+            .get(0);
+    let accounts = h.fake.connected_accounts();
+    fn tag(diff: &mut Diff, d: Diff, who: &str, r: &str, when: &str) {
+        let name = |ids: Vec<String>| ids.into_iter().map(|i| format!("{who} {r}:{i} ({when})")).collect::<Vec<_>>();
+        diff.missing.extend(name(d.missing));
+        diff.extra.extend(name(d.extra));
+        diff.stale.extend(name(d.stale));
+    }
+    let compare_all = |c: &mut postgres::Client, fake: &Fake, keep: &dyn Fn(&str) -> bool| {
+        let mut out = Vec::new();
+        for r in RESOURCES.iter().filter(|r| keep(r.name)) {
+            out.push((
+                PLATFORM_ID.to_string(),
+                r.name,
+                crate::compare_connect(c, fake, None, PLATFORM_ID, "stripe", r.name),
+            ));
+            for a in accounts.iter().filter(|_| r.name != stripe_core::resources::CONNECTED_ACCOUNTS) {
+                out.push((a.clone(), r.name, crate::compare_connect(c, fake, Some(a), a, "stripe", r.name)));
+            }
+        }
+        out
+    };
+    // what webhooks alone keep complete, and the platform's list of accounts
+    let by_webhooks = |name: &str| {
+        name == stripe_core::resources::CONNECTED_ACCOUNTS
+            || RESOURCES.iter().any(|r| r.name == name && r.events_complete)
+    };
+    for (who, r, d) in compare_all(&mut h.c, &h.fake, &by_webhooks) {
+        tag(&mut diff, d, &who, r, "webhooks");
+    }
+    let state = |c: &mut postgres::Client, sql: &str, who: &[String]| -> i64 {
+        c.query_one(sql, &[&who]).map(|r| r.get(0)).unwrap_or(-1)
+    };
+    let not_revoked = "SELECT count(*) FROM stripe_sync.sync_status WHERE account = ANY($1) AND status <> 'revoked'";
+    let missing_revoked = "SELECT count(*) FROM unnest($1::text[]) a
+                           WHERE NOT EXISTS (SELECT 1 FROM stripe_sync.sync_status s WHERE s.account = a)";
+    for (sql, what) in
+        [(not_revoked, "rows of revoked accounts not revoked"), (missing_revoked, "revoked accounts absent")]
+    {
+        let n = state(&mut h.c, sql, &revoked);
+        if n != 0 {
+            diff.extra.push(format!("{n} {what} in sync_status (webhooks)"));
+        }
+    }
+    h.c.query("SELECT * FROM stripe_sync.refresh('all', 'events')", &[]).expect("the final events refresh");
+    for (who, r, d) in compare_all(&mut h.c, &h.fake, &|_| true) {
+        tag(&mut diff, d, &who, r, "after refresh('all','events')");
+    }
+    let n = state(&mut h.c, not_revoked, &revoked);
+    if n != 0 {
+        diff.extra.push(format!("{n} rows of revoked accounts not revoked in sync_status (after refresh)"));
+    }
+    let waiting = "SELECT count(*) FROM stripe_sync.sync_status WHERE account = ANY($1) AND status <> 'succeeded'";
+    let n = state(&mut h.c, waiting, &accounts);
+    if n != 0 {
+        diff.extra.push(format!("{n} rows of connected accounts not succeeded after refresh('all','events')"));
+    }
+    if stuck > 0 {
+        diff.extra.push(format!("{stuck} inbox events still pending or failed"));
+    }
+    let lost = h.lost();
+    Outcome {
+        scenario: format!("connect differential seed {seed}"),
+        injected: format!(
+            "{steps} steps: {changes} changes in 7+ accounts, {connected} connected, {} revoked, {updated} updated, {refreshes} refreshes; deliveries shuffled 400 ms, 30% duplicated",
+            revoked.len()
+        ),
+        diff,
+        lost,
+        notes: format!(
+            "deliveries: {} queued, {} given up; last step: {last}; replay: make chaos ARGS=\"--connect-seed {seed} --steps {steps}\"",
             h.fake.deliveries().queued,
             h.fake.deliveries().gave_up
         ),

@@ -124,9 +124,10 @@ pub struct EventEffects {
     pub gone: Vec<(String, i64)>,
     /// Deleted customers, whose rows go too (per-customer resources).
     pub gone_customers: Vec<(String, i64)>,
-    /// Objects of events rendered in another API version than the source's:
-    /// fetched in the source's version instead (typed columns such as invoice
-    /// `subscription` moved between versions), with the event's time.
+    /// Objects of events rendered in another API version than the source's
+    /// (typed columns such as invoice `subscription` moved between versions),
+    /// and objects events name without carrying them ([`EventEffect::Fetch`]):
+    /// fetched instead, with the event's time.
     pub refetch: Vec<(String, i64)>,
     /// Events added, of any resource.
     pub events: usize,
@@ -159,8 +160,8 @@ impl EventEffects {
         self.last = Some((stamp, id.to_string()));
         let (t, id) = (t.to_string(), id.to_string());
         let version = e.get("api_version").and_then(Value::as_str).map(str::to_string);
+        let Some(oid) = resources::event_subject(&e).map(str::to_string) else { return };
         let Some(obj) = e.get_mut("data").and_then(|d| d.get_mut("object")).map(Value::take) else { return };
-        let Some(oid) = obj.get("id").and_then(Value::as_str).map(str::to_string) else { return };
         match resources::by_event(&t) {
             Some((res, EventEffect::Upsert)) if res.name == r.name => match version {
                 Some(v) if v != api_version => add_latest(&mut self.refetch, oid, stamp),
@@ -169,6 +170,7 @@ impl EventEffects {
             Some((res, EventEffect::Delete | EventEffect::Detach)) if res.name == r.name => {
                 self.gone.push((oid, stamp))
             }
+            Some((res, EventEffect::Fetch)) if res.name == r.name => add_latest(&mut self.refetch, oid, stamp),
             _ if r.parent().is_some_and(|p| p.deleted_event == t) => self.gone_customers.push((oid, stamp)),
             _ => {}
         }
@@ -318,5 +320,41 @@ mod tests {
         let fx = EventEffects::of(pm, &events, crate::API_VERSION);
         assert!(fx.versions.is_empty() && fx.gone.is_empty());
         assert_eq!(fx.gone_customers, vec![("cus_1".to_string(), 11)]);
+    }
+
+    /// `account.application.*` of a connected account, as a Connect endpoint
+    /// delivers it: the object is the platform's application.
+    fn access(id: &str, t: &str, account: Option<&str>, created: i64) -> Value {
+        let mut e = json!({"id": id, "type": t, "created": created, "api_version": crate::API_VERSION,
+                           "data": {"object": {"id": "ca_platform", "object": "application", "name": "platform"}}});
+        if let Some(a) = account {
+            e["account"] = json!(a);
+        }
+        e
+    }
+
+    #[test]
+    fn a_grant_of_access_fetches_the_account_and_a_revocation_deletes_it_unless_newer() {
+        let accounts = crate::lookup(crate::resources::CONNECTED_ACCOUNTS).unwrap();
+        let granted = access("evt_1", crate::resources::ACCOUNT_AUTHORIZED_EVENT, Some("acct_1"), 10);
+        let plan = EventEffects::of(accounts, std::slice::from_ref(&granted), crate::API_VERSION).plan();
+        assert!(plan.versions.is_empty() && plan.gone.is_empty());
+        assert_eq!(plan.fetch, vec![("acct_1".to_string(), 10)], "the account, not the application");
+        // revoked after it: the row goes, nothing to fetch
+        let revoked = access("evt_2", crate::resources::ACCOUNT_DEAUTHORIZED_EVENT, Some("acct_1"), 11);
+        let plan = EventEffects::of(accounts, &[granted.clone(), revoked.clone()], crate::API_VERSION).plan();
+        assert!(plan.fetch.is_empty());
+        assert_eq!(plan.gone, vec![("acct_1".to_string(), 11)]);
+        // granted again after that: fetched (the fetch is as new as the grant)
+        let again = access("evt_3", crate::resources::ACCOUNT_AUTHORIZED_EVENT, Some("acct_1"), 12);
+        let plan = EventEffects::of(accounts, &[revoked, again], crate::API_VERSION).plan();
+        assert_eq!(plan.fetch, vec![("acct_1".to_string(), 12)]);
+        // no other table hears of it; and without `account` (an account's own
+        // endpoint hearing of an application it authorized) nothing is about a row
+        let customers = crate::lookup("customer").unwrap();
+        assert!(EventEffects::of(customers, std::slice::from_ref(&granted), crate::API_VERSION).is_empty());
+        let own = access("evt_4", crate::resources::ACCOUNT_AUTHORIZED_EVENT, None, 13);
+        assert_eq!(crate::resources::event_subject(&own), None);
+        assert!(EventEffects::of(accounts, &[own], crate::API_VERSION).is_empty());
     }
 }

@@ -55,6 +55,9 @@ pub enum EventEffect {
     Delete,
     /// A payment method was detached from its customer: remove the customer's row.
     Detach,
+    /// The event names the object without carrying it (`account.application.authorized`
+    /// carries the platform's application, not the account): fetch the object.
+    Fetch,
 }
 
 /// Where the objects of a resource are listed.
@@ -101,9 +104,23 @@ pub const CONNECTED_ACCOUNTS: &str = "account";
 /// The account a key (or `Stripe-Account`) acts as.
 pub const OWN_ACCOUNT_PATH: &str = "/v1/account";
 /// Connect events of a platform about its connected accounts: an account that
-/// revoked access, and one that granted it (Standard accounts).
+/// revoked access, and one that granted it (Standard accounts). Their object is
+/// the platform's application; the account is the event's `account`.
 pub const ACCOUNT_DEAUTHORIZED_EVENT: &str = "account.application.deauthorized";
 pub const ACCOUNT_AUTHORIZED_EVENT: &str = "account.application.authorized";
+
+/// The id of the object an event is about: its `data.object.id`, or for an
+/// account's grant or revocation of the platform's access (whose object is the
+/// platform's application) the connected account, the event's `account`. None
+/// for those events without `account`: an account's own endpoint hears of the
+/// applications it authorized, which are no row of any table.
+pub fn event_subject(event: &serde_json::Value) -> Option<&str> {
+    let kind = event.get("type").and_then(serde_json::Value::as_str)?;
+    if kind == ACCOUNT_AUTHORIZED_EVENT || kind == ACCOUNT_DEAUTHORIZED_EVENT {
+        return event.get("account").and_then(serde_json::Value::as_str);
+    }
+    event.get("data")?.get("object")?.get("id")?.as_str()
+}
 /// Webhook endpoints (create_webhook, delete_webhook, webhook_status).
 pub const WEBHOOK_ENDPOINTS_PATH: &str = "/v1/webhook_endpoints";
 
@@ -174,7 +191,7 @@ const fn at(name: &'static str, ty: ColType, path: &'static str, comment: &'stat
 }
 
 use ColType::{BigInt, Bool, Text, Timestamp};
-use EventEffect::{Delete, Detach, Upsert};
+use EventEffect::{Delete, Detach, Fetch, Upsert};
 
 const INVOICE_STATUS: &[&str] = &["draft", "open", "paid", "uncollectible", "void"];
 const SUBSCRIPTION_STATUS: &[&str] = &[
@@ -218,7 +235,7 @@ pub static RESOURCES: &[Resource] = &[
             col("details_submitted", Bool, None, "Whether account details were submitted."),
         ],
         nested_lists: &[],
-        events: &[("account.updated", Upsert)],
+        events: &[("account.updated", Upsert), (ACCOUNT_AUTHORIZED_EVENT, Fetch), (ACCOUNT_DEAUTHORIZED_EVENT, Delete)],
         events_complete: false,
         permission: "Connect: Read",
         comment: "Connected accounts of a Connect platform (empty for other accounts).",
@@ -921,7 +938,8 @@ mod tests {
             .map(|(t, _)| *t)
             .collect();
         let expected: HashSet<&str> =
-            ["customer.deleted", "product.deleted", "price.deleted", "invoice.deleted", "invoiceitem.deleted"]
+            // a revoked account leaves the platform's list of connected accounts
+            ["customer.deleted", "product.deleted", "price.deleted", "invoice.deleted", "invoiceitem.deleted", ACCOUNT_DEAUTHORIZED_EVENT]
                 .into_iter()
                 .collect();
         assert_eq!(deletes, expected);

@@ -117,6 +117,10 @@ pub async fn fetch_current(
             Ok((v, t)) if v.get("deleted").and_then(Value::as_bool) != Some(true) => (Some(v), t),
             Ok((_, t)) => (None, t),
             Err(StripeError::NotFound { .. }) => (None, crate::signature::unix_now()),
+            // the platform's account of one no longer connected: gone from its list
+            Err(StripeError::AccountInvalid { .. }) if r.name == crate::resources::CONNECTED_ACCOUNTS => {
+                (None, crate::signature::unix_now())
+            }
             Err(e) => return Err(e),
         };
         let got = match got {
