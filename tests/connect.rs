@@ -310,9 +310,8 @@ fn webhooks_of_a_connect_source_come_through_two_endpoints_and_land_in_their_acc
     // the next refresh covers the new account and skips the revoked one, which stays revoked
     assert_eq!(h.fake.call_as(&new, "POST", "/v1/customers", "email=theirs%40example.com").0, 200);
     h.settle(Duration::from_secs(60));
-    let outcome: String =
-        h.c.query_one("SELECT status FROM stripe_sync.refresh('customer', 'events')", &[]).unwrap().get(0);
-    assert_eq!(outcome, "succeeded");
+    h.c.batch_execute("SELECT * FROM stripe_sync.refresh('customer', 'events')")
+        .expect("no error for the revoked account");
     assert_eq!(count(&mut h.c, &format!("SELECT count(*) FROM stripe.customer WHERE account = '{new}'")), 1);
     assert!(state(&mut h.c, &new).iter().any(|(r, s, _, _)| r == "customer" && s == "succeeded"));
     assert!(state(&mut h.c, &gone).iter().all(|(_, s, _, _)| s == "revoked"));
@@ -355,6 +354,10 @@ fn webhooks_of_a_connect_source_come_through_two_endpoints_and_land_in_their_acc
     let said = notices.lock().unwrap().join("\n");
     assert!(said.contains("next refresh brings its rows back"), "{said}");
     n.batch_execute(&format!("SELECT * FROM stripe_sync.refresh('all', 'full', account => '{still}')")).unwrap();
+    // the platform's list of accounts is the platform's: a connected account has none
+    let err = n.query(&format!("SELECT * FROM stripe_sync.refresh('account', 'full', account => '{still}')"), &[]);
+    assert_eq!(err.unwrap_err().as_db_error().unwrap().code().code(), "22023");
+    assert!(state(&mut h.c, still).iter().all(|(r, s, _, _)| r != ACCOUNTS && s == "succeeded"));
     assert_equal_per_account(&mut h.c, &h.fake, &[], "a forgotten account still connected, refreshed again");
 
     // dropping the source deletes both endpoints at Stripe

@@ -197,9 +197,8 @@ fn start_detached(resource: &str, mode: &str, source: &str, account: Option<&str
     }
     let launched = clock();
     let worker = launch(source, name, mode, unsafe { pg_sys::MyProcPid }, true, account)?;
-    let worker_pid = worker.wait_for_startup().map_err(|s| {
-        SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("the refresh worker did not start ({s:?})"))
-    })?;
+    // an ended worker (pid 0) is found by its row below, or skipped
+    let worker_pid = started(&worker)?.unwrap_or(0);
     // it runs once it has the lock and says so; or it ended (quickly, or refused)
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -377,20 +376,56 @@ fn refresh_one(
     let launched = clock();
     let pid = unsafe { pg_sys::MyProcPid };
     let worker = launch(source, r.name, mode, pid, false, account)?;
-    let worker_pid = worker.wait_for_startup().map_err(|s| {
-        SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("the refresh worker did not start ({s:?})"))
-    })?;
-    // If this call is cancelled, stop the worker: its committed work stays and
-    // the next call resumes from its checkpoint.
-    PgTryBuilder::new(move || {
-        let _ = worker.wait_for_shutdown();
-    })
-    .catch_others(move |e| {
-        unsafe { libc::kill(worker_pid, libc::SIGTERM) };
-        e.rethrow()
-    })
-    .execute();
+    match started(&worker)? {
+        Some(worker_pid) => {
+            // If this call is cancelled, stop the worker: its committed work stays and
+            // the next call resumes from its checkpoint.
+            PgTryBuilder::new(move || {
+                let _ = worker.wait_for_shutdown();
+            })
+            .catch_others(move |e| {
+                unsafe { libc::kill(worker_pid, libc::SIGTERM) };
+                e.rethrow()
+            })
+            .execute();
+        }
+        // ended already: a run leaves its row; a worker that never ran leaves none
+        None if !ran_since(source, r.name, launched)? => {
+            return Err(SyncError::new(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("the refresh worker of {} ended without running it", r.name),
+            )
+            .hint("Another refresh of it may have begun meanwhile (see stripe_sync.sync_status), or see the server log; then call stripe_sync.refresh again."));
+        }
+        None => {}
+    }
     read_result(source, r.name, mode, launched, notices)
+}
+
+/// Waits for a launched worker to start: its pid, or None when it has ended
+/// already. Postgres says `Stopped` both for a worker that never ran and for a
+/// short run that ended before this backend looked (seen in CI: a refresh of a
+/// resource with few objects); the run's row in `_sync_state` tells them apart.
+fn started(worker: &pgrx::bgworkers::DynamicBackgroundWorker) -> Result<Option<libc::pid_t>, SyncError> {
+    match worker.wait_for_startup() {
+        Ok(pid) => Ok(Some(pid)),
+        Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped) => Ok(None),
+        Err(s) => Err(SyncError::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("the refresh worker did not start ({s:?})"),
+        )
+        .hint("See the server log; then call stripe_sync.refresh again.")),
+    }
+}
+
+/// Whether a run of the resource began since `launched` (its row in `_sync_state`).
+fn ran_since(source: &str, resource: &str, launched: f64) -> Result<bool, SyncError> {
+    Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM stripe_sync._sync_state WHERE source = $1 AND resource = $2 AND started_at >= to_timestamp($3))",
+        &[source.into(), resource.into(), launched.into()],
+    )
+    .map(|b| b.unwrap_or(false))
+    .map_err(|e| SyncError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))
 }
 
 fn read_result(

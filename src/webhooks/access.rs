@@ -6,7 +6,7 @@
 //! any other row (the registry maps the two events to a deletion and a fetch);
 //! this records what the source's state says of the account, in the same
 //! transaction as that row, and by the same order: a revocation older than the
-//! row's version, or a grant older than the account's tombstone, changes
+//! row's version, or a grant not newer than the account's tombstone, changes
 //! nothing.
 
 use crate::apply::table_of;
@@ -72,13 +72,15 @@ pub fn record(
         )
         .map_err(spi_err)?;
     } else {
-        // connected unless a newer revocation removed the platform's row of it
+        // connected unless a revocation as new or newer removed the platform's row
+        // of it (in the same second the revocation wins: Stripe's clock cannot
+        // order them, and a revoked account's next refresh says what is true)
         c.update(
             &format!(
                 "INSERT INTO stripe_sync._sync_state AS s (source, resource, account, status, note)
                  SELECT $1, known.resource, $2, 'connected', $4 FROM ({known}) known
                  WHERE NOT EXISTS (SELECT 1 FROM stripe_sync._deleted d
-                                   WHERE d.source = $1 AND d.resource = $3 AND d.account = '' AND d.id = $2 AND d.stamp > $5)
+                                   WHERE d.source = $1 AND d.resource = $3 AND d.account = '' AND d.id = $2 AND d.stamp >= $5)
                  ON CONFLICT (source, resource, account) DO UPDATE SET status = 'connected', note = $4,
                         last_error = NULL, last_error_code = NULL, last_error_hint = NULL, last_error_at = NULL
                  WHERE s.status IS NULL OR s.status = 'revoked'"

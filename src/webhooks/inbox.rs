@@ -366,7 +366,9 @@ pub fn apply_pending(
     }
     todo.retain(|e| !failed.iter().any(|(s, id, _)| *s == e.source && *id == e.id));
     // HTTP: truncated lists
-    if complete_lists(&mut todo, &mut failed, &clients, &mut check).is_err() {
+    // events of a connected account that revoked access, whose lists cannot be completed
+    let mut revoked: Vec<Failure> = Vec::new();
+    if complete_lists(&mut todo, &mut failed, &mut revoked, &clients, &mut check).is_err() {
         return Ok((0, orphans));
     }
     // 2. write the whole batch at once; one event at a time when that fails
@@ -402,6 +404,7 @@ pub fn apply_pending(
         let (later, now): (Vec<usize>, Vec<usize>) = ok.into_iter().partition(|i| tied_in(&todo[*i], &ties));
         waiting = later;
         mark(&now.iter().map(|i| &todo[*i]).collect::<Vec<_>>(), &skipped.iter().collect::<Vec<_>>(), &failed)?;
+        skip_revoked(&revoked)?;
         for (src, _, _, _) in &ties {
             client_of(&mut clients, src)?;
         }
@@ -432,10 +435,17 @@ pub fn apply_pending(
         in_tx(&mut || {
             let written = match &fetched {
                 Ok(objects) => write_ties(&src, &account, r, objects.clone(), &tied),
-                Err(e) => Err(SyncError::new(e.code, e.message.clone())),
+                Err(e) => Err(SyncError { code: e.code, message: e.message.clone(), hint: None, revoked: e.revoked }),
             };
             match written {
                 Ok(()) => mark(&events, &[], &[]),
+                // the account revoked access: what Stripe has now is out of reach
+                Err(e) if e.revoked => {
+                    let why = format!("its account revoked the platform's access: {}", e.message);
+                    skip_revoked(
+                        &events.iter().map(|e| (e.source.clone(), e.id.clone(), why.clone())).collect::<Vec<_>>(),
+                    )
+                }
                 Err(e) => {
                     let why = format!("settling same-second versions of {}: {}", r.name, e.message);
                     let failures: Vec<Failure> =
@@ -532,6 +542,7 @@ fn needs_completion(e: &Pending) -> Option<&'static resources::Resource> {
 fn complete_lists(
     todo: &mut Vec<Pending>,
     failed: &mut Vec<Failure>,
+    revoked: &mut Vec<Failure>,
     clients: &HashMap<String, stripe_core::Client>,
     check: &mut impl FnMut() -> bool,
 ) -> Result<(), threads::Wait> {
@@ -560,6 +571,11 @@ fn complete_lists(
                 keep.push(e);
             }
             Ok(Ok(None)) => keep.push(e),
+            Ok(Err(err)) if err.is_account_invalid() => revoked.push((
+                e.source.clone(),
+                e.id.clone(),
+                format!("its account revoked the platform's access: {err}"),
+            )),
             Ok(Err(err)) => failed.push((e.source.clone(), e.id.clone(), err.to_string())),
             Err(threads::Wait::Stopped) => return Err(threads::Wait::Stopped),
             Err(err) => failed.push((e.source.clone(), e.id.clone(), err.to_string())),
@@ -707,6 +723,43 @@ fn mark(applied: &[&Pending], skipped: &[&Pending], failed: &[Failure]) -> Resul
         record_error(src, &format!("event {id}: {error}"))?;
     }
     Ok(())
+}
+
+/// Skips events of a connected account that revoked the platform's access and
+/// that need something from Stripe to be applied (a same-second version, a
+/// truncated list): it is out of reach for good, and the account's rows stay as
+/// they are. Retrying would fail until the inbox retention dropped them. The
+/// reason stays in the event's `error`.
+fn skip_revoked(events: &[Failure]) -> Result<(), SyncError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    Spi::connect_mut(|c| {
+        let mut per_source: HashMap<&str, i64> = HashMap::new();
+        for (src, id, why) in events {
+            let n = c
+                .update(
+                    "UPDATE stripe_sync._inbox SET status = 'skipped', applied_at = clock_timestamp(), error = $3,
+                            next_attempt_at = NULL
+                     WHERE source = $1 AND event_id = $2 AND status IN ('pending', 'failed') RETURNING 1",
+                    None,
+                    &[src.as_str().into(), id.as_str().into(), stripe_core::error::redact(why).as_str().into()],
+                )
+                .map_err(spi_err)?
+                .len() as i64;
+            *per_source.entry(src.as_str()).or_default() += n;
+        }
+        for (s, n) in per_source {
+            c.update(
+                "INSERT INTO stripe_sync._webhook_stats AS s (source, skipped) VALUES ($1, $2)
+                 ON CONFLICT (source) DO UPDATE SET skipped = s.skipped + $2",
+                None,
+                &[s.into(), n.into()],
+            )
+            .map_err(spi_err)?;
+        }
+        Ok::<(), SyncError>(())
+    })
 }
 
 /// The last error of a source's webhook events (webhook_status).

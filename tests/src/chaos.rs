@@ -841,7 +841,15 @@ pub fn connect_differential(seed: u64, steps: usize) -> Outcome {
         diff.extra.push(format!("{n} rows of connected accounts not succeeded after refresh('all','events')"));
     }
     if stuck > 0 {
-        diff.extra.push(format!("{stuck} inbox events still pending or failed"));
+        let which: Vec<String> =
+            h.c.query(
+                "SELECT type || ' ' || status || ': ' || coalesce(error, '') FROM stripe_sync._inbox
+                 WHERE status IN ('pending', 'failed') ORDER BY created LIMIT 3",
+                &[],
+            )
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+        diff.extra.push(format!("{stuck} inbox events still pending or failed: {which:?}"));
     }
     let lost = h.lost();
     Outcome {

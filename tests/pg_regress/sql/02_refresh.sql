@@ -35,6 +35,16 @@ SELECT * FROM stripe_sync.refresh('customer', 'full', source => 'nowhere');
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM stripe_sync.refresh(NULL, 'full', source => 'regress');
 \echo :LAST_ERROR_SQLSTATE
+SELECT * FROM stripe_sync.refresh('customer', 'full', source => 'regress', account => 'cus_123');
+\echo :LAST_ERROR_SQLSTATE
+-- forget_account is for connected accounts of a Connect source; refusals change nothing
+SELECT stripe_sync.forget_account('cus_123', source => 'regress');
+\echo :LAST_ERROR_SQLSTATE
+SELECT stripe_sync.forget_account('acct_1Regress', source => 'regress');
+\echo :LAST_ERROR_SQLSTATE
+SELECT stripe_sync.forget_account('acct_1Regress', source => 'nowhere');
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) > 0 AS customers_kept FROM regress.customer;
 -- the status view, per resource
 SELECT resource, last_mode, status, rows_inserted > 0 AS inserted, events_cursor_id IS NOT NULL AS has_events_cursor,
        resumable, note, last_error, freshness IS NOT NULL AS has_freshness
