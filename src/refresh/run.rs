@@ -181,10 +181,10 @@ fn run_resource(job: &Job) {
             }
         }
     };
-    // a full pass of each account starts reading up to AHEAD accounts before
-    // its turn to be written, so that many small accounts are read at once
+    // each account's pass starts reading up to AHEAD accounts before its turn
+    // to be written, so that many small accounts are read at once
     // (within the source's one rate budget) instead of one request at a time
-    let ahead_ok = (job.mode == "full" || job.mode == "events") && accounts.len() > 1;
+    let ahead_ok = accounts.len() > 1;
     let mut waiting: std::collections::VecDeque<String> = accounts.into();
     let mut reading: std::collections::VecDeque<(String, Option<Ahead>)> = std::collections::VecDeque::new();
     loop {
@@ -248,8 +248,9 @@ impl Ahead {
     }
 }
 
-/// Starts reading an account's pass ahead of its turn: a fresh full pass, or
-/// the events since the account's events cursor. `None` (read in its turn) for
+/// Starts reading an account's pass ahead of its turn: a fresh full pass, the
+/// events since the account's events cursor, or (incremental) the objects
+/// created after its cursor. `None` (read in its turn) for
 /// a full pass with a checkpoint (it resumes as the checkpoint says) and for an
 /// events refresh that will run a full one instead (no cursor, or too old).
 fn start_ahead(job: &Job, base: &Client, rt: &threads::Runtime) -> Result<Option<Ahead>, SyncError> {
@@ -261,7 +262,9 @@ fn start_ahead(job: &Job, base: &Client, rt: &threads::Runtime) -> Result<Option
             .filter(|t| r.events_complete && *t >= stripe_core::signature::unix_now() - EVENT_RETENTION_SECS),
         _ => None,
     };
-    if since.is_none() && tx(|| state_value::<JsonB>(job, "checkpoint"))?.is_some() {
+    let incremental = job.mode == "incremental";
+    let cursor = if incremental { tx(|| state_value::<i64>(job, "incremental_cursor"))? } else { None };
+    if !incremental && since.is_none() && tx(|| state_value::<JsonB>(job, "checkpoint"))?.is_some() {
         return Ok(None);
     }
     let client = Account::connected(job.key()).client(base)?.with_own_counters();
@@ -274,6 +277,11 @@ fn start_ahead(job: &Job, base: &Client, rt: &threads::Runtime) -> Result<Option
     let finished = done.clone();
     rt.spawn(async move {
         let read = async move {
+            // incremental: the objects created after the cursor, no events
+            if incremental {
+                drop(ev_tx);
+                return sync::created_after(c, r, cursor, parallelism, tx).await;
+            }
             if r.events_complete {
                 let types: Vec<&'static str> = r.event_types().collect();
                 let newest = sync::newest_event(&c, &types).await;
@@ -931,7 +939,11 @@ fn incremental(ctx: &mut Ctx) -> Result<(), Stop> {
     let r = ctx.r;
     let cursor: Option<i64> = tx(|| state_value::<i64>(&ctx.job, "incremental_cursor"))?;
     let parallelism = ctx.parallelism;
-    let rx = ctx.spawn_pass(move |client, tx| Box::pin(sync::created_after(client, r, cursor, parallelism, tx)))?;
+    // read ahead from the same cursor (only this run moves it), or now
+    let rx = match ctx.ahead.take() {
+        Some(a) => a.pass,
+        None => ctx.spawn_pass(move |client, tx| Box::pin(sync::created_after(client, r, cursor, parallelism, tx)))?,
+    };
     let mut batch = Vec::new();
     let mut newest = cursor;
     let by = "refresh:incremental".to_string();

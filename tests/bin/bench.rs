@@ -400,6 +400,25 @@ fn main() {
             limit: ceiling,
             goal: "<= 1.25 (within 80% of the rate-limit ceiling)".into(),
         });
+        // then an incremental run: one list of what was created since, per account
+        let (secs, requests) = refresh(&mut c, "customer", "incremental", "platform");
+        let fewest = accounts + (a.connect_accounts as f64 / 100.0).ceil();
+        let ceiling = fewest / 100.0;
+        eprintln!(
+            "   incremental after it: {requests} requests ({:.2} per account) in {secs:.1} s; at 100 requests/s the fewest take {ceiling:.1} s",
+            requests as f64 / accounts
+        );
+        rows.push(Row {
+            bench: "Connect: incremental wall time".into(),
+            setting: format!(
+                "refresh('customer', 'incremental') after it (nothing new), {} connected accounts, 250 ms latency, 100 req/s",
+                a.connect_accounts
+            ),
+            figure: secs,
+            unit: "s".into(),
+            limit: ceiling,
+            goal: "<= 1.25 (within 80% of the rate-limit ceiling)".into(),
+        });
         drop(fake);
 
         // every resource of 100 such accounts: the requests each costs per account

@@ -262,7 +262,7 @@ impl Client {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            self.bucket.acquire().await;
+            self.bucket.acquire(self.cfg.account.as_deref()).await;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let mut req = match &method {
                 Method::Get => self.http.get(&url).query(query),
