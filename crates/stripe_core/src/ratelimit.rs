@@ -1,147 +1,70 @@
 //! A client-side token bucket: requests per second with a burst of one second's
 //! worth, shared fairly between lanes. A lane is the account a request acts as
-//! (`Stripe-Account`, or none). Callers that must wait queue in their lane, in
-//! arrival order, and the lanes take turns, one request each: a connected
-//! account with many requests waiting (a huge account read by many fetchers)
-//! gets the same share as one with a single request waiting, so it never starves
-//! the others, and when it is the only one waiting it gets the whole budget.
+//! (`Stripe-Account`, or none).
 //!
-//! Only the caller at the head of the turn sleeps until the next token; it
-//! takes it and wakes the next head. A caller that gives up (its future is
-//! dropped) leaves the queue, and wakes the next head if it was the head.
+//! A request reserves the next free moment and sleeps until it, so the moments
+//! are handed out in arrival order. Each lane holds at most one reservation at
+//! a time: its other requests wait in the lane, in arrival order, until that
+//! one's moment comes. So the lanes waiting take turns, one request each: a
+//! connected account with 32 requests waiting (a huge account read by many
+//! fetchers) gets the same share as one with a single request, and the whole
+//! budget when it is alone.
+//!
+//! Nothing waits on another caller being polled: a reserved moment is kept by
+//! the clock, not handed over. A caller that is not polled for a while (its task
+//! is busy elsewhere) only holds back its own lane. An earlier design, where the
+//! head of a queue took the next token itself and then woke the next, stalled
+//! every lane when the head's task was waiting for its reader to catch up.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 // tokio's clock: the std one, except in tests with paused time
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 #[derive(Debug)]
 pub struct TokenBucket {
     rate: f64,
-    state: Mutex<State>,
-}
-
-#[derive(Debug)]
-struct State {
-    tokens: f64,
-    last: Instant,
-    /// Lanes with callers waiting, in turn order; each with its callers in
-    /// arrival order.
-    turns: VecDeque<(Option<String>, VecDeque<Waiter>)>,
-    next_id: u64,
-}
-
-#[derive(Debug)]
-struct Waiter {
-    id: u64,
-    wake: Arc<Notify>,
-}
-
-impl State {
-    fn refill(&mut self, rate: f64) {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(rate.max(1.0));
-        self.last = now;
-    }
-
-    fn head(&self) -> Option<&Waiter> {
-        self.turns.front().and_then(|(_, q)| q.front())
-    }
-
-    /// Removes a waiter; wakes the new head if it was the head.
-    fn leave(&mut self, id: u64) {
-        let was_head = self.head().is_some_and(|w| w.id == id);
-        for (_, q) in self.turns.iter_mut() {
-            q.retain(|w| w.id != id);
-        }
-        self.turns.retain(|(_, q)| !q.is_empty());
-        if was_head && let Some(w) = self.head() {
-            w.wake.notify_one();
-        }
-    }
-}
-
-/// Takes a waiter out of the queue if its caller gives up before its turn.
-struct Leave<'a> {
-    bucket: &'a TokenBucket,
-    id: u64,
-    served: bool,
-}
-
-impl Drop for Leave<'_> {
-    fn drop(&mut self) {
-        if !self.served {
-            self.bucket.lock().leave(self.id);
-        }
-    }
+    state: Mutex<(f64, Instant)>,
+    /// One reservation at a time per lane.
+    lanes: Mutex<HashMap<Option<String>, Arc<Semaphore>>>,
 }
 
 impl TokenBucket {
     /// `rate` requests per second; 0 means unlimited.
     pub fn new(rate: f64) -> TokenBucket {
-        let state = State { tokens: rate.max(1.0), last: Instant::now(), turns: VecDeque::new(), next_id: 0 };
-        TokenBucket { rate, state: Mutex::new(state) }
+        TokenBucket { rate, state: Mutex::new((rate.max(1.0), Instant::now())), lanes: Mutex::new(HashMap::new()) }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// How long the caller must wait before its request; the moment is reserved.
+    fn reserve(&self) -> Duration {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, last) = &mut *guard;
+        let now = Instant::now();
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.rate.max(1.0));
+        *last = now;
+        *tokens -= 1.0;
+        if *tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-*tokens / self.rate) }
     }
 
-    /// Waits for a token for a request in `lane` (the account it acts as).
+    fn lane(&self, lane: Option<&str>) -> Arc<Semaphore> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        lanes.entry(lane.map(str::to_string)).or_insert_with(|| Arc::new(Semaphore::new(1))).clone()
+    }
+
+    /// Waits for a moment to send a request in `lane` (the account it acts as).
     pub async fn acquire(&self, lane: Option<&str>) {
         if self.rate <= 0.0 {
             return;
         }
-        let (id, wake) = {
-            let mut s = self.lock();
-            s.refill(self.rate);
-            // nobody waiting and a token at hand: no queue
-            if s.turns.is_empty() && s.tokens >= 1.0 {
-                s.tokens -= 1.0;
-                return;
-            }
-            let id = s.next_id;
-            s.next_id += 1;
-            let wake = Arc::new(Notify::new());
-            let waiter = Waiter { id, wake: wake.clone() };
-            match s.turns.iter_mut().find(|(l, _)| l.as_deref() == lane) {
-                Some((_, q)) => q.push_back(waiter),
-                None => s.turns.push_back((lane.map(str::to_string), VecDeque::from([waiter]))),
-            }
-            (id, wake)
-        };
-        let mut leave = Leave { bucket: self, id, served: false };
-        loop {
-            let wait = {
-                let mut s = self.lock();
-                if s.head().is_some_and(|w| w.id == id) {
-                    s.refill(self.rate);
-                    if s.tokens >= 1.0 {
-                        s.tokens -= 1.0;
-                        // served: this lane goes to the back of the turn if more wait in it
-                        if let Some((lane, mut q)) = s.turns.pop_front() {
-                            q.pop_front();
-                            if !q.is_empty() {
-                                s.turns.push_back((lane, q));
-                            }
-                        }
-                        if let Some(w) = s.head() {
-                            w.wake.notify_one();
-                        }
-                        leave.served = true;
-                        return;
-                    }
-                    Some(Duration::from_secs_f64((1.0 - s.tokens) / self.rate))
-                } else {
-                    None
-                }
-            };
-            match wait {
-                Some(d) => tokio::time::sleep(d).await,
-                None => wake.notified().await,
-            }
+        let sem = self.lane(lane);
+        // the semaphore is never closed; the permit goes back when this returns
+        // or its future is dropped
+        let _turn = sem.acquire().await;
+        let wait = self.reserve();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -154,7 +77,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn burst_then_paced_at_the_rate() {
         let b = TokenBucket::new(10.0);
-        let t = tokio::time::Instant::now();
+        let t = Instant::now();
         for _ in 0..10 {
             b.acquire(None).await;
         }
@@ -173,7 +96,7 @@ mod tests {
         }
     }
 
-    /// The order tokens are handed out in, for callers that all wait.
+    /// The order moments are handed out in, for callers that all wait.
     async fn grants(b: Arc<TokenBucket>, callers: Vec<&'static str>) -> Vec<&'static str> {
         let order = Arc::new(StdMutex::new(Vec::new()));
         let mut tasks = Vec::new();
@@ -205,26 +128,22 @@ mod tests {
         assert_eq!(order, vec!["huge", "a", "b", "c", "huge", "huge", "huge", "huge", "huge", "huge", "huge"]);
     }
 
+    /// A caller whose task stops polling it (busy waiting for its reader)
+    /// holds back its own lane only; once dropped, its lane goes on.
     #[tokio::test(start_paused = true)]
-    async fn a_caller_that_gives_up_leaves_the_queue_and_the_next_is_served() {
+    async fn a_caller_that_is_not_polled_holds_back_only_its_own_lane() {
         let b = Arc::new(TokenBucket::new(10.0));
         for _ in 0..10 {
             b.acquire(None).await;
         }
-        let head = {
-            let b = b.clone();
-            tokio::spawn(async move { b.acquire(Some("gone")).await })
-        };
-        tokio::task::yield_now().await;
-        let next = {
-            let b = b.clone();
-            tokio::spawn(async move { b.acquire(Some("next")).await })
-        };
-        tokio::task::yield_now().await;
-        head.abort();
-        let t = tokio::time::Instant::now();
-        tokio::time::timeout(Duration::from_secs(1), next).await.expect("served after the head left").unwrap();
-        assert!(t.elapsed() <= Duration::from_millis(110), "{:?}", t.elapsed());
-        assert!(b.lock().turns.is_empty());
+        // polled once (it reserves), then left alone
+        let mut stuck = Box::pin(b.acquire(Some("stuck")));
+        assert!(tokio::time::timeout(Duration::from_millis(1), &mut stuck).await.is_err());
+        // its lane's next caller waits; another lane's is served
+        let mut same = Box::pin(b.acquire(Some("stuck")));
+        assert!(tokio::time::timeout(Duration::from_millis(1), &mut same).await.is_err());
+        tokio::time::timeout(Duration::from_secs(1), b.acquire(Some("other"))).await.expect("another lane is served");
+        drop(stuck);
+        tokio::time::timeout(Duration::from_secs(1), same).await.expect("the lane goes on once its caller is gone");
     }
 }
