@@ -215,14 +215,7 @@ fn a_connected_account_that_revokes_access_mid_run_is_reported_and_the_others_co
 
 #[test]
 fn webhooks_of_a_connect_source_come_through_two_endpoints_and_land_in_their_accounts_rows() {
-    let port = e2e::free_port();
-    let cluster = Cluster::start(ClusterConfig {
-        settings: vec![
-            ("stripe_sync.webhook_listen".into(), format!("'127.0.0.1:{port}'")),
-            ("stripe_sync.database".into(), "'postgres'".into()),
-        ],
-        ..Default::default()
-    });
+    let (cluster, port) = e2e::chaos::listening_cluster();
     let mut c = cluster.connect_with_extension();
     let faults = Faults { webhook_shuffle_ms: 300, webhook_duplicate_rate: 0.3, ..Faults::default() };
     let fake = platform(faults);

@@ -115,7 +115,7 @@ fn refresh_resources(
         let account = account_of(source, account)?;
         let account = account.as_deref();
         if account.is_some_and(|a| !a.is_empty())
-            && stripe_core::resources::lookup(resource).is_ok_and(|r| r.name == resources::CONNECTED_ACCOUNTS)
+            && resources::lookup(resource).is_ok_and(|r| r.name == resources::CONNECTED_ACCOUNTS)
         {
             return Err(SyncError::invalid(format!(
                 "the {} table is the platform's list of its connected accounts; a connected account has none",

@@ -60,7 +60,8 @@ pub struct Hooked {
     pub port: u16,
 }
 
-pub fn hooked(seed: SeedSpec, faults: Faults) -> Hooked {
+/// A cluster whose webhook worker listens on a free port: (cluster, port).
+pub fn listening_cluster() -> (Cluster, u16) {
     let port = free_port();
     let cluster = Cluster::start(ClusterConfig {
         settings: vec![
@@ -69,6 +70,11 @@ pub fn hooked(seed: SeedSpec, faults: Faults) -> Hooked {
         ],
         ..Default::default()
     });
+    (cluster, port)
+}
+
+pub fn hooked(seed: SeedSpec, faults: Faults) -> Hooked {
+    let (cluster, port) = listening_cluster();
     let mut c = cluster.connect_with_extension();
     let fake = start_fake(Some(seed), faults);
     add_source(&mut c, &fake, "default", TEST_KEY);
@@ -585,6 +591,19 @@ fn random_change(at: At, rng: &mut Rng, step: usize) -> String {
     }
 }
 
+/// The differential runs' deliveries: delayed, shuffled within 400 ms, 30%
+/// duplicated, retried quickly.
+fn shuffled_deliveries() -> Faults {
+    Faults {
+        webhook_delay_ms: 20,
+        webhook_shuffle_ms: 400,
+        webhook_duplicate_rate: 0.3,
+        webhook_retry_base_ms: 200,
+        webhook_retry_max_ms: 2_000,
+        ..Faults::default()
+    }
+}
+
 /// The seeded randomized differential run: random changes at the fake (identical
 /// re-updates, A-B-A renames, attach/detach cycles, invoices of 12 lines paid or
 /// deleted, customers deleted with their payment methods, ...), webhook
@@ -595,14 +614,7 @@ fn random_change(at: At, rng: &mut Rng, step: usize) -> String {
 /// `refresh('all', 'events')`, all 15 tables equal the fake. Replay a failing
 /// seed with `make chaos ARGS="--seed N"`.
 pub fn differential(seed: u64, steps: usize) -> Outcome {
-    let faults = Faults {
-        webhook_delay_ms: 20,
-        webhook_shuffle_ms: 400,
-        webhook_duplicate_rate: 0.3,
-        webhook_retry_base_ms: 200,
-        webhook_retry_max_ms: 2_000,
-        ..Faults::default()
-    };
+    let faults = shuffled_deliveries();
     let mut h = hooked(SeedSpec { seed, ..SeedSpec::scaled(30) }, faults);
     let mut rng = Rng::new(seed);
     let modes = ["full", "incremental", "events"];
@@ -700,25 +712,11 @@ pub fn differential(seed: u64, steps: usize) -> Outcome {
 /// first refresh). Replay a failing seed with `make chaos ARGS="--connect-seed N"`.
 pub fn connect_differential(seed: u64, steps: usize) -> Outcome {
     use stripe_fake::connect::PLATFORM_ID;
-    let faults = Faults {
-        webhook_delay_ms: 20,
-        webhook_shuffle_ms: 400,
-        webhook_duplicate_rate: 0.3,
-        webhook_retry_base_ms: 200,
-        webhook_retry_max_ms: 2_000,
-        ..Faults::default()
-    };
+    let faults = shuffled_deliveries();
     let mut spec = SeedSpec { seed, ..SeedSpec::scaled(10) };
     spec.accounts = 0;
     spec.connected = vec![20, 1, 2, 3, 1, 2];
-    let port = free_port();
-    let cluster = Cluster::start(ClusterConfig {
-        settings: vec![
-            ("stripe_sync.webhook_listen".into(), format!("'127.0.0.1:{port}'")),
-            ("stripe_sync.database".into(), "'postgres'".into()),
-        ],
-        ..Default::default()
-    });
+    let (cluster, port) = listening_cluster();
     let mut c = cluster.connect_with_extension();
     let fake = start_fake(Some(spec), faults);
     c.execute(
